@@ -1,0 +1,32 @@
+"""K-means clustering, the hard-assignment limit of the Gaussian mixture model.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from lvmjax import kmeans
+  >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
+  >>> result = kmeans.fit(jax.random.key(0), x, 2)
+  >>> labels = kmeans.predict(result.centroids, x)
+"""
+from lvmjax.kmeans.kmeans import INIT_METHODS
+from lvmjax.kmeans.kmeans import KMeansResult
+from lvmjax.kmeans.kmeans import assign
+from lvmjax.kmeans.kmeans import fit
+from lvmjax.kmeans.kmeans import inertia
+from lvmjax.kmeans.kmeans import kmeans_plusplus
+from lvmjax.kmeans.kmeans import predict
+from lvmjax.kmeans.kmeans import random_init
+from lvmjax.kmeans.kmeans import squared_distances
+from lvmjax.kmeans.kmeans import update_centroids
+
+__all__ = [
+    "INIT_METHODS",
+    "KMeansResult",
+    "assign",
+    "fit",
+    "inertia",
+    "kmeans_plusplus",
+    "predict",
+    "random_init",
+    "squared_distances",
+    "update_centroids",
+]

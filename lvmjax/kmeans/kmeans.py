@@ -1,0 +1,666 @@
+r"""K-means clustering: the hard-assignment limit of the Gaussian mixture model.
+
+K-means minimises the (weighted) inertia
+
+.. math::
+
+  J(c, z) = \sum_{i=1}^N w_i \, \lVert x_i - c_{z_i} \rVert^2
+
+by Lloyd's alternation of an assignment step :math:`z_i = \arg\min_k \lVert x_i - c_k\rVert^2` and
+an update step :math:`c_k = \sum_{i: z_i = k} w_i x_i / \sum_{i: z_i = k} w_i`. It is the limit of
+EM for a GMM with shared spherical covariance :math:`\sigma^2 I` as :math:`\sigma \to 0`, where the
+responsibilities become one-hot.
+
+`fit` follows scikit-learn's ``KMeans(algorithm="lloyd")`` step by step (centring of the data,
+the meaning of ``tol``, the convergence tests, ``n_iter``, the relocation of empty clusters, the
+final re-assignment), so that from the same initial centroids both give the same fit. The building
+blocks (`squared_distances`, `assign`, `update_centroids`, `inertia`, `kmeans_plusplus`,
+`random_init`) are pure and un-jitted, so they compose under a user's ``jit``/``vmap``/sharding;
+`fit` is jitted once per shape and configuration.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+
+from lvmjax import _checks
+
+INIT_METHODS = ("k-means++", "random")
+
+# Distances are differences of large numbers, so the matrix products must not drop to bfloat16 /
+# TF32 on accelerators.
+_PRECISION = lax.Precision.HIGHEST
+
+
+class KMeansResult(NamedTuple):
+  """Output of `fit`.
+
+  Attributes:
+    centroids: (K, D) cluster centres.
+    labels: (N,) int32 index of the closest centroid of each point (computed against the final
+      ``centroids``).
+    inertia: scalar, :math:`\\sum_i w_i \\lVert x_i - c_{z_i}\\rVert^2` for the final centroids and
+      labels.
+    n_iter: int32 scalar, number of Lloyd iterations run (scikit-learn's ``n_iter_``).
+    converged: bool scalar, True if the run stopped on the labels not changing or the centroid
+      shift falling to ``tol`` (scikit-learn reports this only as a ConvergenceWarning).
+    inertia_history: (max_iter,) inertia at each iteration, padded with NaN after ``n_iter``.
+      Entry ``t`` is :math:`J(c^{(t)}, z^{(t+1)})`: the labels of iteration ``t + 1`` scored
+      against the centroids they were assigned to (the value scikit-learn prints with
+      ``verbose``). It never rises, and ``inertia <= inertia_history[n_iter - 1]``.
+  """
+  centroids: jax.Array
+  labels: jax.Array
+  inertia: jax.Array
+  n_iter: jax.Array
+  converged: jax.Array
+  inertia_history: jax.Array
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks (pure, un-jitted).
+# ------------------------------------------------------------------------------------------------
+
+
+def _float_dtype(x: ArrayLike) -> Any:
+  dtype = jnp.asarray(x).dtype
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _as_float(x: ArrayLike, dtype: Any = None) -> jax.Array:
+  return jnp.asarray(x, dtype=_float_dtype(x) if dtype is None else dtype)
+
+
+def _weights(sample_weight: ArrayLike | None, num_points: int, dtype: Any) -> jax.Array:
+  if sample_weight is None:
+    return jnp.ones((num_points,), dtype)
+  return jnp.asarray(sample_weight, dtype)
+
+
+def _sq_norms(a: jax.Array) -> jax.Array:
+  return jnp.sum(a * a, axis=-1)
+
+
+def _cross(x: jax.Array, centroids: jax.Array) -> jax.Array:
+  return jnp.matmul(x, centroids.T, precision=_PRECISION)
+
+
+def squared_distances(x: ArrayLike, centroids: ArrayLike) -> jax.Array:
+  r"""Squared Euclidean distances between points and centroids, by matrix products.
+
+  .. math::
+
+    d_{ik} = \max(0, \lVert x_i\rVert^2 - 2 x_i^\top c_k + \lVert c_k\rVert^2)
+
+  One (N, D) x (D, K) product instead of an (N, K, D) difference tensor. The expansion loses
+  precision when the points are far from the origin relative to their spread; centre the data
+  first (as `fit` does).
+
+  Args:
+    x: (N, D) points.
+    centroids: (K, D) centroids.
+
+  Returns:
+    (N, K) squared distances, clamped at 0.
+
+  Examples:
+    >>> squared_distances(jnp.array([[0., 0.], [3., 4.]]), jnp.array([[0., 0.]]))[:, 0]
+    Array([ 0., 25.], dtype=float32)
+  """
+  x = _as_float(x)
+  c = jnp.asarray(centroids, x.dtype)
+  d = _sq_norms(x)[:, None] - 2 * _cross(x, c) + _sq_norms(c)[None, :]
+  return jnp.maximum(d, 0)
+
+
+def _assign_block(x: jax.Array, x_sq: jax.Array, c: jax.Array,
+                  c_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Labels and min squared distances of one block of rows (first index on ties)."""
+  partial = c_sq[None, :] - 2 * _cross(x, c)  # ||x||^2 does not change the argmin
+  labels = jnp.argmin(partial, axis=1).astype(jnp.int32)
+  min_partial = jnp.take_along_axis(partial, labels[:, None], axis=1)[:, 0]
+  return labels, jnp.maximum(min_partial + x_sq, 0)
+
+
+def _pad_rows(a: jax.Array, num_rows: int) -> jax.Array:
+  pad = num_rows - a.shape[0]
+  if pad == 0:
+    return a
+  return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+
+
+def _num_chunks(num_points: int, chunk_size: int | None) -> int:
+  if chunk_size is None or chunk_size >= num_points:
+    return 1
+  return -(-num_points // chunk_size)
+
+
+def assign(x: ArrayLike, centroids: ArrayLike, *,
+           chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+  r"""Assignment step: the closest centroid of every point.
+
+  .. math::
+
+    z_i = \arg\min_k \lVert x_i - c_k\rVert^2, \qquad
+    m_i = \min_k \lVert x_i - c_k\rVert^2
+
+  Ties go to the lowest index (as in scikit-learn).
+
+  Args:
+    x: (N, D) points.
+    centroids: (K, D) centroids.
+    chunk_size: if given, rows are processed in blocks of this many with `lax.map`, so memory is
+      O(chunk_size * K) instead of O(N * K).
+
+  Returns:
+    ``(labels, min_sq_dist)``: (N,) int32 labels and (N,) squared distance to the chosen
+    centroid (by the matrix-product expansion, clamped at 0).
+
+  Examples:
+    >>> labels, d = assign(jnp.array([[0.], [1.], [9.]]), jnp.array([[0.], [10.]]))
+    >>> labels
+    Array([0, 0, 1], dtype=int32)
+  """
+  x = _as_float(x)
+  c = jnp.asarray(centroids, x.dtype)
+  x_sq, c_sq = _sq_norms(x), _sq_norms(c)
+  n = x.shape[0]
+  num_chunks = _num_chunks(n, chunk_size)
+  if num_chunks == 1:
+    return _assign_block(x, x_sq, c, c_sq)
+  n_pad = num_chunks * chunk_size
+  xs = _pad_rows(x, n_pad).reshape(num_chunks, chunk_size, -1)
+  sqs = _pad_rows(x_sq, n_pad).reshape(num_chunks, chunk_size)
+  labels, min_d = lax.map(lambda args: _assign_block(args[0], args[1], c, c_sq), (xs, sqs))
+  return labels.reshape(-1)[:n], min_d.reshape(-1)[:n]
+
+
+def _cluster_sums(x: jax.Array, w: jax.Array, labels: jax.Array,
+                  num_clusters: int) -> tuple[jax.Array, jax.Array]:
+  """Weighted sums Σ_{z_i=k} w_i x_i (K, D) and weights Σ_{z_i=k} w_i (K,)."""
+  onehot = (labels[:, None] == jnp.arange(num_clusters)[None, :]).astype(x.dtype)
+  weighted = onehot * w[:, None]
+  sums = jnp.matmul(weighted.T, x, precision=_PRECISION)
+  return sums, jnp.sum(weighted, axis=0)
+
+
+def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
+                    old_centroids: jax.Array, sums: jax.Array,
+                    weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """scikit-learn's ``_relocate_empty_clusters_dense`` on the sufficient statistics.
+
+  Each cluster of zero total weight, in index order, takes the not yet taken point farthest from
+  its assigned old centroid (removed from its old cluster). Nothing moves when every point sits
+  on its centroid (more clusters than distinct points). ``valid`` masks padding rows.
+  """
+  def relocate(stats):
+    sums, weights = stats
+    dist = jnp.sum((x - old_centroids[labels]) ** 2, axis=1)
+    dist = jnp.where(valid, dist, -1)
+    empty = weights == 0
+    num_empty = jnp.where(jnp.max(dist) > 0, jnp.sum(empty), 0)
+    empty_ids = jnp.nonzero(empty, size=empty.shape[0], fill_value=0)[0]
+
+    def body(j, carry):
+      sums, weights, dist = carry
+      far = jnp.argmax(dist)
+      new, old = empty_ids[j], labels[far]
+      point = x[far] * w[far]
+      sums = sums.at[old].add(-point).at[new].set(point)
+      weights = weights.at[new].set(w[far]).at[old].add(-w[far])
+      return sums, weights, dist.at[far].set(-jnp.inf)
+
+    sums, weights, _ = lax.fori_loop(0, num_empty, body, (sums, weights, dist))
+    return sums, weights
+
+  return lax.cond(jnp.any(weights == 0), relocate, lambda s: s, (sums, weights))
+
+
+def _average(sums: jax.Array, weights: jax.Array) -> jax.Array:
+  """Centroids = sums / weights; clusters still of weight 0 go to the heaviest cluster's mean."""
+  nonempty = weights > 0
+  means = sums * (1 / jnp.where(nonempty, weights, 1))[:, None]
+  heaviest = means[jnp.argmax(weights)]
+  return jnp.where(nonempty[:, None], means, heaviest[None, :])
+
+
+def update_centroids(x: ArrayLike, labels: ArrayLike, num_clusters: int,
+                     sample_weight: ArrayLike | None = None,
+                     old_centroids: ArrayLike | None = None) -> jax.Array:
+  r"""Update step: weighted mean of the points assigned to each cluster.
+
+  .. math::
+
+    c_k = \frac{\sum_{i: z_i = k} w_i x_i}{\sum_{i: z_i = k} w_i}
+
+  Empty clusters (total weight 0) are handled as scikit-learn's Lloyd iteration does, given
+  ``old_centroids`` (the centroids ``labels`` were assigned to): in index order, each empty
+  cluster is moved onto the point that is farthest from its old centroid (among points not taken
+  yet), and that point is removed from its former cluster. Any cluster whose weight is still 0
+  afterwards (no ``old_centroids``, every point on its centroid because there are fewer distinct
+  points than clusters, or a relocated point of weight 0) is placed at the mean of the heaviest
+  cluster. (scikit-learn means to do the same, but when the empty cluster's index is below the
+  heaviest cluster's it copies that cluster's un-normalised sum; we use the mean.) The result is
+  never NaN.
+
+  Args:
+    x: (N, D) points.
+    labels: (N,) integer cluster of each point, in ``[0, num_clusters)``.
+    num_clusters: K (static).
+    sample_weight: (N,) non-negative weights, or None for 1.
+    old_centroids: (K, D) centroids the labels were assigned to, for the relocation of empty
+      clusters; None skips the relocation.
+
+  Returns:
+    (K, D) new centroids.
+
+  Examples:
+    >>> update_centroids(jnp.array([[0.], [2.], [10.]]), jnp.array([0, 0, 1]), 2)
+    Array([[ 1.],
+           [10.]], dtype=float32)
+  """
+  x = _as_float(x)
+  labels = jnp.asarray(labels, jnp.int32)
+  w = _weights(sample_weight, x.shape[0], x.dtype)
+  sums, weights = _cluster_sums(x, w, labels, num_clusters)
+  if old_centroids is not None:
+    old = jnp.asarray(old_centroids, x.dtype)
+    valid = jnp.ones(x.shape[:1], bool)
+    sums, weights = _relocate_empty(x, w, labels, valid, old, sums, weights)
+  return _average(sums, weights)
+
+
+def inertia(x: ArrayLike, centroids: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            chunk_size: int | None = None) -> jax.Array:
+  r"""Weighted K-means objective of centroids on data.
+
+  .. math::
+
+    J = \sum_i w_i \min_k \lVert x_i - c_k\rVert^2
+
+  The closest centroid is found by `assign`; the distance to it is then taken as a direct
+  difference, which is exact also for uncentred data.
+
+  Args:
+    x: (N, D) points.
+    centroids: (K, D) centroids.
+    sample_weight: (N,) weights, or None for 1.
+    chunk_size: see `assign`.
+
+  Returns:
+    Scalar inertia.
+
+  Examples:
+    >>> inertia(jnp.array([[0.], [2.]]), jnp.array([[1.]]))
+    Array(2., dtype=float32)
+  """
+  x = _as_float(x)
+  c = jnp.asarray(centroids, x.dtype)
+  w = _weights(sample_weight, x.shape[0], x.dtype)
+  labels, _ = assign(x, c, chunk_size=chunk_size)
+  return _direct_inertia(x, w, c, labels)
+
+
+def _direct_inertia(x: jax.Array, w: jax.Array, c: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.sum(w * jnp.sum((x - c[labels]) ** 2, axis=1))
+
+
+def predict(centroids: ArrayLike, x: ArrayLike, *, chunk_size: int | None = None) -> jax.Array:
+  r"""Closest centroid of each point, :math:`\arg\min_k \lVert x_i - c_k\rVert^2`.
+
+  Args:
+    centroids: (K, D) centroids, e.g. ``fit(...).centroids``.
+    x: (N, D) points.
+    chunk_size: see `assign`.
+
+  Returns:
+    (N,) int32 labels.
+
+  Raises:
+    ValueError: if the shapes do not match or x is not finite.
+
+  Examples:
+    >>> predict(jnp.array([[0.], [10.]]), jnp.array([[1.], [8.]]))
+    Array([0, 1], dtype=int32)
+  """
+  _checks.check_data(x)
+  _check_centroids(centroids, None, np.shape(x)[1], "centroids")
+  _check_chunk_size(chunk_size)
+  x = _as_float(x)
+  c = jnp.asarray(centroids, x.dtype)
+  # Centre on the centroids' mean: the matrix-product distances keep their precision.
+  shift = jnp.mean(c, axis=0)
+  labels, _ = assign(x - shift[None, :], c - shift[None, :], chunk_size=chunk_size)
+  return labels
+
+
+def _searchsorted_right_clipped(cdf: jax.Array, values: jax.Array) -> jax.Array:
+  idx = jnp.searchsorted(cdf, values, side="right")
+  return jnp.minimum(idx, cdf.shape[0] - 1).astype(jnp.int32)
+
+
+def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
+                    sample_weight: ArrayLike | None = None, *,
+                    n_local_trials: int | None = None) -> tuple[jax.Array, jax.Array]:
+  r"""Greedy k-means++ seeding (scikit-learn's ``kmeans_plusplus``), on the device.
+
+  The first centre is a point drawn with probability :math:`\propto w_i`. Each further centre:
+  draw ``n_local_trials`` candidates with probability :math:`\propto w_i D(x_i)^2`, where
+  :math:`D(x_i)^2` is the squared distance to the closest centre so far, and keep the candidate
+  that lowers the weighted potential :math:`\sum_i w_i D(x_i)^2` the most. The loop over centres
+  is a `lax.fori_loop`; one step costs an (L, D) x (D, N) product.
+
+  Args:
+    key: PRNG key.
+    x: (N, D) points (centre them first for precision; `fit` does).
+    num_clusters: K (static), at most N.
+    sample_weight: (N,) non-negative weights, or None for 1. Points of weight 0 are (almost
+      surely) never chosen while points of positive weight remain at positive distance.
+    n_local_trials: candidates per centre; None gives scikit-learn's ``2 + int(log(K))``.
+
+  Returns:
+    ``(centroids, indices)``: (K, D) chosen points and their (K,) int32 row indices in x, so
+    ``x[indices] == centroids`` (as scikit-learn's ``kmeans_plusplus`` returns).
+
+  Examples:
+    >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
+    >>> c, idx = kmeans_plusplus(jax.random.key(0), x, 2)
+    >>> c.shape, bool(jnp.all(x[idx] == c))
+    ((2, 2), True)
+  """
+  x = _as_float(x)
+  n = x.shape[0]
+  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
+  if num_clusters > n:
+    raise ValueError(f"num_clusters={num_clusters} is larger than the number of points {n}.")
+  if n_local_trials is None:
+    n_local_trials = 2 + int(math.log(num_clusters))
+  n_local_trials = _checks.check_positive_int(n_local_trials, "n_local_trials")
+  w = _weights(sample_weight, n, x.dtype)
+  x_sq = _sq_norms(x)
+  key_first, key_rest = jax.random.split(key)
+
+  def dist_to(points):  # (L, D) -> (L, N)
+    d = _sq_norms(points)[:, None] - 2 * _cross(points, x) + x_sq[None, :]
+    return jnp.maximum(d, 0)
+
+  w_cdf = jnp.cumsum(w)
+  first = _searchsorted_right_clipped(w_cdf, jax.random.uniform(key_first, (), x.dtype) * w_cdf[-1])
+  closest = dist_to(x[first][None, :])[0]
+  centroids = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
+  indices = jnp.zeros((num_clusters,), jnp.int32).at[0].set(first)
+
+  def body(c, state):
+    centroids, indices, closest = state
+    cdf = jnp.cumsum(w * closest)
+    u = jax.random.uniform(jax.random.fold_in(key_rest, c), (n_local_trials,), x.dtype)
+    candidates = _searchsorted_right_clipped(cdf, u * cdf[-1])
+    dist = jnp.minimum(closest[None, :], dist_to(x[candidates]))
+    potentials = jnp.matmul(dist, w, precision=_PRECISION)
+    best = jnp.argmin(potentials)
+    chosen = candidates[best]
+    return centroids.at[c].set(x[chosen]), indices.at[c].set(chosen), dist[best]
+
+  centroids, indices, _ = lax.fori_loop(1, num_clusters, body, (centroids, indices, closest))
+  return centroids, indices
+
+
+def random_init(key: ArrayLike, x: ArrayLike, num_clusters: int,
+                sample_weight: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
+  """K distinct rows of x drawn without replacement with probability proportional to the weight.
+
+  scikit-learn's ``init="random"``. If fewer than K points have positive weight, the remaining
+  centroids are points of weight 0 (which ones is unspecified).
+
+  Args:
+    key: PRNG key.
+    x: (N, D) points.
+    num_clusters: K (static), at most N.
+    sample_weight: (N,) non-negative weights, or None for 1.
+
+  Returns:
+    ``(centroids, indices)``: (K, D) chosen rows and their (K,) int32 indices.
+
+  Examples:
+    >>> c, idx = random_init(jax.random.key(0), jnp.arange(10.)[:, None], 3)
+    >>> c.shape
+    (3, 1)
+  """
+  x = _as_float(x)
+  n = x.shape[0]
+  w = _weights(sample_weight, n, x.dtype)
+  # Gumbel top-k: without replacement, probabilities proportional to w.
+  gumbel = jax.random.gumbel(key, (n,), x.dtype)
+  scores = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1)) + gumbel, -jnp.inf)
+  _, indices = lax.top_k(scores, num_clusters)
+  indices = indices.astype(jnp.int32)
+  return x[indices], indices
+
+
+# ------------------------------------------------------------------------------------------------
+# Lloyd's iterations (jitted at the fit boundary).
+# ------------------------------------------------------------------------------------------------
+
+
+class _Data(NamedTuple):
+  """Centred, padded data; rows past the real N have weight 0 and valid False."""
+  x: jax.Array  # (N_pad, D)
+  x_sq: jax.Array  # (N_pad,)
+  w: jax.Array  # (N_pad,)
+  valid: jax.Array  # (N_pad,) bool
+
+
+def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int):
+  """Fused assignment + sufficient statistics, over row chunks with `lax.scan`."""
+  c_sq = _sq_norms(c)
+
+  def block(x, x_sq, w):
+    labels, min_d = _assign_block(x, x_sq, c, c_sq)
+    sums, weights = _cluster_sums(x, w, labels, num_clusters)
+    return labels, min_d, sums, weights
+
+  if num_chunks == 1:
+    return block(data.x, data.x_sq, data.w)
+  n_pad, dim = data.x.shape
+  chunk = n_pad // num_chunks
+
+  def step(carry, args):
+    labels, min_d, sums, weights = block(*args)
+    return (carry[0] + sums, carry[1] + weights), (labels, min_d)
+
+  init = (jnp.zeros((num_clusters, dim), c.dtype), jnp.zeros((num_clusters,), c.dtype))
+  (sums, weights), (labels, min_d) = lax.scan(
+      step, init, (data.x.reshape(num_chunks, chunk, dim), data.x_sq.reshape(num_chunks, chunk),
+                   data.w.reshape(num_chunks, chunk)))
+  return labels.reshape(-1), min_d.reshape(-1), sums, weights
+
+
+def _labels_only(data: _Data, c: jax.Array, num_chunks: int) -> jax.Array:
+  c_sq = _sq_norms(c)
+  if num_chunks == 1:
+    return _assign_block(data.x, data.x_sq, c, c_sq)[0]
+  n_pad, dim = data.x.shape
+  chunk = n_pad // num_chunks
+  labels, _ = lax.map(lambda a: _assign_block(a[0], a[1], c, c_sq),
+                      (data.x.reshape(num_chunks, chunk, dim), data.x_sq.reshape(num_chunks, chunk)))
+  return labels.reshape(-1)
+
+
+def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_clusters: int,
+           max_iter: int, num_chunks: int) -> KMeansResult:
+  """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``."""
+  n_pad = data.x.shape[0]
+  dtype = data.x.dtype
+
+  def cond(state):
+    i, _, _, _, done, _ = state
+    return (i < max_iter) & ~done
+
+  def body(state):
+    i, c, labels_old, _, _, history = state
+    labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks)
+    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights)
+    c_new = _average(sums, weights)
+    history = history.at[i].set(jnp.sum(data.w * min_d))
+    strict = jnp.all((labels == labels_old) | ~data.valid)
+    shift = jnp.sum((c_new - c) ** 2)
+    done = strict | (shift <= tol_abs)
+    return i + 1, c_new, labels, strict, done, history
+
+  state = (jnp.int32(0), centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False),
+           jnp.bool_(False), jnp.full((max_iter,), jnp.nan, dtype))
+  n_iter, c, labels, strict, done, history = lax.while_loop(cond, body, state)
+  # Unless the labels were already stable, re-assign so that labels match the final centroids.
+  labels = lax.cond(strict, lambda: labels, lambda: _labels_only(data, c, num_chunks))
+  value = _direct_inertia(data.x, data.w, c, labels)
+  return KMeansResult(c, labels, value, n_iter, done, history)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size"))
+def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init, max_iter,
+             chunk_size):
+  n = x.shape[0]
+  mean = jnp.mean(x, axis=0)
+  xc = x - mean[None, :]
+  tol_abs = tol * jnp.mean(jnp.var(x, axis=0))  # scikit-learn's _tolerance, unweighted
+  num_chunks = _num_chunks(n, chunk_size)
+  n_pad = n if num_chunks == 1 else num_chunks * chunk_size
+  data = _Data(_pad_rows(xc, n_pad), _pad_rows(_sq_norms(xc), n_pad), _pad_rows(w, n_pad),
+               jnp.arange(n_pad) < n)
+  run = functools.partial(_lloyd, data, tol_abs=tol_abs, num_clusters=num_clusters,
+                          max_iter=max_iter, num_chunks=num_chunks)
+
+  def one(k):
+    if init_kind == "array":
+      c0 = init_centroids - mean[None, :]
+    elif init_kind == "k-means++":
+      c0, _ = kmeans_plusplus(k, xc, num_clusters, w)
+    else:
+      c0, _ = random_init(k, xc, num_clusters, w)
+    return run(c0)
+
+  if n_init == 1:
+    result = one(key)
+  else:
+    results = jax.vmap(one)(jax.random.split(key, n_init))
+    best = jnp.argmin(results.inertia)  # first best on ties, as scikit-learn keeps the first
+    result = jax.tree.map(lambda a: a[best], results)
+  return result._replace(centroids=result.centroids + mean[None, :], labels=result.labels[:n])
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point.
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_centroids(c: Any, num_clusters: int | None, dim: int, name: str) -> None:
+  shape = np.shape(c)
+  if len(shape) != 2 or shape[1] != dim or (num_clusters is not None and shape[0] != num_clusters):
+    want = f"({num_clusters if num_clusters is not None else 'K'}, {dim})"
+    raise ValueError(f"{name} must have shape {want} (num_clusters, num_features of x); "
+                     f"got {shape}.")
+  if shape[0] < 1:
+    raise ValueError(f"{name} must have at least one row, got shape {shape}.")
+  if _checks.is_concrete(c):
+    arr = np.asarray(c)
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+      raise ValueError(f"{name} must be numeric and finite (no NaN or inf).")
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+  if chunk_size is not None:
+    _checks.check_positive_int(chunk_size, "chunk_size")
+
+
+def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike = "k-means++",
+        n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
+        sample_weight: ArrayLike | None = None, *, chunk_size: int | None = None) -> KMeansResult:
+  r"""K-means by Lloyd's algorithm, as scikit-learn's ``KMeans(algorithm="lloyd")``.
+
+  Minimises :math:`J = \sum_i w_i \lVert x_i - c_{z_i}\rVert^2`. Each iteration assigns every
+  point to its closest centroid and moves each centroid to the weighted mean of its points
+  (empty clusters: see `update_centroids`). As in scikit-learn:
+
+  * the data are centred (``x - mean(x)``) inside, so the matrix-product distances keep their
+    precision in float32; the centroids are returned in the original coordinates;
+  * ``tol`` is relative: the run stops when the squared Frobenius norm of the centroid shift
+    :math:`\sum_k \lVert c_k^{new} - c_k\rVert^2 \le \mathrm{tol}\cdot\mathrm{mean}_d\,
+    \mathrm{Var}(x_{:, d})` (unweighted variances), or, before that test, when no label changed
+    ("strict convergence"; never on the first iteration);
+  * ``n_iter`` counts the iterations run, including the one that met the test;
+  * unless the labels were stable, the labels are recomputed against the final centroids, and the
+    inertia is that of the final centroids and labels.
+  * with an array ``init``, ``n_init`` is ignored (one run, with a warning).
+
+  From the same initial centroids the result equals scikit-learn's (to rounding). The whole fit
+  is one jitted call per shape and configuration; the ``n_init`` restarts are one `jax.vmap`
+  over keys, and the restart of lowest inertia is returned.
+
+  ``max_iter=0`` (which scikit-learn rejects) runs no iteration: the initial centroids are
+  returned with their labels and inertia, ``n_iter=0`` and ``converged=False``.
+
+  Args:
+    key: PRNG key for the initialisation (unused with an array ``init``).
+    x: (N, D) data.
+    num_clusters: K, 1 <= K <= N.
+    init: ``"k-means++"`` (`kmeans_plusplus`), ``"random"`` (K rows drawn without replacement
+      with probability proportional to the weight), or a (K, D) array of initial centroids.
+    n_init: number of restarts (vmapped); the one of lowest inertia wins.
+    max_iter: maximum number of Lloyd iterations (>= 0).
+    tol: relative tolerance on the centroid shift (>= 0), see above.
+    sample_weight: (N,) non-negative weights (not all 0), or None for 1: weighted means,
+      weighted inertia, weighted seeding.
+    chunk_size: if given, the assignment and the sums run over blocks of this many rows with
+      `lax.scan`, so memory is O(chunk_size * K + N * D) instead of O(N * K).
+
+  Returns:
+    A `KMeansResult`.
+
+  Raises:
+    ValueError: for non-finite or non-2-D ``x``, ``num_clusters`` < 1 or > N, ``n_init`` < 1,
+      ``max_iter`` < 0, ``tol`` < 0, an unknown ``init``, an ``init`` array not of shape (K, D)
+      or not finite, a bad ``sample_weight`` or ``chunk_size``.
+
+  Examples:
+    >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
+    >>> result = fit(jax.random.key(0), x, 2)
+    >>> sorted(result.centroids[:, 1].tolist())
+    [0.5, 10.5]
+  """
+  _checks.check_data(x)
+  n, dim = np.shape(x)
+  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
+  if num_clusters > n:
+    raise ValueError(
+        f"num_clusters={num_clusters} is larger than the number of points N={n}; use at most "
+        f"{n} clusters.")
+  n_init = _checks.check_positive_int(n_init, "n_init")
+  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
+  tol = _checks.check_nonnegative(tol, "tol")
+  _checks.check_sample_weight(sample_weight, n)
+  _check_chunk_size(chunk_size)
+  if isinstance(init, str):
+    init_kind = _checks.check_choice(init, "init", INIT_METHODS)
+    init_centroids = None
+  else:
+    _check_centroids(init, num_clusters, dim, "init")
+    init_kind = "array"
+    if n_init != 1:
+      warnings.warn(f"An array init gives one run; n_init={n_init} is ignored.", stacklevel=2)
+      n_init = 1
+  xf = _as_float(x)
+  if init_kind == "array":
+    init_centroids = jnp.asarray(init, xf.dtype)
+  w = _weights(sample_weight, n, xf.dtype)
+  return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype),
+                  num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,
+                  max_iter=max_iter, chunk_size=chunk_size)
