@@ -1,0 +1,67 @@
+"""Variational autoencoders, the IWAE bound and the deterministic autoencoder.
+
+A model is a :class:`VAE` module (encoder, decoder, likelihood; prior N(0, I)); every computation is
+a pure function of ``(model, params, [key,] x)`` returning one value per point, vmapped over the batch
+and over latent samples, un-jitted so that it composes with a user's ``jit``/``vmap``/``grad``.
+
+Public API:
+
+Model and networks
+  ``VAE(encoder, decoder, likelihood)``; ``init(key, model, example_x) -> params``
+  encoders ``MLPEncoder(latent_dim, hidden, activation)``, ``ConvEncoder(latent_dim)`` (28x28x1),
+  ``LinearEncoder(latent_dim)``; decoders ``MLPDecoder(output_dim, hidden, activation)``,
+  ``ConvDecoder()``, ``LinearDecoder(output_dim)``; any flax module with the same contract works.
+  likelihoods ``BernoulliLikelihood()``, ``GaussianLikelihood(scale=None|float)`` (distrax).
+
+Bounds and estimates (each ``(N,)``)
+  ``elbo(model, params, key, x, num_samples=1, beta=1.0, analytic_kl=True)``,
+  ``elbo_terms(...) -> ElboTerms(elbo, reconstruction, kl)``,
+  ``iwae_bound(model, params, key, x, num_samples)``,
+  ``log_likelihood(model, params, key, x, num_samples=5000, chunk_size=500)``,
+  ``autoencoder_log_likelihood(model, params, x)``, ``gaussian_kl(mean, log_variance)``.
+
+Inference and generation
+  ``encode(model, params, x) -> (mean, log_variance)``, ``decode(model, params, z) -> distrax
+  distribution``, ``reconstruct(model, params, x)``, ``sample_posterior(model, params, key, x, k)``,
+  ``sample(model, params, key, n) -> (x, z)``, ``sample_given(model, params, key, z)``,
+  ``interpolate(model, params, x1, x2, num_steps)``,
+  ``active_units(model, params, x, threshold=0.01) -> (count, variances)``.
+
+Training (``lvmjax.vae.training``)
+  ``TrainState(step, params, opt_state)``, ``create_train_state(key, model, example_x, optimizer)``,
+  ``make_train_step(model, optimizer, objective="elbo"|"iwae"|"autoencoder", num_samples=1,
+  beta=1.0, compute_dtype=jnp.float32) -> train_step(state, x, key) -> (state, metrics)``,
+  ``jit_train_step(...)``, ``evaluate(model, params, key, x, batch_size, num_samples_ll=5000,
+  iwae_k=()) -> dict``.
+
+Examples:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> from lvmjax import vae
+  >>> model = vae.VAE(vae.MLPEncoder(latent_dim=2, hidden=(32,)),
+  ...                 vae.MLPDecoder(output_dim=8, hidden=(32,)), vae.BernoulliLikelihood())
+  >>> x = (jax.random.uniform(jax.random.key(0), (64, 8)) < 0.5).astype(jnp.float32)
+  >>> opt = optax.adam(1e-3)
+  >>> state = vae.create_train_state(jax.random.key(1), model, x, opt)
+  >>> step = vae.jit_train_step(model, opt, objective="iwae", num_samples=5)
+  >>> state, metrics = step(state, x, jax.random.key(2))
+  >>> vae.log_likelihood(model, state.params, jax.random.key(3), x, num_samples=100).shape
+  (64,)
+"""
+from lvmjax.vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from lvmjax.vae.model import (VAE, ElboTerms, active_units, autoencoder_log_likelihood,
+                              cast_params, decode, elbo, elbo_terms, encode, gaussian_kl, init,
+                              interpolate, iwae_bound, log_likelihood, reconstruct, sample,
+                              sample_given, sample_posterior)
+from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
+                                 MLPDecoder, MLPEncoder, get_activation)
+from lvmjax.vae.training import (OBJECTIVES, TrainState, create_train_state, evaluate,
+                                 jit_train_step, make_train_step)
+
+__all__ = [
+    "VAE", "ElboTerms", "init", "encode", "decode", "reconstruct", "sample", "sample_given",
+    "sample_posterior", "interpolate", "active_units", "elbo", "elbo_terms", "iwae_bound",
+    "log_likelihood", "autoencoder_log_likelihood", "gaussian_kl", "cast_params",
+    "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
+    "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
+    "create_train_state", "make_train_step", "jit_train_step", "evaluate", "OBJECTIVES",
+]

@@ -1,0 +1,61 @@
+"""Likelihoods p(x | z) as flax modules returning distrax distributions.
+
+A likelihood module is called as ``likelihood(decoder_output, event_ndims)`` and returns a distrax
+distribution whose event shape is the last ``event_ndims`` axes of ``decoder_output`` (the data
+shape), so ``log_prob(x)`` sums over pixels / features and keeps any batch axes. Modules (rather
+than plain functions) so that a learned observation scale is an ordinary parameter in the VAE's
+params pytree.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class BernoulliLikelihood(nn.Module):
+  r"""Bernoulli likelihood for binary data; the decoder output is the logits.
+
+  .. math::
+     \log p(x \mid z) = \sum_d x_d \log \sigma(l_d) + (1 - x_d) \log(1 - \sigma(l_d))
+  """
+
+  @nn.compact
+  def __call__(self, logits: jax.Array, event_ndims: int) -> distrax.Distribution:
+    return distrax.Independent(distrax.Bernoulli(logits=logits),
+                               reinterpreted_batch_ndims=event_ndims)
+
+
+class GaussianLikelihood(nn.Module):
+  r"""Diagonal Gaussian likelihood for real data; the decoder output is the mean.
+
+  .. math::
+     \log p(x \mid z) = \sum_d \log \mathcal{N}(x_d; \mu_d(z), s_d^2)
+
+  Attributes:
+    scale: a fixed standard deviation s (same for every feature), or ``None`` to learn one
+      standard deviation per feature, stored as the parameter ``log_scale`` (data shape,
+      initialised to ``init_log_scale``).
+    init_log_scale: initial value of the learned ``log_scale``.
+    min_scale: floor added to the learned scale so that the likelihood stays bounded.
+  """
+  scale: Optional[float] = None
+  init_log_scale: float = 0.0
+  min_scale: float = 1e-3
+
+  @nn.compact
+  def __call__(self, mean: jax.Array, event_ndims: int) -> distrax.Distribution:
+    if self.scale is None:
+      event_shape = mean.shape[mean.ndim - event_ndims:]
+      log_scale = self.param("log_scale", nn.initializers.constant(self.init_log_scale),
+                             event_shape, jnp.float32)
+      scale = jnp.exp(log_scale.astype(mean.dtype)) + self.min_scale
+      scale = jnp.broadcast_to(scale, mean.shape)
+    else:
+      if not self.scale > 0:
+        raise ValueError(f"GaussianLikelihood.scale must be > 0 or None (learned), got {self.scale}.")
+      scale = jnp.full(mean.shape, self.scale, mean.dtype)
+    return distrax.Independent(distrax.Normal(mean, scale), reinterpreted_batch_ndims=event_ndims)

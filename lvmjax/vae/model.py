@@ -1,0 +1,495 @@
+r"""The VAE model description and its pure functions: ELBO, IWAE bound, log p(x), generation.
+
+A model is a :class:`VAE` flax module holding an encoder, a decoder and a likelihood module. It is
+only a *description*: every computation is a pure function of ``(model, params, key, x)`` that
+returns one value per data point, e.g.
+
+.. math::
+   \mathrm{ELBO}(x) = \mathbb{E}_{q(z|x)}[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z)),
+   \qquad p(z) = \mathcal{N}(0, I),\quad q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x)).
+
+The functions are written for one point and vmapped over the batch (and over latent samples), so
+they compose with a user's own ``jit``, ``vmap`` and ``grad``. ``x`` always has a leading batch
+axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lvmjax import _checks
+
+Params = Any
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class VAE(nn.Module):
+  """A variational autoencoder: encoder q(z|x), decoder p(x|z) and likelihood, prior N(0, I).
+
+  The module is a container; use the functions of :mod:`lvmjax.vae` on it. ``model.init(key, x)``
+  (or :func:`init`) runs the encoder, then the decoder on the encoder mean, so it creates every
+  parameter: ``{"params": {"encoder": ..., "decoder": ..., "likelihood": ...}}``.
+
+  Attributes:
+    encoder: module mapping ``x`` to ``(mean, log_variance)`` of q(z | x).
+    decoder: module mapping ``z`` to the likelihood's parameters (logits, mean).
+    likelihood: a likelihood module (:class:`BernoulliLikelihood`, :class:`GaussianLikelihood`),
+      called as ``likelihood(decoder_output, event_ndims)``.
+
+  Examples:
+    >>> from lvmjax import vae
+    >>> model = vae.VAE(vae.MLPEncoder(latent_dim=2, hidden=(16,)),
+    ...                 vae.MLPDecoder(output_dim=4, hidden=(16,)), vae.BernoulliLikelihood())
+    >>> params = vae.init(jax.random.key(0), model, jnp.zeros((1, 4)))
+    >>> vae.elbo(model, params, jax.random.key(1), jnp.ones((3, 4))).shape
+    (3,)
+  """
+  encoder: nn.Module
+  decoder: nn.Module
+  likelihood: nn.Module
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.encoder(x)
+
+  def decode(self, z: jax.Array, event_ndims: Optional[int] = None) -> distrax.Distribution:
+    out = _upcast(self.decoder(z))
+    if event_ndims is None:
+      event_ndims = out.ndim - (z.ndim - 1)
+    return self.likelihood(out, event_ndims)
+
+  def __call__(self, x: jax.Array) -> distrax.Distribution:
+    mean, _ = self.encoder(x)
+    return self.decode(_upcast(mean))
+
+
+class ElboTerms(NamedTuple):
+  """Per-point ELBO and its two parts (each ``(N,)``): ``elbo = reconstruction - beta * kl``."""
+  elbo: jax.Array
+  reconstruction: jax.Array
+  kl: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+  """Casts low-precision floats (bfloat16, float16) up to float32; float64 stays float64."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def cast_params(params: Params, dtype: Any) -> Params:
+  """Casts the floating leaves of ``params`` to ``dtype`` (``None``: unchanged)."""
+  if dtype is None:
+    return params
+  return jax.tree_util.tree_map(
+      lambda p: p.astype(dtype) if jnp.issubdtype(jnp.result_type(p), jnp.floating) else p,
+      params)
+
+
+def _float_dtype(dtype: Any) -> Any:
+  """The float dtype data of ``dtype`` is computed in (float32, or float64 if x64 and given)."""
+  if jnp.issubdtype(dtype, jnp.floating):
+    return jnp.promote_types(dtype, jnp.float32)
+  return jnp.float32
+
+
+def _check_x(x: Any, name: str = "x") -> None:
+  ndim = np.ndim(x)
+  if ndim < 2:
+    raise ValueError(
+        f"{name} must have a leading batch axis, shape (num_points, *data_shape); got shape "
+        f"{np.shape(x)}. For a single point use x[None].")
+  _checks.check_data(x, name, ndim=ndim)
+
+
+def _check_key(key: Any) -> None:
+  if key is None:
+    raise ValueError("key must be a jax.random key (e.g. jax.random.key(0)); got None.")
+
+
+def _as_float(x: Any, compute_dtype: Any = None) -> jax.Array:
+  x = jnp.asarray(x)
+  x = x.astype(_float_dtype(x.dtype))
+  return x if compute_dtype is None else x.astype(compute_dtype)
+
+
+def _apply(model: VAE, params: Params, *args, method: str, what: str):
+  try:
+    return model.apply(params, *args, method=method)
+  except (TypeError, ValueError) as e:
+    shapes = [np.shape(a) for a in args if hasattr(a, "shape")]
+    raise ValueError(
+        f"The model's {what} could not be applied to an input of shape {shapes} (per point): "
+        f"{e}. Check that x / z match the shapes the model was initialised with.") from e
+
+
+def _encode_point(model, params, x, compute_dtype):
+  mean, log_variance = _apply(model, params, x if compute_dtype is None else
+                              x.astype(compute_dtype), method="encode", what="encoder")
+  return _upcast(mean), _upcast(log_variance)
+
+
+def _log_px_given_z(model, params, z, x, compute_dtype):
+  """log p(x | z) for one point x (data shape) and one z (L,)."""
+  zc = z if compute_dtype is None else z.astype(compute_dtype)
+  dist = _apply(model, params, zc, x.ndim, method="decode", what="decoder")
+  if tuple(dist.event_shape) != tuple(x.shape):
+    raise ValueError(
+        f"The decoder produces data of shape {tuple(dist.event_shape)} but x has per-point shape "
+        f"{tuple(x.shape)}; set the decoder's output shape to match the data.")
+  return dist.log_prob(x.astype(dist.dtype) if jnp.issubdtype(dist.dtype, jnp.floating)
+                       else x)
+
+
+def _std_normal_log_prob(z: jax.Array) -> jax.Array:
+  return distrax.MultivariateNormalDiag(jnp.zeros_like(z), jnp.ones_like(z)).log_prob(z)
+
+
+def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
+  r"""Closed-form KL(N(mean, diag exp(log_variance)) || N(0, I)), summed over the last axis.
+
+  .. math::
+     \mathrm{KL} = \tfrac12 \sum_j \left(\sigma_j^2 + \mu_j^2 - 1 - \log \sigma_j^2\right)
+
+  Args:
+    mean: ``(..., L)``.
+    log_variance: ``(..., L)``.
+
+  Returns:
+    ``(...,)`` KL in nats.
+  """
+  mean = jnp.asarray(mean)
+  log_variance = jnp.asarray(log_variance)
+  return 0.5 * jnp.sum(jnp.exp(log_variance) + jnp.square(mean) - 1.0 - log_variance, axis=-1)
+
+
+def _point_log_weights(model, params, key, x, num_samples, compute_dtype):
+  """Importance log-weights log p(x, z_s) - log q(z_s | x) for one point: (num_samples,)."""
+  mean, log_variance = _encode_point(model, params, x, compute_dtype)
+  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
+  z = mean + jnp.exp(0.5 * log_variance) * eps
+  log_px = jax.vmap(lambda zs: _log_px_given_z(model, params, zs, x, compute_dtype))(z)
+  log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance - _HALF_LOG_2PI, axis=-1)
+  return log_px + _std_normal_log_prob(z) - log_q
+
+
+def _point_elbo(model, params, key, x, num_samples, beta, analytic_kl, compute_dtype):
+  mean, log_variance = _encode_point(model, params, x, compute_dtype)
+  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
+  z = mean + jnp.exp(0.5 * log_variance) * eps
+  log_px = jax.vmap(lambda zs: _log_px_given_z(model, params, zs, x, compute_dtype))(z)
+  reconstruction = jnp.mean(log_px)
+  if analytic_kl:
+    kl = gaussian_kl(mean, log_variance)
+  else:
+    log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance - _HALF_LOG_2PI, axis=-1)
+    kl = jnp.mean(log_q - _std_normal_log_prob(z))
+  return ElboTerms(reconstruction - beta * kl, reconstruction, kl)
+
+
+def _per_point(fn, key, x):
+  """vmaps ``fn(key, x_i)`` over points with one key per point."""
+  keys = jax.random.split(key, x.shape[0])
+  return jax.vmap(fn)(keys, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
+  """Initialises the parameters of ``model`` from a batch of example data.
+
+  Args:
+    key: PRNG key for the initial weights.
+    model: a :class:`VAE`.
+    example_x: ``(N, *data_shape)``; only its shape and dtype matter.
+
+  Returns:
+    The params pytree ``{"params": {...}}``.
+  """
+  _check_key(key)
+  _check_x(example_x, "example_x")
+  return model.init(key, _as_float(example_x)[:1])
+
+
+def encode(model: VAE, params: Params, x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """Mean and log-variance of q(z | x), each ``(N, L)``."""
+  _check_x(x)
+  x = _as_float(x)
+  return jax.vmap(lambda xi: _encode_point(model, params, xi, None))(x)
+
+
+def decode(model: VAE, params: Params, z: jax.typing.ArrayLike) -> distrax.Distribution:
+  """p(x | z) for a batch ``z (N, L)``: a distrax distribution with batch shape ``(N,)``.
+
+  Use ``.mean()`` for the expected image (Bernoulli probabilities, Gaussian mean), ``.mode()`` or
+  ``.sample(seed=key)``.
+  """
+  z = jnp.asarray(z)
+  if z.ndim != 2:
+    raise ValueError(f"z must have shape (num_points, latent_dim), got {z.shape}.")
+  _checks.check_data(z, "z", ndim=2)
+  return _apply(model, params, _as_float(z), method="decode", what="decoder")
+
+
+def reconstruct(model: VAE, params: Params, x: jax.typing.ArrayLike) -> jax.Array:
+  """Mean of p(x | z) at z = the encoder mean: ``(N, *data_shape)``."""
+  mean, _ = encode(model, params, x)
+  return decode(model, params, mean).mean()
+
+
+def sample_posterior(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+                     num_samples: int) -> jax.Array:
+  """Draws z ~ q(z | x): ``(num_samples, N, L)``."""
+  _check_key(key)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  mean, log_variance = encode(model, params, x)
+  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * log_variance) * eps
+
+
+def sample(model: VAE, params: Params, key: jax.Array, n: int, *, latent_dim: Optional[int] = None,
+           use_mean: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Generates from the model: z ~ N(0, I), x ~ p(x | z).
+
+  Args:
+    model: the :class:`VAE`.
+    params: its params.
+    key: PRNG key.
+    n: number of samples.
+    latent_dim: L; read from the encoder when it is an ``MLPEncoder``/``ConvEncoder``/
+      ``LinearEncoder`` (any module with a ``latent_dim`` attribute), else required.
+    use_mean: return the mean of p(x | z) (e.g. Bernoulli probabilities) instead of a draw.
+
+  Returns:
+    ``(x (n, *data_shape), z (n, L))``.
+  """
+  _check_key(key)
+  n = _checks.check_positive_int(n, "n")
+  if latent_dim is None:
+    latent_dim = getattr(model.encoder, "latent_dim", None)
+    if latent_dim is None:
+      raise ValueError("Pass latent_dim=...; the encoder has no latent_dim attribute.")
+  key_z, key_x = jax.random.split(key)
+  z = jax.random.normal(key_z, (n, latent_dim), _float_dtype(jnp.zeros(()).dtype))
+  return sample_given(model, params, key_x, z, use_mean=use_mean), z
+
+
+def sample_given(model: VAE, params: Params, key: jax.Array, z: jax.typing.ArrayLike, *,
+                 use_mean: bool = False) -> jax.Array:
+  """Generates x ~ p(x | z) for chosen latents ``z (N, L)``: ``(N, *data_shape)``."""
+  _check_key(key)
+  dist = decode(model, params, z)
+  return dist.mean() if use_mean else dist.sample(seed=key)
+
+
+def interpolate(model: VAE, params: Params, x1: jax.typing.ArrayLike, x2: jax.typing.ArrayLike,
+                num_steps: int = 10) -> jax.Array:
+  r"""Decoded straight line between the encodings of two points.
+
+  .. math:: z_t = (1 - t)\,\mu(x_1) + t\,\mu(x_2), \quad t = 0, \tfrac{1}{n-1}, \dots, 1
+
+  Args:
+    model, params: the VAE.
+    x1, x2: single points of the data shape (no batch axis).
+    num_steps: number of points on the line (>= 2).
+
+  Returns:
+    ``(num_steps, *data_shape)``: the mean of p(x | z_t).
+  """
+  num_steps = _checks.check_positive_int(num_steps, "num_steps", minimum=2)
+  x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
+  if x1.shape != x2.shape:
+    raise ValueError(f"x1 and x2 must have the same shape, got {x1.shape} and {x2.shape}.")
+  mean, _ = encode(model, params, jnp.stack([x1, x2]))
+  t = jnp.linspace(0.0, 1.0, num_steps, dtype=mean.dtype)[:, None]
+  z = (1.0 - t) * mean[0] + t * mean[1]
+  return decode(model, params, z).mean()
+
+
+def elbo_terms(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+               num_samples: int = 1, beta: float = 1.0, analytic_kl: bool = True, *,
+               compute_dtype: Any = None) -> ElboTerms:
+  r"""Per-point ELBO, reconstruction term and KL term (see :func:`elbo`).
+
+  Returns:
+    :class:`ElboTerms` of ``(N,)`` arrays.
+  """
+  _check_key(key)
+  _check_x(x)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  _checks.check_nonnegative(beta, "beta")
+  x = _as_float(x)
+  params = cast_params(params, compute_dtype)
+  return _per_point(lambda k, xi: _point_elbo(model, params, k, xi, num_samples, beta,
+                                              analytic_kl, compute_dtype), key, x)
+
+
+def elbo(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+         num_samples: int = 1, beta: float = 1.0, analytic_kl: bool = True, *,
+         compute_dtype: Any = None) -> jax.Array:
+  r"""Per-point evidence lower bound, reparameterised.
+
+  .. math::
+     \mathrm{ELBO}_\beta(x) = \frac1S \sum_{s=1}^S \log p(x \mid z_s)
+        - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, \mathcal{N}(0, I)),
+     \qquad z_s = \mu(x) + \sigma(x) \odot \epsilon_s,\ \epsilon_s \sim \mathcal{N}(0, I)
+
+  With ``analytic_kl=False`` the KL is the Monte-Carlo estimate
+  :math:`\frac1S \sum_s \log q(z_s \mid x) - \log p(z_s)` on the same samples.
+
+  Args:
+    model: the :class:`VAE`.
+    params: its params pytree.
+    key: PRNG key (one sub-key per point is split from it).
+    x: ``(N, *data_shape)``.
+    num_samples: S >= 1 latent samples per point.
+    beta: weight of the KL term (1 is the ELBO; beta-VAE otherwise).
+    analytic_kl: closed-form Gaussian KL (True) or Monte-Carlo KL (False).
+    compute_dtype: e.g. ``jnp.bfloat16``: params and activations are cast to it, log-probs are
+      computed in float32.
+
+  Returns:
+    ``(N,)`` ELBO per point, in nats.
+
+  Raises:
+    ValueError: x without a batch axis, not finite, or not matching the model; num_samples < 1.
+  """
+  return elbo_terms(model, params, key, x, num_samples, beta, analytic_kl,
+                    compute_dtype=compute_dtype).elbo
+
+
+def iwae_bound(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+               num_samples: int, *, compute_dtype: Any = None) -> jax.Array:
+  r"""Per-point importance-weighted bound of Burda et al. (2015); equals the ELBO at k = 1.
+
+  .. math::
+     \mathcal{L}_k(x) = \log \frac1k \sum_{s=1}^k \frac{p(x, z_s)}{q(z_s \mid x)},
+     \qquad z_s \sim q(z \mid x)
+
+  Args:
+    model, params: the VAE.
+    key: PRNG key.
+    x: ``(N, *data_shape)``.
+    num_samples: k >= 1.
+    compute_dtype: as in :func:`elbo`.
+
+  Returns:
+    ``(N,)`` bound per point. ELBO <= L_k <= L_{k+1} <= log p(x) in expectation.
+  """
+  _check_key(key)
+  _check_x(x)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  x = _as_float(x)
+  params = cast_params(params, compute_dtype)
+
+  def point(k, xi):
+    log_w = _point_log_weights(model, params, k, xi, num_samples, compute_dtype)
+    return jax.nn.logsumexp(log_w) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
+
+  return _per_point(point, key, x)
+
+
+def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+                   num_samples: int = 5000, chunk_size: int = 500) -> jax.Array:
+  r"""Importance-sampled estimate of log p(x) per point, with q(z | x) as the proposal.
+
+  .. math::
+     \log \hat p(x) = \log \frac1K \sum_{s=1}^K \frac{p(x \mid z_s)\, p(z_s)}{q(z_s \mid x)}
+
+  This is the IWAE bound at k = K, computed in chunks of ``chunk_size`` samples (``lax.scan``
+  with a running log-sum-exp), so memory is O(N * chunk_size) however large K is. It is the
+  standard test log-likelihood of Burda et al. (2015) at K = 5000.
+
+  Args:
+    model, params: the VAE.
+    key: PRNG key.
+    x: ``(N, *data_shape)``.
+    num_samples: K >= 1 importance samples.
+    chunk_size: samples per chunk (>= 1); the last chunk is masked when it does not divide K.
+
+  Returns:
+    ``(N,)`` estimates of log p(x) (biased low, consistent as K grows).
+  """
+  _check_key(key)
+  _check_x(x)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  chunk_size = min(_checks.check_positive_int(chunk_size, "chunk_size"), num_samples)
+  num_chunks = -(-num_samples // chunk_size)
+  x = _as_float(x)
+
+  def point(k, xi):
+    chunk_keys = jax.random.split(k, num_chunks)
+
+    def body(carry, inputs):
+      running_max, running_sum = carry
+      i, ck = inputs
+      log_w = _point_log_weights(model, params, ck, xi, chunk_size, None)
+      valid = i * chunk_size + jnp.arange(chunk_size) < num_samples
+      log_w = jnp.where(valid, log_w, -jnp.inf)
+      new_max = jnp.maximum(running_max, jnp.max(log_w))
+      running_sum = (running_sum * jnp.exp(running_max - new_max)
+                     + jnp.sum(jnp.exp(log_w - new_max)))
+      return (new_max, running_sum), None
+
+    dtype = _float_dtype(xi.dtype)
+    init_carry = (jnp.asarray(-jnp.inf, dtype), jnp.asarray(0.0, dtype))
+    (m, s), _ = jax.lax.scan(body, init_carry, (jnp.arange(num_chunks), chunk_keys))
+    return m + jnp.log(s) - jnp.log(jnp.asarray(num_samples, dtype))
+
+  return _per_point(point, key, x)
+
+
+def autoencoder_log_likelihood(model: VAE, params: Params, x: jax.typing.ArrayLike, *,
+                               compute_dtype: Any = None) -> jax.Array:
+  r"""Per-point reconstruction log-likelihood of the deterministic autoencoder.
+
+  The encoder's variance is ignored; z is the encoder mean:
+
+  .. math:: \log p(x \mid z = \mu(x))
+
+  Its negative mean is the autoencoder's training loss (``objective="autoencoder"``).
+
+  Returns:
+    ``(N,)``.
+  """
+  _check_x(x)
+  x = _as_float(x)
+  params = cast_params(params, compute_dtype)
+
+  def point(xi):
+    mean, _ = _encode_point(model, params, xi, compute_dtype)
+    return _log_px_given_z(model, params, mean, xi, compute_dtype)
+
+  return jax.vmap(point)(x)
+
+
+def active_units(model: VAE, params: Params, x: jax.typing.ArrayLike, threshold: float = 0.01,
+                 batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
+  r"""Number of active latent units (Burda et al., 2015).
+
+  .. math:: A_u = \mathrm{Var}_{x}\left(\mathbb{E}_{q(z \mid x)}[z_u]\right) > \text{threshold}
+
+  Args:
+    model, params: the VAE.
+    x: ``(N, *data_shape)``, typically the test set.
+    threshold: activity threshold (0.01 in the paper).
+    batch_size: points encoded at a time.
+
+  Returns:
+    ``(count, variances)``: int scalar, and ``(L,)`` variance of the posterior mean per unit.
+  """
+  _check_x(x)
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  means = jnp.concatenate([encode(model, params, x[i:i + batch_size])[0]
+                           for i in range(0, np.shape(x)[0], batch_size)])
+  variances = jnp.var(means, axis=0)
+  return jnp.sum(variances > threshold), variances

@@ -1,0 +1,188 @@
+"""Training pieces for the VAE family: train state, one pure training step, evaluation.
+
+``lvmjax.vae.train.train_and_evaluate`` (data, checkpoints, logging) is built on these; user code
+can build its own loop the same way::
+
+  state = create_train_state(key, model, x[:100], optax.adam(1e-3))
+  step = jit_train_step(model, optax.adam(1e-3), objective="iwae", num_samples=5)
+  for i, batch in enumerate(batches):
+    state, metrics = step(state, batch, key)     # randomness: fold_in(key, state.step)
+  results = evaluate(model, state.params, key, x_test, batch_size=100)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lvmjax import _checks
+from lvmjax.vae import model as vae_model
+
+OBJECTIVES = ("elbo", "iwae", "autoencoder")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step; a pytree (checkpoint it whole).
+
+  Attributes:
+    step: int32 scalar, the number of steps taken.
+    params: the model's params pytree (float32).
+    opt_state: the optax state.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_train_state(key: jax.Array, model: vae_model.VAE, example_x: jax.typing.ArrayLike,
+                       optimizer: optax.GradientTransformation) -> TrainState:
+  """Initialises params from ``example_x`` (N, *data_shape) and the optimizer state; step 0."""
+  params = vae_model.init(key, model, example_x)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def make_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation,
+                    objective: str = "elbo", num_samples: int = 1, beta: float = 1.0,
+                    compute_dtype: Any = jnp.float32, analytic_kl: bool = True
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+  r"""Returns a pure ``train_step(state, x, key) -> (state, metrics)``.
+
+  The loss is the negative batch mean of the objective:
+
+  * ``"elbo"``: :func:`lvmjax.vae.elbo` with ``num_samples``, ``beta``, ``analytic_kl``;
+  * ``"iwae"``: :func:`lvmjax.vae.iwae_bound` with k = ``num_samples``;
+  * ``"autoencoder"``: :func:`lvmjax.vae.autoencoder_log_likelihood` (deterministic).
+
+  The step's randomness is ``jax.random.fold_in(key, state.step)``, so a run resumed from a
+  checkpoint draws the same numbers as an uninterrupted one. ``x`` may be any numeric dtype
+  (e.g. uint8 bits); it is cast inside the step. Wrap the step in
+  ``jax.jit(step, donate_argnums=0)`` (or use :func:`jit_train_step`).
+
+  Args:
+    model: the :class:`~lvmjax.vae.VAE`.
+    optimizer: an optax gradient transformation.
+    objective: ``"elbo"``, ``"iwae"`` or ``"autoencoder"``.
+    num_samples: latent samples per point (k for IWAE), >= 1.
+    beta: KL weight for ``"elbo"``.
+    compute_dtype: dtype of activations (``jnp.bfloat16`` on GPU/TPU); params stay float32 and
+      log-probabilities are computed in float32.
+    analytic_kl: closed-form KL for ``"elbo"``.
+
+  Returns:
+    ``train_step``; its metrics are scalars: ``loss``, ``objective`` (batch mean of the bound),
+    ``grad_norm`` and, for ``"elbo"``, ``reconstruction`` and ``kl``.
+
+  Raises:
+    ValueError: unknown objective, num_samples < 1, negative beta.
+  """
+  _checks.check_choice(objective, "objective", OBJECTIVES)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  _checks.check_nonnegative(beta, "beta")
+  if compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.float32:
+    compute_dtype = None  # params are float32 already; no casts.
+
+  def loss_fn(params, x, key):
+    if objective == "elbo":
+      terms = vae_model.elbo_terms(model, params, key, x, num_samples, beta, analytic_kl,
+                                   compute_dtype=compute_dtype)
+      value = jnp.mean(terms.elbo)
+      aux = {"objective": value, "reconstruction": jnp.mean(terms.reconstruction),
+             "kl": jnp.mean(terms.kl)}
+    elif objective == "iwae":
+      value = jnp.mean(vae_model.iwae_bound(model, params, key, x, num_samples,
+                                            compute_dtype=compute_dtype))
+      aux = {"objective": value}
+    else:
+      value = jnp.mean(vae_model.autoencoder_log_likelihood(model, params, x,
+                                                            compute_dtype=compute_dtype))
+      aux = {"objective": value}
+    return -value, aux
+
+  def train_step(state: TrainState, x: jax.Array, key: jax.Array):
+    step_key = jax.random.fold_in(key, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, step_key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def jit_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation, **kwargs):
+  """``jax.jit(make_train_step(model, optimizer, **kwargs), donate_argnums=0)``."""
+  return jax.jit(make_train_step(model, optimizer, **kwargs), donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _eval_batch(model, params, key, x, num_samples_ll, iwae_k, chunk_size):
+  k_elbo, k_iwae, k_ll = jax.random.split(key, 3)
+  terms = vae_model.elbo_terms(model, params, k_elbo, x, 1)
+  out = {"elbo": terms.elbo, "reconstruction": terms.reconstruction, "kl": terms.kl}
+  for k in iwae_k:
+    out[f"iwae_{k}"] = vae_model.iwae_bound(model, params, jax.random.fold_in(k_iwae, k), x, k)
+  if num_samples_ll:
+    out["log_likelihood"] = vae_model.log_likelihood(model, params, k_ll, x, num_samples_ll,
+                                                     chunk_size)
+  return out
+
+
+def evaluate(model: vae_model.VAE, params: Any, key: jax.Array, x: jax.typing.ArrayLike,
+             batch_size: int = 100, num_samples_ll: int = 5000, iwae_k: Sequence[int] = (),
+             chunk_size: int = 500, active_units_threshold: float = 0.01,
+             progress: Optional[Callable[[int, int], None]] = None) -> dict:
+  """Test-set figures of a trained VAE, computed batch by batch (memory independent of N).
+
+  Args:
+    model, params: the VAE.
+    key: PRNG key (batch ``i`` uses ``fold_in(key, i)``).
+    x: ``(N, *data_shape)``; may be uint8 bits.
+    batch_size: points per jitted batch; the last batch is padded (and the padding dropped).
+    num_samples_ll: K importance samples for the log-likelihood estimate (0 to skip).
+    iwae_k: extra IWAE bounds to report, e.g. ``(5, 50)``.
+    chunk_size: samples per chunk in :func:`~lvmjax.vae.log_likelihood`.
+    active_units_threshold: threshold of :func:`~lvmjax.vae.active_units`.
+    progress: optional callback ``progress(points_done, num_points)``.
+
+  Returns:
+    dict of Python floats (means over x): ``elbo``, ``reconstruction``, ``kl``, ``iwae_<k>`` for
+    each k, ``log_likelihood`` and ``nll`` (= -log_likelihood) when ``num_samples_ll > 0``,
+    ``active_units`` (int), ``num_points``.
+  """
+  vae_model._check_key(key)
+  vae_model._check_x(x)
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  if num_samples_ll:
+    num_samples_ll = _checks.check_positive_int(num_samples_ll, "num_samples_ll")
+  chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+  iwae_k = tuple(_checks.check_positive_int(k, "iwae_k") for k in iwae_k)
+  x = np.asarray(x)
+  n = x.shape[0]
+  batch_size = min(batch_size, n)
+  sums = {}
+  for i, start in enumerate(range(0, n, batch_size)):
+    xb = x[start:start + batch_size]
+    m = xb.shape[0]
+    if m < batch_size:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
+    out = _eval_batch(model, params, jax.random.fold_in(key, i), jnp.asarray(xb),
+                      int(num_samples_ll), iwae_k, int(chunk_size))
+    for name, v in jax.device_get(out).items():
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
+    if progress is not None:
+      progress(start + m, n)
+  results = {name: s / n for name, s in sums.items()}
+  if "log_likelihood" in results:
+    results["nll"] = -results["log_likelihood"]
+  count, _ = vae_model.active_units(model, params, x, active_units_threshold,
+                                    batch_size=max(batch_size, 1000))
+  results["active_units"] = int(count)
+  results["num_points"] = n
+  return results
