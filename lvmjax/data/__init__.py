@@ -1,0 +1,37 @@
+"""Datasets, their files, and deterministic resumable minibatches.
+
+Examples:
+  >>> from lvmjax import data
+  >>> train = data.load_dataset("digits", "train")          # scikit-learn's bundled 8x8 digits
+  >>> it = data.BatchIterator(train.x, 100, seed=0)
+  >>> batch = next(it)
+
+Files: MNIST-family datasets are read as ``.npz`` files from the data directory
+(``config.data_dir``, else ``$LVMJAX_DATA_DIR``, else ``~/.cache/lvmjax/data``); a missing file is
+downloaded from the public originals and checked against published checksums when the machine is
+online (:mod:`lvmjax.data.sources`).
+"""
+from lvmjax.data.batching import Batch
+from lvmjax.data.batching import BatchIterator
+from lvmjax.data.batching import epoch_permutation
+from lvmjax.data.batching import Position
+from lvmjax.data.batching import position_of
+from lvmjax.data.batching import steps_per_epoch
+from lvmjax.data.datasets import binarize_once
+from lvmjax.data.datasets import check_dataset_name
+from lvmjax.data.datasets import Dataset
+from lvmjax.data.datasets import DATASETS
+from lvmjax.data.datasets import load_dataset
+from lvmjax.data.datasets import SPLITS
+from lvmjax.data.sources import ensure_file
+from lvmjax.data.sources import resolve_data_dir
+from lvmjax.data.sources import verify_arrays
+from lvmjax.data.synthetic import make_gmm
+from lvmjax.data.synthetic import sample as sample_gmm
+from lvmjax.data.synthetic import SyntheticGMM
+
+__all__ = [
+    "Batch", "BatchIterator", "epoch_permutation", "Position", "position_of", "steps_per_epoch",
+    "binarize_once", "check_dataset_name", "Dataset", "DATASETS", "load_dataset", "SPLITS",
+    "ensure_file", "resolve_data_dir", "verify_arrays", "make_gmm", "sample_gmm", "SyntheticGMM",
+]
