@@ -1,0 +1,29 @@
+"""The Gaussian mixture model: density, posterior, sampling, and EM on sufficient statistics.
+
+Public API (see DESIGN.md)::
+
+  params = gmm.GMMParams(weights, means, covariances, covariance_type)
+  gmm.log_joint(params, x)       # (..., K)  log p(x, z=k)
+  gmm.log_marginal(params, x)    # (...,)    log p(x)
+  gmm.posterior(params, x)       # (..., K)  p(z=k | x)
+  gmm.map_latent(params, x)      # (...,)    argmax_k p(z=k | x)
+  gmm.sample(key, params, n)     # (x, z)
+  gmm.sample_given(key, params, z)
+  result = gmm.fit(key, x, num_components, covariance_type="full", init="kmeans", n_init=1,
+                   max_iter=100, tol=1e-3, reg_covar=1e-6, sample_weight=None)
+  gmm.e_step(params, x, sample_weight) -> SuffStats;  gmm.m_step(params, stats, reg_covar)
+  gmm.em_step(params, x, sample_weight) -> (params, mean log-likelihood)
+  gmm.num_parameters(params); gmm.bic(params, x); gmm.aic(params, x)
+"""
+from lvmjax.gmm.em import (GMMFitResult, INITS, SuffStats, default_chunk_size, e_step, em_step,
+                           fit, m_step, params_from_responsibilities)
+from lvmjax.gmm.model import (COVARIANCE_TYPES, GMMParams, aic, bic, check_params, cholesky,
+                              covariance_shape, log_joint, log_marginal, map_latent,
+                              num_parameters, posterior, sample, sample_given)
+
+__all__ = [
+    "COVARIANCE_TYPES", "GMMFitResult", "GMMParams", "INITS", "SuffStats", "aic", "bic",
+    "check_params", "cholesky", "covariance_shape", "default_chunk_size", "e_step", "em_step",
+    "fit", "log_joint", "log_marginal", "m_step", "map_latent", "num_parameters",
+    "params_from_responsibilities", "posterior", "sample", "sample_given",
+]

@@ -1,0 +1,516 @@
+r"""EM for the Gaussian mixture as additive sufficient statistics.
+
+The E-step maps rows to statistics that add up over rows, chunks, devices and batches from disk:
+
+.. math::
+
+  r_{nk} = p(z_n{=}k \mid x_n), \qquad
+  N_k = \sum_n s_n r_{nk}, \qquad
+  S^{(1)}_k = \sum_n s_n r_{nk} x_n, \qquad
+  S^{(2)}_k = \sum_n s_n r_{nk} x_n x_n^\top,
+
+with sample weights :math:`s_n`. "tied" keeps :math:`\sum_n s_n x_n x_n^\top`, "diag" and
+"spherical" keep only the diagonals. The M-step is closed-form on the sums:
+
+.. math::
+
+  w_k = N_k / \textstyle\sum_j N_j, \qquad
+  \mu_k = S^{(1)}_k / N_k, \qquad
+  \Sigma_k = S^{(2)}_k / N_k - \mu_k \mu_k^\top + \epsilon I.
+
+Both steps are one matrix product per chunk over all K components: with the per-row features
+:math:`\phi(x) = [\mathrm{vech}(x x^\top), x, 1]` the Mahalanobis terms of every component are
+:math:`\phi(X) A` for a (T, K) matrix A built from the precision matrices, and the statistics are
+:math:`\phi(X)^\top (s \odot R)`. The precision matrices come from the Cholesky factors by
+triangular solves, as in scikit-learn. Raw moments lose float32 precision far from the origin, so
+``fit`` centres the data on its mean first (and shifts the means back); do the same when you call
+``e_step`` yourself on float32 data far from zero.
+
+The E-step streams over chunks of rows with ``lax.scan``, so memory is O(chunk · (D² + K)) and
+never O(N · K · D). The convergence rule, ``tol``, ``max_iter`` and ``reg_covar`` follow
+scikit-learn's ``GaussianMixture``: iteration i records the mean log-likelihood of the parameters
+it starts from, and the fit stops when it changes by less than ``tol``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from lvmjax import _checks
+from lvmjax.gmm import model
+from lvmjax.gmm.model import GMMParams
+
+INITS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+class SuffStats(NamedTuple):
+  """Additive sufficient statistics of one E-step (sum them over chunks, devices or batches).
+
+  Attributes:
+    counts: (K,) :math:`N_k = \\sum_n s_n r_{nk}`.
+    sum_x: (K, D) :math:`\\sum_n s_n r_{nk} x_n`.
+    sum_xx: raw second moments: (K, D, D) :math:`\\sum_n s_n r_{nk} x_n x_n^\\top` for "full",
+      (D, D) :math:`\\sum_n s_n x_n x_n^\\top` for "tied", (K, D) diagonals for "diag" and
+      "spherical".
+    log_likelihood: scalar :math:`\\sum_n s_n \\log p(x_n)`.
+    total_weight: scalar :math:`\\sum_n s_n`.
+  """
+  counts: jax.Array
+  sum_x: jax.Array
+  sum_xx: jax.Array
+  log_likelihood: jax.Array
+  total_weight: jax.Array
+
+
+class GMMFitResult(NamedTuple):
+  """What ``fit`` returns.
+
+  Attributes:
+    params: the fitted GMMParams (of the best restart).
+    log_likelihood: mean per-point log-likelihood at each iteration, shape (n_iter,): entry i is
+      that of the parameters iteration i started from (scikit-learn's ``lower_bounds_``). Under a
+      transformation such as ``jax.vmap`` it keeps its full length ``max_iter`` and entries past
+      ``n_iter`` are NaN.
+    n_iter: number of EM iterations run.
+    converged: whether the change in mean log-likelihood fell below ``tol``.
+    lower_bound: the last entry of ``log_likelihood`` (-inf when ``max_iter == 0``); the best
+      restart is the one with the largest.
+  """
+  params: GMMParams
+  log_likelihood: jax.Array
+  n_iter: jax.Array
+  converged: jax.Array
+  lower_bound: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def _triu(d: int):
+  return np.triu_indices(d)
+
+
+def _features(x: jax.Array, covariance_type: str) -> jax.Array:
+  """phi(x): [vech(x x^T), x, 1] for "full"; [x*x, x, 1] for "diag"/"spherical"; [x, 1] "tied"."""
+  ones = jnp.ones((x.shape[0], 1), x.dtype)
+  if covariance_type == "full":
+    i, j = _triu(x.shape[1])
+    return jnp.concatenate([x[:, i] * x[:, j], x, ones], axis=1)
+  if covariance_type == "tied":
+    return jnp.concatenate([x, ones], axis=1)
+  return jnp.concatenate([x * x, x, ones], axis=1)
+
+
+def _quadratic_form_matrix(params: GMMParams) -> tuple[jax.Array, jax.Array]:
+  """(A, extra): phi(x) @ A = log w_k + log N(x; mu_k, Sigma_k) - extra(x), for all k at once.
+
+  extra(x) is the component-independent part (the x^T P x term of "tied"), given as a (T,)
+  vector for phi(x) (zero for the other types), so it is added back per row.
+  """
+  cov_type = params.covariance_type
+  means = params.means
+  k, d = means.shape
+  dtype = means.dtype
+  chol = model.cholesky(params)
+  const = jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
+  if cov_type in ("full", "tied"):
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
+    chol_inv = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+    prec = jnp.swapaxes(chol_inv, -1, -2) @ chol_inv  # L^{-T} L^{-1} = Sigma^{-1}
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    if cov_type == "full":
+      p_mu = jnp.einsum("kde,ke->kd", prec, means)  # (K, D)
+      mu_p_mu = jnp.einsum("kd,kd->k", p_mu, means)
+      i, j = _triu(d)
+      quad = prec[:, i, j] * jnp.where(i == j, 1.0, 2.0).astype(dtype)  # (K, T)
+      a = jnp.concatenate([-0.5 * quad, p_mu, (const - half_logdet - 0.5 * mu_p_mu)[:, None]],
+                          axis=1)
+      return a.T, jnp.zeros((0,), dtype)
+    p_mu = means @ prec  # (K, D)
+    mu_p_mu = jnp.einsum("kd,kd->k", p_mu, means)
+    a = jnp.concatenate([p_mu, (const - half_logdet - 0.5 * mu_p_mu)[:, None]], axis=1)
+    return a.T, prec
+  var = jnp.square(chol)
+  if cov_type == "spherical":
+    var = jnp.broadcast_to(var[:, None], (k, d))
+  inv_var = 1.0 / var
+  a = jnp.concatenate([-0.5 * inv_var, means * inv_var,
+                       (const - 0.5 * jnp.sum(jnp.log(var), axis=1)
+                        - 0.5 * jnp.sum(means * means * inv_var, axis=1))[:, None]], axis=1)
+  return a.T, jnp.zeros((0,), dtype)
+
+
+def _chunk_stats(x, w, phi, resp, log_px, covariance_type):
+  """Statistics of one chunk from its features, responsibilities and log p(x)."""
+  d = x.shape[1]
+  wr = w[:, None] * resp
+  moments = phi.T @ wr  # (T, K): one matrix product for all components
+  counts = moments[-1]
+  sum_x = moments[-1 - d:-1].T
+  if covariance_type == "full":
+    i, j = _triu(d)
+    upper = moments[:-1 - d].T  # (K, T)
+    sum_xx = jnp.zeros((wr.shape[1], d, d), x.dtype).at[:, i, j].set(upper).at[:, j, i].set(upper)
+  elif covariance_type == "tied":
+    sum_xx = x.T @ (w[:, None] * x)
+  else:
+    sum_xx = moments[:d].T
+  return SuffStats(counts, sum_x, sum_xx, jnp.sum(w * log_px), jnp.sum(w))
+
+
+def _zero_stats(num_components, d, covariance_type, dtype):
+  xx = model.covariance_shape(covariance_type, num_components, d)
+  if covariance_type == "spherical":
+    xx = (num_components, d)
+  z = lambda shape: jnp.zeros(shape, dtype)  # pylint: disable=unnecessary-lambda-assignment
+  return SuffStats(z((num_components,)), z((num_components, d)), z(xx), z(()), z(()))
+
+
+def _scan(x_chunks, w_chunks, num_components, covariance_type, resp_fn):
+  """Sums chunk statistics with lax.scan; resp_fn(i, x, phi) -> (resp (n, K), log p(x) (n,))."""
+  d = x_chunks.shape[-1]
+
+  def body(acc, inputs):
+    i, xc, wc = inputs
+    phi = _features(xc, covariance_type)
+    resp, log_px = resp_fn(i, xc, phi)
+    stats = _chunk_stats(xc, wc, phi, resp, log_px, covariance_type)
+    return jax.tree.map(jnp.add, acc, stats), None
+
+  init = _zero_stats(num_components, d, covariance_type, x_chunks.dtype)
+  out, _ = jax.lax.scan(body, init, (jnp.arange(x_chunks.shape[0]), x_chunks, w_chunks))
+  return out
+
+
+def _posterior_fn(params: GMMParams):
+  a, extra = _quadratic_form_matrix(params)
+
+  def resp_fn(_, xc, phi):
+    lj = phi @ a
+    if params.covariance_type == "tied":
+      lj = lj - 0.5 * jnp.einsum("nd,de,ne->n", xc, extra, xc)[:, None]
+    log_px = jax.nn.logsumexp(lj, axis=-1)
+    return jnp.exp(lj - log_px[:, None]), log_px
+
+  return resp_fn
+
+
+def _chunks(x: jax.Array, sample_weight: jax.Array, chunk_size: int):
+  """Pads rows to a multiple of chunk_size (weight 0) and reshapes to (num_chunks, chunk, ...)."""
+  n = x.shape[0]
+  num_chunks = -(-n // chunk_size)
+  pad = num_chunks * chunk_size - n
+  if pad:
+    x = jnp.pad(x, ((0, pad), (0, 0)))
+    sample_weight = jnp.pad(sample_weight, (0, pad))
+  return (x.reshape(num_chunks, chunk_size, x.shape[1]),
+          sample_weight.reshape(num_chunks, chunk_size))
+
+
+def default_chunk_size(num_points: int, num_components: int, num_features: int) -> int:
+  """Rows per chunk: about 2**20 floats of per-chunk features and responsibilities."""
+  width = num_features * (num_features + 1) // 2 + num_features + 1 + 2 * num_components
+  return int(min(num_points, max(256, (2**20 // width) // 8 * 8)))
+
+
+def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
+  x = jnp.asarray(x)
+  dtype = dtype or jnp.result_type(x.dtype, float)
+  x = x.astype(dtype)
+  if sample_weight is None:
+    sample_weight = jnp.ones(x.shape[0], dtype)
+  return x, jnp.asarray(sample_weight).astype(dtype)
+
+
+def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
+           chunk_size: int | None = None) -> SuffStats:
+  r"""E-step: responsibilities and their additive statistics, streamed over chunks of rows.
+
+  .. math::
+
+    r_{nk} = \frac{w_k \mathcal{N}(x_n; \mu_k, \Sigma_k)}{\sum_j w_j \mathcal{N}(x_n; \mu_j, \Sigma_j)}
+
+  Args:
+    params: current parameters.
+    x: (N, D) data (centre float32 data far from the origin first; see the module docstring).
+    sample_weight: optional (N,) non-negative weights (default all ones).
+    chunk_size: rows per chunk (default: see ``default_chunk_size``).
+
+  Returns:
+    ``SuffStats`` summed over all rows. Statistics of different row sets (taken with the same
+    params) add: ``jax.tree.map(jnp.add, s1, s2)``, or ``jax.lax.psum`` across devices.
+  """
+  _checks.check_data(x)
+  model.check_params(params, np.shape(x)[1], check_values=False)
+  _checks.check_sample_weight(sample_weight, np.shape(x)[0])
+  x, w = _prepare(x, sample_weight, params.means.dtype)
+  chunk = chunk_size or default_chunk_size(x.shape[0], *params.means.shape)
+  xs, ws = _chunks(x, w, min(chunk, x.shape[0]))
+  return _scan(xs, ws, params.num_components, params.covariance_type, _posterior_fn(params))
+
+
+def _repair_positive_definite(cov: jax.Array) -> jax.Array:
+  """Adds a jitter of 100·eps·mean(diag) to the matrices whose Cholesky factorisation failed
+  because float rounding left them indefinite (e.g. float32 data with exactly duplicated points).
+  Matrices that factorise are returned unchanged."""
+  bad = jnp.any(jnp.isnan(jnp.linalg.cholesky(cov)), axis=(-2, -1), keepdims=True)
+  scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
+  finfo = jnp.finfo(cov.dtype)
+  jitter = 100 * finfo.eps * jnp.maximum(scale, finfo.tiny)
+  return cov + jnp.where(bad, jitter, 0.0) * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+
+def m_step(params: GMMParams, stats: SuffStats, reg_covar: float = 1e-6) -> GMMParams:
+  r"""M-step: closed-form maximum-likelihood parameters from the E-step's statistics.
+
+  .. math::
+
+    w_k = \frac{N_k}{\sum_j N_j}, \quad
+    \mu_k = \frac{S^{(1)}_k}{N_k}, \quad
+    \Sigma_k = \frac{S^{(2)}_k}{N_k} - \mu_k \mu_k^\top + \epsilon I
+
+  As in scikit-learn, :math:`N_k` gets :math:`10\,\mathrm{eps}` added, so a component that lost
+  all its points gets a zero mean and covariance :math:`\epsilon I` instead of NaN. A covariance
+  that float rounding left indefinite gets a jitter of 100·eps·mean(diag) on its diagonal.
+
+  Args:
+    params: the parameters the statistics were taken with (for the covariance type).
+    stats: ``SuffStats`` from ``e_step`` (possibly summed over several).
+    reg_covar: :math:`\epsilon`, added to the diagonal of every covariance.
+
+  Returns:
+    The updated ``GMMParams``.
+  """
+  cov_type = params.covariance_type
+  counts = stats.counts + 10 * jnp.finfo(stats.counts.dtype).eps
+  means = stats.sum_x / counts[:, None]
+  weights = counts / jnp.sum(counts)
+  eye = jnp.eye(means.shape[-1], dtype=means.dtype)
+  if cov_type == "full":
+    cov = stats.sum_xx / counts[:, None, None] - jnp.einsum("kd,ke->kde", means, means)
+    cov = _repair_positive_definite(0.5 * (cov + jnp.swapaxes(cov, -1, -2)) + reg_covar * eye)
+  elif cov_type == "tied":
+    cov = (stats.sum_xx - jnp.einsum("k,kd,ke->de", counts, means, means)) / jnp.sum(counts)
+    cov = _repair_positive_definite(0.5 * (cov + cov.T) + reg_covar * eye)
+  else:
+    cov = jnp.maximum(stats.sum_xx / counts[:, None] - jnp.square(means), 0.0) + reg_covar
+    if cov_type == "spherical":
+      cov = jnp.mean(cov, axis=-1)
+  return GMMParams(weights, means, cov, cov_type)
+
+
+def em_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            reg_covar: float = 1e-6, chunk_size: int | None = None) -> tuple[GMMParams, jax.Array]:
+  """One EM iteration: ``m_step(params, e_step(params, x))``.
+
+  Returns:
+    (new params, mean log-likelihood of the *old* params on x, weighted by sample_weight).
+  """
+  stats = e_step(params, x, sample_weight, chunk_size=chunk_size)
+  return m_step(params, stats, reg_covar), stats.log_likelihood / stats.total_weight
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation.
+
+
+def params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components, covariance_type,
+                                 reg_covar) -> GMMParams:
+  """M-step from given responsibilities ``resp_fn(chunk_index, x_chunk) -> (n, K)``.
+
+  Mirrors scikit-learn's ``_initialize`` except that the weights are normalised to sum to one.
+  """
+  dtype = x_chunks.dtype
+  stats = _scan(x_chunks, w_chunks, num_components, covariance_type,
+                lambda i, xc, _: (resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype)))
+  template = GMMParams(None, None, None, covariance_type)
+  return m_step(template, stats, reg_covar)
+
+
+def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar):
+  chunk = x_chunks.shape[1]
+  if init == "kmeans":
+    from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
+    labels = kmeans.fit(key, x, num_components, n_init=1, sample_weight=w).labels
+    labels = jnp.pad(labels, (0, x_chunks.shape[0] * chunk - x.shape[0])).reshape(-1, chunk)
+
+    def resp_fn(i, _):
+      return jax.nn.one_hot(labels[i], num_components, dtype=x.dtype)
+  elif init == "random":
+    def resp_fn(i, xc):
+      r = jax.random.uniform(jax.random.fold_in(key, i), (xc.shape[0], num_components), x.dtype)
+      return r / jnp.sum(r, axis=1, keepdims=True)
+  else:
+    if init == "random_from_data":
+      p = w / jnp.sum(w)
+      idx = jax.random.choice(key, x.shape[0], (num_components,), replace=False, p=p)
+    else:  # k-means++
+      from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
+      idx = kmeans.kmeans_plusplus_indices(key, x, num_components, sample_weight=w)
+
+    def resp_fn(i, xc):
+      rows = i * chunk + jnp.arange(xc.shape[0])
+      return (rows[:, None] == idx[None, :]).astype(x.dtype)
+  return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
+                                      covariance_type, reg_covar)
+
+
+# --------------------------------------------------------------------------------------------
+# The fit loop.
+
+
+class _LoopState(NamedTuple):
+  params: GMMParams
+  lower_bound: jax.Array
+  history: jax.Array
+  n_iter: jax.Array
+  converged: jax.Array
+
+
+def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
+  dtype = x_chunks.dtype
+
+  def cond(s):
+    return (s.n_iter < max_iter) & ~s.converged
+
+  def body(s):
+    stats = _scan(x_chunks, w_chunks, s.params.num_components, s.params.covariance_type,
+                  _posterior_fn(s.params))
+    ll = stats.log_likelihood / stats.total_weight
+    new_params = m_step(s.params, stats, reg_covar)
+    converged = jnp.abs(ll - s.lower_bound) < tol
+    return _LoopState(new_params, ll, s.history.at[s.n_iter].set(ll), s.n_iter + 1, converged)
+
+  state = _LoopState(params, jnp.array(-jnp.inf, dtype), jnp.full((max_iter,), jnp.nan, dtype),
+                     jnp.array(0, jnp.int32), jnp.array(False))
+  return jax.lax.while_loop(cond, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("num_components", "covariance_type", "init",
+                                             "n_init", "max_iter", "chunk_size"))
+def _fit_jit(key, x, w, init_params, tol, reg_covar, *, num_components, covariance_type, init,
+             n_init, max_iter, chunk_size):
+  # Raw moments are accurate near the origin: fit on centred data, shift the means back.
+  center = (w @ x) / jnp.sum(w)
+  x = x - center
+  x_chunks, w_chunks = _chunks(x, w, chunk_size)
+
+  def one(k):
+    if init == "params":
+      params = init_params.replace(means=init_params.means - center)
+    else:
+      params = _initialize(k, x, w, x_chunks, w_chunks, num_components, covariance_type, init,
+                           reg_covar)
+    s = _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar)
+    params = s.params.replace(means=s.params.means + center)
+    return GMMFitResult(params, s.history, s.n_iter, s.converged, s.lower_bound)
+
+  if n_init == 1:
+    return one(key)
+  results = jax.vmap(one)(jax.random.split(key, n_init))
+  score = jnp.where(jnp.isnan(results.lower_bound), -jnp.inf, results.lower_bound)
+  best = jnp.argmax(score)
+  return jax.tree.map(lambda a: a[best], results)
+
+
+def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str = "full",
+        init: str | GMMParams = "kmeans", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
+        reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
+        chunk_size: int | None = None) -> GMMFitResult:
+  r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.
+
+  Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is a
+  ``lax.while_loop``. ``n_init`` restarts run as one ``vmap`` over keys and the restart with the
+  largest final mean log-likelihood wins. Compiles once per shape and static configuration.
+
+  The meaning of ``tol``, ``max_iter`` and ``reg_covar`` is scikit-learn's ``GaussianMixture``:
+  iteration i records the mean log-likelihood of the parameters it starts from, and the loop stops
+  when that changes by less than ``tol`` (absolute) or after ``max_iter`` iterations.
+
+  Args:
+    key: PRNG key for the initialisation.
+    x: (N, D) data; float32 unless it is float64 with x64 enabled.
+    num_components: K.
+    covariance_type: "full", "tied", "diag" or "spherical".
+    init: "kmeans" (K-means labels as responsibilities, scikit-learn's default), "k-means++"
+      (hard responsibilities at k-means++ seeds), "random" (uniform random responsibilities),
+      "random_from_data" (hard responsibilities at K distinct random points) or a ``GMMParams`` to
+      start from. Built-in initialisations normalise the weights to sum to one.
+    n_init: number of restarts (ignored, as one, when ``init`` is a GMMParams).
+    max_iter: maximum number of EM iterations (0 returns the initial parameters).
+    tol: convergence threshold on the change in mean log-likelihood.
+    reg_covar: non-negative value added to the diagonal of the covariances.
+    sample_weight: optional (N,) non-negative weights; integer weights equal repeating rows.
+    chunk_size: rows per E-step chunk (memory O(chunk_size · K · D)).
+
+  Returns:
+    ``GMMFitResult(params, log_likelihood, n_iter, converged, lower_bound)``.
+
+  Raises:
+    ValueError: on bad input (see the message), or when the fit produced non-finite parameters
+      (ill-defined covariances: increase ``reg_covar`` or reduce ``num_components``).
+
+  Examples:
+    >>> import jax
+    >>> from lvmjax import gmm
+    >>> x, _ = gmm.sample(jax.random.key(0), gmm.GMMParams(
+    ...     jax.numpy.array([.5, .5]), jax.numpy.array([[-3., 0.], [3., 0.]]),
+    ...     jax.numpy.array([1., 1.]), "spherical"), 500)
+    >>> result = gmm.fit(jax.random.key(1), x, 2)
+    >>> bool(result.converged)
+    True
+  """
+  _checks.check_data(x)
+  n, d = np.shape(x)
+  num_components = _checks.check_positive_int(num_components, "num_components")
+  _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
+  n_init = _checks.check_positive_int(n_init, "n_init")
+  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
+  tol = _checks.check_nonnegative(tol, "tol")
+  reg_covar = _checks.check_nonnegative(reg_covar, "reg_covar")
+  if n < num_components:
+    raise ValueError(
+        f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
+        "points as components. Use fewer components or more data.")
+  _checks.check_sample_weight(sample_weight, n)
+  x, w = _prepare(x, sample_weight)
+  if isinstance(init, GMMParams):
+    model.check_params(init, d)
+    if init.num_components != num_components or init.covariance_type != covariance_type:
+      raise ValueError(
+          f"init has K={init.num_components} components of covariance_type "
+          f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
+          f"covariance_type={covariance_type!r}.")
+    init_params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), init)
+    init_kind, n_init = "params", 1
+  else:
+    if not isinstance(init, str) or init not in INITS:
+      raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))} "
+                       "or a gmm.GMMParams.")
+    init_params, init_kind = None, init
+  if _checks.is_concrete(w) and int(np.count_nonzero(np.asarray(w))) < num_components and (
+      init_kind in ("random_from_data", "k-means++", "kmeans")):
+    raise ValueError(f"Only {int(np.count_nonzero(np.asarray(w)))} points have positive "
+                     f"sample_weight, fewer than num_components={num_components}.")
+  chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
+      default_chunk_size(n, num_components, d))
+  result = _fit_jit(key, x, w, init_params, jnp.asarray(tol, x.dtype),
+                    jnp.asarray(reg_covar, x.dtype), num_components=num_components,
+                    covariance_type=covariance_type, init=init_kind, n_init=n_init,
+                    max_iter=max_iter, chunk_size=min(chunk, n))
+  if _checks.is_concrete(result.n_iter):
+    leaves = jax.tree.leaves(result.params)
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+      raise ValueError(
+          "Fitting the mixture model failed because some components have ill-defined empirical "
+          "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
+          "the number of components, or increase reg_covar.")
+    result = result._replace(log_likelihood=result.log_likelihood[:int(result.n_iter)])
+  return result
