@@ -103,14 +103,16 @@ def test_em_log_likelihood_never_decreases(x64, model):
 
 
 def test_fa_em_reaches_sklearn_likelihood(x64):
-  rng = np.random.default_rng(7)
-  x = _data(rng, fa=True)
-  fa = FactorAnalysis(n_components=2, tol=1e-6, max_iter=20000, random_state=0).fit(x)
+  # a well-posed case (no Heywood noise variance drifting to 0, where EM crawls)
+  rng = np.random.default_rng(8)
+  x = _data(rng, n=2000, fa=True)
+  fa = FactorAnalysis(n_components=2, tol=1e-8, max_iter=20000, random_state=0).fit(x)
   result = ppca.fit_em(None, x, 2, model="fa", init="pca", max_iter=5000, tol=1e-11)
+  assert bool(result.converged)
   ours = float(ppca.log_marginal(result.params, x).mean())
   assert ours == pytest.approx(fa.score(x), abs=1e-5)
   sk_cov = fa.get_covariance()
-  np.testing.assert_allclose(ppca.covariance(result.params), sk_cov, rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(ppca.covariance(result.params), sk_cov, rtol=1e-4, atol=1e-4)
 
 
 def test_fit_em_eager_equals_jit(x64):
