@@ -90,7 +90,8 @@ def _scatter(ax, x2, labels, size=None):
 
 def plot_gmm(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
              covariance_type: str = "full", labels: np.ndarray | None = None,
-             title: str | None = None, max_points: int = 3000) -> Figure:
+             assignments: np.ndarray | None = None, title: str | None = None,
+             max_points: int = 3000) -> Figure:
   """The data with each component's 1- and 2-standard-deviation ellipse.
 
   Above two dimensions the data, means and covariances are projected on the data's first two
@@ -100,7 +101,9 @@ def plot_gmm(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances:
     x: (N, D) data.
     weights, means, covariances: the mixture in scikit-learn's layout.
     covariance_type: "full", "tied", "diag" or "spherical".
-    labels: optional (N,) integer colours (e.g. true classes or MAP components).
+    labels: optional (N,) integer classes to colour the points by (with a colour bar).
+    assignments: optional (N,) component index of each point (e.g. the MAP component); points
+      then take their component's ellipse colour (``labels`` is ignored).
     title: the axes title.
     max_points: draw at most this many points (a fixed random subset).
 
@@ -114,10 +117,17 @@ def plot_gmm(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances:
   x2, mean, basis = project_2d(x)
   if len(x2) > max_points:
     keep = np.random.default_rng(0).choice(len(x2), max_points, replace=False)
-    x2, labels = x2[keep], (None if labels is None else np.asarray(labels)[keep])
+    x2 = x2[keep]
+    labels = None if labels is None else np.asarray(labels)[keep]
+    assignments = None if assignments is None else np.asarray(assignments)[keep]
   fig = Figure(figsize=(6, 5))
   ax = fig.add_subplot()
-  sc = _scatter(ax, x2, labels)
+  if assignments is not None:
+    sc = None
+    ax.scatter(x2[:, 0], x2[:, 1], s=12 if len(x2) < 2000 else 3, linewidths=0, alpha=0.6,
+               c=[f"C{int(a) % 10}" for a in np.asarray(assignments)])
+  else:
+    sc = _scatter(ax, x2, labels)
   m2 = (means - mean) @ basis.T
   c2 = basis @ covs @ basis.T
   w = np.asarray(weights, np.float64)

@@ -1,0 +1,353 @@
+"""Fitting a Gaussian mixture as an experiment: data, model selection over K, EM with checkpoints,
+evaluation and figures.
+
+``fit_and_evaluate(config, workdir)`` is what ``experiments/fit_gmm.py`` runs and what tests and
+notebooks call. The config fields are those of ``configs/gmm_digits.py``.
+
+EM runs in blocks of ``config.checkpoint_every`` iterations with an Orbax checkpoint of the
+parameters after each block, so a long fit (large N) that is killed resumes from its last block.
+The first block is :func:`lvmjax.gmm.fit` with the configured initialisation and restarts; the later
+blocks continue from the checkpointed parameters with :func:`lvmjax.gmm.em_step` in one jitted
+loop that carries the previous log-likelihood, so the stopping rule (scikit-learn's: the change in
+mean log-likelihood below ``tol``) is exactly that of one uninterrupted fit. With ``n_init > 1``
+the restarts are compared after the first block (set ``checkpoint_every >= max_iter`` to compare
+them at convergence, as scikit-learn does).
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from lvmjax import checkpoint
+from lvmjax import data
+from lvmjax import distributed
+from lvmjax import experiment
+from lvmjax import gmm
+from lvmjax import plotting
+from lvmjax import progress
+
+SELECT_K = ("none", "bic", "aic")
+
+
+class GMMRun(NamedTuple):
+  """What :func:`fit_and_evaluate` returns.
+
+  Attributes:
+    params: the fitted :class:`lvmjax.gmm.GMMParams`.
+    results: the numbers written to ``results.json`` (log-likelihoods, BIC, AIC, ...).
+    log_likelihood: (n_iter,) mean training log-likelihood per EM iteration.
+    selection: ``{"k": [...], "bic": [...], "aic": [...], ...}`` when ``config.k_values`` is set,
+      else None.
+  """
+  params: gmm.GMMParams
+  results: dict
+  log_likelihood: np.ndarray
+  selection: dict | None
+
+
+def validate_config(config: Any) -> None:
+  """Raises ValueError for a config that cannot run (checked before any data is read)."""
+  data.check_dataset_name(config.dataset)
+  experiment.check_positive_ints(config, ["num_components", "n_init", "checkpoint_every",
+                                          "max_to_keep"])
+  experiment.check_positive_ints(config, ["max_iter", "num_train_points", "chunk_size"], minimum=0)
+  experiment.check_positive_floats(config, ["tol", "reg_covar"], allow_zero=True)
+  experiment.check_choice(config, "covariance_type", gmm.COVARIANCE_TYPES)
+  experiment.check_choice(config, "init", gmm.INITS)
+  experiment.check_choice(config, "select_k", SELECT_K)
+  for k in config.k_values:
+    experiment.check_positive_ints({"k": k}, ["k"])
+  if config.select_k != "none" and not config.k_values:
+    raise ValueError(f"config.select_k={config.select_k!r} needs config.k_values, the candidate "
+                     "numbers of components, e.g. --config.k_values='(1,2,3,4,5,6)'.")
+  if config.dataset == "synthetic_gmm":
+    experiment.check_positive_ints(config, ["synthetic.num_points", "synthetic.num_components",
+                                            "synthetic.num_features"])
+    experiment.check_positive_floats(config, ["synthetic.separation"], allow_zero=True)
+
+
+def load_data(config: Any) -> tuple[data.Dataset, data.Dataset | None]:
+  """The training and (when the dataset has one) test split named by the config."""
+  synthetic = config.synthetic.to_dict() if config.dataset == "synthetic_gmm" else None
+  kwargs = dict(data_dir=config.data_dir or None, synthetic_options=synthetic)
+  train = data.load_dataset(config.dataset, "train", **kwargs)
+  test = data.load_dataset(config.dataset, "test", **kwargs) if "test" in data.SPLITS[
+      config.dataset] else None
+  if config.num_train_points and config.num_train_points < train.num_points:
+    idx = np.sort(np.random.default_rng([config.seed, 7]).choice(
+        train.num_points, config.num_train_points, replace=False))
+    train = train._replace(x=train.x[idx], y=None if train.y is None else train.y[idx])
+  return train, test
+
+
+class _BlockState(NamedTuple):
+  params: gmm.GMMParams
+  lower_bound: jax.Array
+  history: jax.Array
+  i: jax.Array
+  converged: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("block", "chunk_size"))
+def _em_block(params, x, lower_bound, num_iters, tol, reg_covar, *, block, chunk_size):
+  """Up to ``num_iters`` (<= ``block``) EM iterations starting from ``params``, stopping when the
+  mean log-likelihood changes by less than ``tol`` from the previous iteration's ``lower_bound``."""
+
+  def cond(s):
+    return (s.i < num_iters) & ~s.converged
+
+  def body(s):
+    new_params, ll = gmm.em_step(s.params, x, reg_covar=reg_covar, chunk_size=chunk_size)
+    converged = jnp.abs(ll - s.lower_bound) < tol
+    return _BlockState(new_params, ll, s.history.at[s.i].set(ll), s.i + 1, converged)
+
+  init = _BlockState(params, lower_bound, jnp.full((block,), jnp.nan, x.dtype),
+                     jnp.array(0, jnp.int32), jnp.array(False))
+  return jax.lax.while_loop(cond, body, init)
+
+
+def _params_template(k: int, d: int, covariance_type: str, dtype) -> dict:
+  return {"weights": jnp.zeros((k,), dtype), "means": jnp.zeros((k, d), dtype),
+          "covariances": jnp.zeros(gmm.covariance_shape(covariance_type, k, d), dtype),
+          "lower_bound": jnp.zeros((), dtype)}
+
+
+def _state_of(params: gmm.GMMParams, lower_bound) -> dict:
+  return {"weights": params.weights, "means": params.means, "covariances": params.covariances,
+          "lower_bound": jnp.asarray(lower_bound)}
+
+
+def _finite_params(params: gmm.GMMParams) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params))
+
+
+def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
+                          x_test: jax.Array | None = None) -> dict:
+  """Fits one mixture per K in ``config.k_values`` and scores it by BIC and AIC on the train data.
+
+  Results are saved to ``<workdir>/model_selection.json`` after each K, and a restarted run reuses
+  the Ks already done.
+
+  Returns:
+    ``{"k": [...], "bic": [...], "aic": [...], "train_log_likelihood": [...],
+    "test_log_likelihood": [...] (when x_test is given), "n_iter": [...], "best_bic": K,
+    "best_aic": K}``.
+  """
+  path = workdir / "model_selection.json"
+  done = {}
+  if path.exists():
+    import json  # pylint: disable=g-import-not-at-top
+    try:
+      old = json.loads(path.read_text())
+      done = {k: {name: old[name][i] for name in old if isinstance(old[name], list)}
+              for i, k in enumerate(old.get("k", []))}
+    except (ValueError, KeyError, IndexError):
+      done = {}
+  rows = []
+  for k in config.k_values:
+    if k in done:
+      rows.append(done[k])
+      continue
+    if k > x.shape[0]:
+      raise ValueError(f"config.k_values has K={k} but the training data has only {x.shape[0]} "
+                       "points.")
+    res = gmm.fit(jax.random.fold_in(key, k), x, k, config.covariance_type, init=config.init,
+                  n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
+                  reg_covar=config.reg_covar, chunk_size=config.chunk_size or None)
+    row = {"k": int(k), "bic": float(gmm.bic(res.params, x)), "aic": float(gmm.aic(res.params, x)),
+           "train_log_likelihood": float(jnp.mean(gmm.log_marginal(res.params, x))),
+           "n_iter": int(res.n_iter), "converged": bool(res.converged)}
+    if x_test is not None:
+      row["test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(res.params, x_test)))
+    logging.info("model selection: K=%d BIC %.1f AIC %.1f (%d iterations)", k, row["bic"],
+                 row["aic"], row["n_iter"])
+    rows.append(row)
+    table = {name: [r.get(name) for r in rows] for name in row}
+    experiment.write_results(workdir, table, "model_selection.json")
+  table = {name: [r.get(name) for r in rows] for name in rows[0]}
+  table["best_bic"] = int(table["k"][int(np.argmin(table["bic"]))])
+  table["best_aic"] = int(table["k"][int(np.argmin(table["aic"]))])
+  experiment.write_results(workdir, table, "model_selection.json")
+  return table
+
+
+def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False) -> GMMRun:
+  """Fits a GMM as described by ``config`` and writes metrics, checkpoints and figures to workdir.
+
+  Writes ``config.json``, ``metrics.jsonl`` (one line per EM iteration: ``step`` = iteration,
+  ``log_likelihood`` = mean training log-likelihood of the parameters that iteration started
+  from), ``checkpoints/``, ``results.json``, ``model_selection.json`` (when ``config.k_values``)
+  and the figures ``gmm_components.png``, ``gmm_log_likelihood.png`` and
+  ``gmm_model_selection.png``. A workdir that already holds a checkpoint of the same config is
+  resumed from it.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` like ``configs/gmm_digits.py``'s.
+    workdir: the run's directory.
+    quiet: no progress display.
+
+  Returns:
+    A :class:`GMMRun`.
+
+  Raises:
+    ValueError: a bad config (unknown dataset, negative sizes, ...), missing data files, or a
+      workdir holding a different run.
+    experiment.NonFiniteLossError: EM produced non-finite parameters or log-likelihood.
+  """
+  validate_config(config)
+  workdir = experiment.prepare_workdir(workdir)
+  primary = distributed.is_primary()
+  train, test = load_data(config)
+  x = jnp.asarray(train.x)
+  x_test = None if test is None else jnp.asarray(test.x)
+  n, d = x.shape
+  key = jax.random.key(config.seed)
+  selection_key, fit_key = jax.random.split(key)
+
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.max_to_keep)
+  try:
+    meta = experiment.check_resumable(ckpt, config, workdir)
+    if primary:
+      progress.write_config_json(workdir, config)
+    selection = None
+    if config.k_values:
+      selection = select_num_components(config, x, selection_key, workdir, x_test)
+    k = config.num_components
+    if config.select_k != "none":
+      k = selection[f"best_{config.select_k}"]
+    if k > n:
+      raise ValueError(f"config.num_components={k} is larger than the {n} training points.")
+    writer = progress.MetricsWriter(workdir, enabled=primary)
+    bar = progress.Progress(config.max_iter, desc=f"EM K={k}", quiet=quiet or not primary)
+    block = config.checkpoint_every
+    chunk = config.chunk_size or gmm.default_chunk_size(n, k, d)
+
+    def save(params, lower_bound, n_iter, converged, history):
+      ckpt.save(n_iter, _state_of(params, lower_bound),
+                {"config": config, "n_iter": n_iter, "converged": converged,
+                 "num_components": k, "history": [float(v) for v in history]})
+
+    if meta is not None:
+      restored, meta = ckpt.restore(_params_template(k, d, config.covariance_type, x.dtype))
+      params = gmm.GMMParams(restored["weights"], restored["means"], restored["covariances"],
+                             config.covariance_type)
+      lower_bound = restored["lower_bound"]
+      n_iter, converged = int(meta["n_iter"]), bool(meta["converged"])
+      history = list(meta["history"])
+      writer.truncate_after(n_iter)
+      logging.info("Resuming the EM fit from iteration %d (%s).", n_iter, ckpt.directory)
+    else:
+      writer.truncate_after(None)
+      first = min(block, config.max_iter)
+      res = gmm.fit(fit_key, x, k, config.covariance_type, init=config.init,
+                    n_init=config.n_init, max_iter=first, tol=config.tol,
+                    reg_covar=config.reg_covar, chunk_size=chunk)
+      params, lower_bound = res.params, res.lower_bound
+      n_iter, converged = int(res.n_iter), bool(res.converged)
+      history = [float(v) for v in np.asarray(res.log_likelihood)]
+      for i, v in enumerate(history):
+        writer.write(i + 1, {"log_likelihood": v})
+      save(params, lower_bound, n_iter, converged, history)
+    bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
+
+    while not converged and n_iter < config.max_iter:
+      todo = min(block, config.max_iter - n_iter)
+      s = _em_block(params, x, jnp.asarray(lower_bound, x.dtype), jnp.asarray(todo, jnp.int32),
+                    jnp.asarray(config.tol, x.dtype), jnp.asarray(config.reg_covar, x.dtype),
+                    block=block, chunk_size=min(chunk, n))
+      done = int(s.i)
+      new = [float(v) for v in np.asarray(s.history[:done])]
+      bad = [i for i, v in enumerate(new) if not np.isfinite(v)]
+      if bad or not _finite_params(s.params):
+        step = n_iter + (bad[0] + 1 if bad else done)
+        ckpt.wait_until_finished()
+        what, value = ("The EM log-likelihood", new[bad[0]]) if bad else (
+            "A mixture parameter after EM", "NaN or infinite")
+        raise experiment.NonFiniteLossError(experiment.non_finite_message(
+            what, value, step, n_iter, ckpt,
+            "Increase config.reg_covar or lower config.num_components (a component collapsed)."))
+      for i, v in enumerate(new):
+        writer.write(n_iter + i + 1, {"log_likelihood": v})
+      params, lower_bound, converged = s.params, s.lower_bound, bool(s.converged)
+      n_iter += done
+      history += new
+      save(params, lower_bound, n_iter, converged, history)
+      bar.update(n_iter, {"log_likelihood": new[-1]})
+    bar.close()
+    ckpt.wait_until_finished()
+  finally:
+    ckpt.close()
+
+  results = evaluate(params, train, test, config)
+  results.update(num_components=k, n_iter=n_iter, converged=converged)
+  if selection is not None:
+    results.update(best_bic=selection["best_bic"], best_aic=selection["best_aic"])
+  if primary:
+    experiment.write_results(workdir, results)
+    if config.figures:
+      write_figures(workdir, params, train, history, selection, results, config)
+  logging.info("GMM results: %s", results)
+  return GMMRun(params, results, np.asarray(history), selection)
+
+
+def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | None,
+             config: Any) -> dict:
+  """Mean log-likelihoods, BIC/AIC, and agreement of MAP components with the labels (ARI)."""
+  x = jnp.asarray(train.x)
+  results = {
+      "train_log_likelihood": float(jnp.mean(gmm.log_marginal(params, x))),
+      "bic": float(gmm.bic(params, x)), "aic": float(gmm.aic(params, x)),
+      "num_parameters": gmm.num_parameters(params), "num_train_points": int(x.shape[0]),
+  }
+  if train.y is not None:
+    results["train_ari"] = experiment.adjusted_rand_index(train.y, np.asarray(
+        gmm.map_latent(params, x)))
+  if test is not None:
+    xt = jnp.asarray(test.x)
+    results["test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(params, xt)))
+    if test.y is not None:
+      results["test_ari"] = experiment.adjusted_rand_index(test.y, np.asarray(
+          gmm.map_latent(params, xt)))
+  if config.dataset == "synthetic_gmm":
+    s = config.synthetic
+    truth = data.make_gmm(s.seed, s.num_components, s.num_features, s.separation)
+    true_params = gmm.GMMParams(jnp.asarray(truth.weights, x.dtype),
+                                jnp.asarray(truth.means, x.dtype),
+                                jnp.asarray(truth.covariances, x.dtype), "full")
+    results["true_num_components"] = int(s.num_components)
+    results["true_train_log_likelihood"] = float(jnp.mean(gmm.log_marginal(true_params, x)))
+    if test is not None:
+      results["true_test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(
+          true_params, jnp.asarray(test.x))))
+  return results
+
+
+def write_figures(workdir: pathlib.Path, params: gmm.GMMParams, train: data.Dataset,
+                  history: list[float], selection: dict | None, results: dict,
+                  config: Any) -> list[pathlib.Path]:
+  """Writes gmm_components.png, gmm_log_likelihood.png and (with selection) gmm_model_selection.png."""
+  x = jnp.asarray(train.x)
+  assignments = np.asarray(gmm.map_latent(params, x))
+  paths = []
+  fig = plotting.plot_gmm(
+      train.x, np.asarray(params.weights), np.asarray(params.means),
+      np.asarray(params.covariances), params.covariance_type, assignments=assignments,
+      title=f"GMM on {config.dataset}: K={params.num_components}, {params.covariance_type} "
+            f"covariances" + ("" if train.num_features <= 2 else "\n(first two principal "
+                              "components; points coloured by MAP component)"))
+  paths.append(plotting.save_figure(fig, workdir / "gmm_components.png"))
+  fig = plotting.plot_log_likelihood(history, test_value=results.get("test_log_likelihood"),
+                                     title=f"EM on {config.dataset}: mean log-likelihood per point")
+  paths.append(plotting.save_figure(fig, workdir / "gmm_log_likelihood.png"))
+  if selection is not None:
+    true_k = config.synthetic.num_components if config.dataset == "synthetic_gmm" else None
+    fig = plotting.plot_information_criteria(selection["k"], selection["bic"], selection["aic"],
+                                             true_k=true_k)
+    paths.append(plotting.save_figure(fig, workdir / "gmm_model_selection.png"))
+  return paths
