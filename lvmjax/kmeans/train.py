@@ -1,0 +1,171 @@
+"""K-means as an experiment: data, an inertia-against-K sweep, Lloyd's algorithm with checkpoints,
+evaluation and figures.
+
+``fit_and_evaluate(config, workdir)`` is what ``experiments/fit_kmeans.py`` runs (config fields:
+``configs/kmeans_digits.py``). Lloyd's iterations run in blocks of ``config.checkpoint_every``;
+after each block the centroids are checkpointed and the next block starts from them
+(:func:`lvmjax.kmeans.fit` with an array ``init``), so a killed run resumes from its last block.
+The stopping rule is checked at every iteration as in one uninterrupted fit, except that the
+"labels did not change" test cannot fire on the first iteration of a block (it needs the previous
+iteration's labels), which can add one iteration per block. With ``n_init > 1`` the restarts are
+compared after the first block.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from lvmjax import checkpoint
+from lvmjax import data
+from lvmjax import distributed
+from lvmjax import experiment
+from lvmjax import kmeans
+from lvmjax import plotting
+from lvmjax import progress
+from lvmjax.gmm import train as gmm_train
+
+
+class KMeansRun(NamedTuple):
+  """What :func:`fit_and_evaluate` returns.
+
+  Attributes:
+    centroids: (K, D) final centroids.
+    labels: (N,) cluster of each training point.
+    results: the numbers written to ``results.json``.
+    inertia_history: inertia per Lloyd iteration.
+    sweep: ``{"k": [...], "inertia": [...]}`` when ``config.k_values`` is set, else None.
+  """
+  centroids: np.ndarray
+  labels: np.ndarray
+  results: dict
+  inertia_history: np.ndarray
+  sweep: dict | None
+
+
+def validate_config(config: Any) -> None:
+  """Raises ValueError for a config that cannot run."""
+  data.check_dataset_name(config.dataset)
+  experiment.check_positive_ints(config, ["num_clusters", "n_init", "checkpoint_every",
+                                          "max_to_keep"])
+  experiment.check_positive_ints(config, ["max_iter", "num_train_points", "chunk_size"], minimum=0)
+  experiment.check_positive_floats(config, ["tol"], allow_zero=True)
+  experiment.check_choice(config, "init", kmeans.INIT_METHODS)
+  for k in config.k_values:
+    experiment.check_positive_ints({"k": k}, ["k"])
+
+
+def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False) -> KMeansRun:
+  """Runs K-means as described by ``config``; writes metrics, checkpoints and figures to workdir.
+
+  Writes ``config.json``, ``metrics.jsonl`` (``step`` = iteration, ``inertia``), ``checkpoints/``,
+  ``results.json``, and ``kmeans_clusters.png`` (points coloured by cluster, PCA plane above 2-D)
+  and ``kmeans_inertia.png`` (inertia against K, when ``config.k_values``).
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` like ``configs/kmeans_digits.py``'s.
+    workdir: the run's directory.
+    quiet: no progress display.
+
+  Returns:
+    A :class:`KMeansRun`.
+
+  Raises:
+    ValueError: a bad config, missing data, or a workdir holding a different run.
+  """
+  validate_config(config)
+  workdir = experiment.prepare_workdir(workdir)
+  primary = distributed.is_primary()
+  train, test = gmm_train.load_data(config)
+  x = jnp.asarray(train.x)
+  n, d = x.shape
+  k = config.num_clusters
+  if k > n:
+    raise ValueError(f"config.num_clusters={k} is larger than the {n} training points.")
+  chunk = config.chunk_size or None
+  key = jax.random.key(config.seed)
+  sweep_key, fit_key = jax.random.split(key)
+
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.max_to_keep)
+  try:
+    meta = experiment.check_resumable(ckpt, config, workdir)
+    if primary:
+      progress.write_config_json(workdir, config)
+    sweep = None
+    if config.k_values:
+      inertias = [float(kmeans.fit(jax.random.fold_in(sweep_key, kk), x, kk, init=config.init,
+                                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
+                                   chunk_size=chunk).inertia)
+                  for kk in config.k_values]
+      sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
+    writer = progress.MetricsWriter(workdir, enabled=primary)
+    bar = progress.Progress(config.max_iter, desc=f"K-means K={k}", quiet=quiet or not primary)
+    block = config.checkpoint_every
+
+    if meta is not None:
+      restored, meta = ckpt.restore({"centroids": jnp.zeros((k, d), x.dtype)})
+      centroids = restored["centroids"]
+      n_iter, converged = int(meta["n_iter"]), bool(meta["converged"])
+      history = list(meta["history"])
+      writer.truncate_after(n_iter)
+      logging.info("Resuming K-means from iteration %d.", n_iter)
+    else:
+      writer.truncate_after(None)
+      centroids, n_iter, converged, history = None, 0, False, []
+    while (centroids is None) or (not converged and n_iter < config.max_iter):
+      todo = min(block, config.max_iter - n_iter)
+      if centroids is None:
+        res = kmeans.fit(fit_key, x, k, init=config.init, n_init=config.n_init, max_iter=todo,
+                         tol=config.tol, chunk_size=chunk)
+      else:
+        res = kmeans.fit(fit_key, x, k, init=centroids, max_iter=todo, tol=config.tol,
+                         chunk_size=chunk)
+      done = int(res.n_iter)
+      new = [float(v) for v in np.asarray(res.inertia_history)[:done]]
+      if not np.all(np.isfinite(new)):
+        raise experiment.NonFiniteLossError(experiment.non_finite_message(
+            "The K-means inertia", new, n_iter + done, n_iter, ckpt, "Check the data."))
+      for i, v in enumerate(new):
+        writer.write(n_iter + i + 1, {"inertia": v})
+      centroids, converged = res.centroids, bool(res.converged)
+      n_iter += done
+      history += new
+      ckpt.save(n_iter, {"centroids": centroids},
+                {"config": config, "n_iter": n_iter, "converged": converged, "history": history})
+      bar.update(n_iter, {"inertia": new[-1]} if new else None)
+      if todo == 0:
+        break
+    bar.close()
+    ckpt.wait_until_finished()
+  finally:
+    ckpt.close()
+
+  labels = np.asarray(kmeans.predict(centroids, x, chunk_size=chunk))
+  results = {"num_clusters": k, "n_iter": n_iter, "converged": converged,
+             "train_inertia": float(kmeans.inertia(x, centroids, chunk_size=chunk)),
+             "num_train_points": n}
+  results["train_mean_squared_distance"] = results["train_inertia"] / n
+  if train.y is not None:
+    results["train_ari"] = experiment.adjusted_rand_index(train.y, labels)
+  if test is not None:
+    xt = jnp.asarray(test.x)
+    results["test_mean_squared_distance"] = float(kmeans.inertia(xt, centroids)) / xt.shape[0]
+    if test.y is not None:
+      results["test_ari"] = experiment.adjusted_rand_index(
+          test.y, np.asarray(kmeans.predict(centroids, xt)))
+  if primary:
+    experiment.write_results(workdir, results)
+    if config.figures:
+      fig = plotting.plot_clusters(train.x, np.asarray(centroids), labels,
+                                   title=f"K-means on {config.dataset}: K={k}"
+                                   + ("" if d <= 2 else " (first two principal components)"))
+      plotting.save_figure(fig, workdir / "kmeans_clusters.png")
+      if sweep is not None:
+        plotting.save_figure(plotting.plot_inertia(sweep["k"], sweep["inertia"]),
+                             workdir / "kmeans_inertia.png")
+  logging.info("K-means results: %s", results)
+  return KMeansRun(np.asarray(centroids), labels, results, np.asarray(history), sweep)
