@@ -343,7 +343,7 @@ def predict(centroids: ArrayLike, x: ArrayLike, *, chunk_size: int | None = None
 
 
 def _searchsorted_right_clipped(cdf: jax.Array, values: jax.Array) -> jax.Array:
-  idx = jnp.searchsorted(cdf, values, side="right")
+  idx = jnp.searchsorted(cdf, values, side="right", method="compare_all")
   return jnp.minimum(idx, cdf.shape[0] - 1).astype(jnp.int32)
 
 
@@ -387,6 +387,7 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   w = _weights(sample_weight, n, x.dtype)
   x_sq = _sq_norms(x)
   key_first, key_rest = jax.random.split(key)
+  uniforms = jax.random.uniform(key_rest, (num_clusters, n_local_trials), x.dtype)
 
   def dist_to(points):  # (L, D) -> (L, N)
     d = _sq_norms(points)[:, None] - 2 * _cross(points, x) + x_sq[None, :]
@@ -401,8 +402,7 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   def body(c, state):
     centroids, indices, closest = state
     cdf = jnp.cumsum(w * closest)
-    u = jax.random.uniform(jax.random.fold_in(key_rest, c), (n_local_trials,), x.dtype)
-    candidates = _searchsorted_right_clipped(cdf, u * cdf[-1])
+    candidates = _searchsorted_right_clipped(cdf, uniforms[c] * cdf[-1])
     dist = jnp.minimum(closest[None, :], dist_to(x[candidates]))
     potentials = jnp.matmul(dist, w, precision=_PRECISION)
     best = jnp.argmin(potentials)
@@ -517,7 +517,9 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
 
   state = (jnp.int32(0), centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False),
            jnp.bool_(False), jnp.full((max_iter,), jnp.nan, dtype))
-  n_iter, c, labels, strict, done, history = lax.while_loop(cond, body, state)
+  if max_iter > 0:
+    state = lax.while_loop(cond, body, state)
+  n_iter, c, labels, strict, done, history = state
   # Unless the labels were already stable, re-assign so that labels match the final centroids.
   labels = lax.cond(strict, lambda: labels, lambda: _labels_only(data, c, num_chunks))
   value = _direct_inertia(data.x, data.w, c, labels)
