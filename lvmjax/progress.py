@@ -10,6 +10,7 @@ elsewhere.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -42,8 +43,9 @@ class Progress:
 
   Call :meth:`update` with the number of completed steps (as often as each step: the bar redraws
   at most ``refresh_s`` apart) and with ``metrics`` whenever there are new values to show; in log
-  mode (not a terminal) each call with metrics writes one line. Steps per second are measured from
-  the first update, so compilation time before it does not count.
+  mode (not a terminal) each call with metrics writes one line. Steps per second are measured
+  over the last ``window_s`` seconds of updates (from the first update, so compilation before it
+  does not count), and the time left is the remaining steps at that rate.
 
   Args:
     total: number of steps of the whole run.
@@ -52,6 +54,7 @@ class Progress:
     quiet: show nothing.
     stream: where to draw (default ``sys.stdout``); the bar is drawn only if it is a terminal.
     refresh_s: least time between two redraws of the bar.
+    window_s: the rate is measured over updates at most this old.
 
   Examples:
     >>> p = Progress(100, desc="train", quiet=True)
@@ -60,7 +63,7 @@ class Progress:
   """
 
   def __init__(self, total: int, *, initial: int = 0, desc: str = "", quiet: bool = False,
-               stream: TextIO | None = None, refresh_s: float = 0.1):
+               stream: TextIO | None = None, refresh_s: float = 0.1, window_s: float = 30.0):
     self.total = int(total)
     self.desc = desc
     self.quiet = quiet
@@ -71,18 +74,19 @@ class Progress:
       self.is_terminal = False
     self.refresh_s = refresh_s
     self.metrics: dict[str, Any] = {}
-    self._start_step = int(initial)
+    self.window_s = window_s
+    self._history: collections.deque = collections.deque()
     self._start_time = None
     self._last_draw = 0.0
     self.step = int(initial)
 
   @property
   def steps_per_second(self) -> float:
-    if self._start_time is None:
+    """Steps per second over the recent window (NaN before two updates)."""
+    if len(self._history) < 2:
       return float("nan")
-    elapsed = time.perf_counter() - self._start_time
-    done = self.step - self._start_step
-    return done / elapsed if elapsed > 0 and done > 0 else float("nan")
+    (t0, s0), (t1, s1) = self._history[0], self._history[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else float("nan")
 
   @property
   def seconds_left(self) -> float:
@@ -101,10 +105,13 @@ class Progress:
 
   def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
     """Records that ``step`` steps are done, with optional new metric values to show."""
+    now = time.perf_counter()
     if self._start_time is None:
-      self._start_time = time.perf_counter()
-      self._start_step = int(step)
+      self._start_time = now
     self.step = int(step)
+    self._history.append((now, self.step))
+    while len(self._history) > 2 and now - self._history[1][0] > self.window_s:
+      self._history.popleft()
     if metrics:
       self.metrics = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()}
     if self.quiet:
@@ -126,6 +133,8 @@ class Progress:
     try:
       columns = os.get_terminal_size(self.stream.fileno()).columns
     except (OSError, AttributeError, ValueError):
+      columns = 0
+    if columns < 40:
       columns = 120
     self.stream.write(text[:columns] + "\x1b[K")
     self.stream.flush()

@@ -1,0 +1,460 @@
+"""Training and evaluating a VAE, IWAE or autoencoder as an experiment.
+
+``train_and_evaluate(config, workdir)`` is what ``experiments/train_vae.py`` runs (config fields:
+``configs/vae_digits.py``); ``evaluate_checkpoint(workdir, ...)`` is what
+``experiments/evaluate_vae.py`` runs. Both are importable from tests and notebooks.
+
+The loop: one ``jax.jit(train_step, donate_argnums=0)`` built by
+:func:`lvmjax.vae.training.make_train_step` (its randomness is ``fold_in(key, state.step)``);
+deterministic shuffled batches from :class:`lvmjax.data.BatchIterator` (a fresh permutation per
+epoch from ``config.seed``, dynamic binarization drawn from (seed, epoch, step)); every
+``log_every`` steps the metrics are fetched, checked to be finite, shown and appended to
+``metrics.jsonl``; every ``checkpoint_every`` steps and at the end an Orbax checkpoint holds the
+train state (params, optimizer state, step), the RNG key, the data position and the config. A run
+started on a workdir with a checkpoint resumes from it and, on the same machine, ends with exactly
+the parameters of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from lvmjax import checkpoint
+from lvmjax import data
+from lvmjax import distributed
+from lvmjax import experiment
+from lvmjax import plotting
+from lvmjax import progress
+from lvmjax import vae
+from lvmjax.vae import training
+
+MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder"}
+ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+LR_SCHEDULES = ("constant", "burda")
+#: Environment variable: seconds to sleep after each training step. Only for testing fault
+#: handling (it makes a tiny run slow enough to be killed mid-training); never set it otherwise.
+STEP_DELAY_ENV = "LVMJAX_DEBUG_STEP_DELAY"
+
+
+class VAERun(NamedTuple):
+  """What :func:`train_and_evaluate` returns.
+
+  Attributes:
+    model: the :class:`lvmjax.vae.VAE` module.
+    state: the final :class:`lvmjax.vae.TrainState` (``state.params`` are the parameters).
+    results: the numbers written to ``results.json``.
+    data_shape: shape of one input as the model sees it, e.g. (784,) or (28, 28, 1).
+  """
+  model: vae.VAE
+  state: training.TrainState
+  results: dict
+  data_shape: tuple[int, ...]
+
+
+def validate_config(config: Any) -> None:
+  """Raises ValueError for a config that cannot run (checked before any data is read)."""
+  data.check_dataset_name(config.dataset)
+  experiment.check_choice(config, "model", tuple(MODELS))
+  experiment.check_choice(config, "architecture", ARCHITECTURES)
+  experiment.check_choice(config, "likelihood", LIKELIHOODS)
+  experiment.check_choice(config, "lr_schedule", LR_SCHEDULES)
+  experiment.check_positive_ints(config, ["latent_dim", "batch_size", "num_samples", "log_every",
+                                          "checkpoint_every", "max_to_keep", "eval_batch_size"])
+  experiment.check_positive_ints(config, ["num_steps", "num_epochs", "eval_every",
+                                          "num_importance_samples", "num_eval_points",
+                                          "num_train_points"], minimum=0)
+  experiment.check_positive_floats(config, ["learning_rate", "adam_eps"])
+  experiment.check_positive_floats(config, ["beta", "gaussian_scale"], allow_zero=True)
+  for h in config.hidden:
+    experiment.check_positive_ints({"hidden": h}, ["hidden"])
+  for k in config.iwae_k:
+    experiment.check_positive_ints({"iwae_k": k}, ["iwae_k"])
+  if config.num_steps == 0 and config.num_epochs == 0:
+    raise ValueError("Set config.num_steps or config.num_epochs (> 0) to say how long to train.")
+  if config.architecture == "conv" and config.dataset not in (
+      "binarized_mnist", "mnist", "dynamic_mnist", "fashion_mnist"):
+    raise ValueError(f"config.architecture='conv' needs 28x28 images; dataset {config.dataset!r} "
+                     "is not. Use architecture='mlp'.")
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got "
+                     f"{config.compute_dtype!r}.")
+
+
+def build_model(config: Any, num_features: int) -> vae.VAE:
+  """The VAE module the config describes (encoder, decoder, likelihood)."""
+  if config.architecture == "mlp":
+    hidden = tuple(int(h) for h in config.hidden)
+    encoder = vae.MLPEncoder(latent_dim=config.latent_dim, hidden=hidden,
+                             activation=config.activation)
+    decoder = vae.MLPDecoder(output_dim=num_features, hidden=tuple(reversed(hidden)),
+                             activation=config.activation)
+  else:
+    encoder = vae.ConvEncoder(latent_dim=config.latent_dim)
+    decoder = vae.ConvDecoder()
+  if config.likelihood == "bernoulli":
+    likelihood = vae.BernoulliLikelihood()
+  else:
+    likelihood = vae.GaussianLikelihood(scale=config.gaussian_scale or None)
+  return vae.VAE(encoder, decoder, likelihood)
+
+
+def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam with the configured learning rate schedule.
+
+  ``"burda"`` is the schedule of Burda, Grosse & Salakhutdinov (2015): 3^i epochs at learning
+  rate ``lr * 10^(-i/7)`` for i = 0, 1, ..., 7 (3280 epochs in all), constant afterwards.
+  """
+  if config.lr_schedule == "constant":
+    lr = config.learning_rate
+  else:
+    boundaries, epochs = {}, 0
+    for i in range(7):  # after stage i (3^i epochs) the rate drops by 10^(-1/7)
+      epochs += 3 ** i
+      boundaries[epochs * steps_per_epoch] = 10 ** (-1 / 7)
+    lr = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def data_shape_of(config: Any, dataset: data.Dataset) -> tuple[int, ...]:
+  """Shape of one input for the model: flat (D,) for MLPs, (H, W, 1) for convolutions."""
+  if config.architecture == "conv":
+    return tuple(dataset.image_shape) + (1,)
+  return (dataset.num_features,)
+
+
+class _Data(NamedTuple):
+  train: data.Dataset
+  eval_x: np.ndarray
+  eval_y: np.ndarray | None
+  image_shape: tuple[int, ...] | None
+
+
+def load_data(config: Any) -> _Data:
+  """The training split and the evaluation points (binarized once when training is dynamic)."""
+  kwargs = dict(data_dir=config.data_dir or None)
+  if config.dataset == "synthetic_gmm":
+    kwargs["synthetic_options"] = config.synthetic.to_dict()
+  train = data.load_dataset(config.dataset, "train", **kwargs)
+  if config.dynamic_binarization:
+    train = train._replace(binarize=True)
+  if config.num_train_points and config.num_train_points < train.num_points:
+    idx = np.sort(np.random.default_rng([config.seed, 7]).choice(
+        train.num_points, config.num_train_points, replace=False))
+    train = train._replace(x=train.x[idx], y=None if train.y is None else train.y[idx])
+  split = config.eval_split
+  if split not in data.SPLITS[config.dataset]:
+    raise ValueError(f"config.eval_split={split!r}: dataset {config.dataset!r} has splits "
+                     f"{data.SPLITS[config.dataset]}.")
+  test = data.load_dataset(config.dataset, split, **kwargs)
+  x, y = test.x, test.y
+  if config.num_eval_points and config.num_eval_points < len(x):
+    # A fixed random subset: binarized MNIST's test split is sorted by class.
+    idx = np.sort(np.random.default_rng([config.seed, 11]).choice(
+        len(x), config.num_eval_points, replace=False))
+    x, y = x[idx], None if y is None else y[idx]
+  if train.binarize:
+    x = data.binarize_once(x, config.seed)
+  return _Data(train, x, y, train.image_shape)
+
+
+def _reshape(x: np.ndarray, data_shape: tuple[int, ...]) -> np.ndarray:
+  return x.reshape((x.shape[0],) + tuple(data_shape))
+
+
+def _num_steps(config: Any, steps_per_epoch: int) -> int:
+  return int(config.num_steps) if config.num_steps else int(config.num_epochs) * steps_per_epoch
+
+
+def _finite_tree(tree: Any) -> bool:
+  return bool(jax.device_get(jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)]))))
+
+
+def _compute_dtype(config: Any):
+  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+
+
+def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
+                       quiet: bool = False) -> VAERun:
+  """Trains the model ``config`` describes, evaluates it and writes everything to ``workdir``.
+
+  Writes ``config.json``; ``metrics.jsonl`` (every ``log_every`` steps: ``loss``, ``objective``,
+  ``grad_norm``, ``reconstruction``/``kl`` for the VAE, ``steps_per_second``; every
+  ``eval_every`` steps: ``eval_elbo``); ``checkpoints/``; ``results.json`` (evaluation: ELBO,
+  log-likelihood with ``num_importance_samples`` samples, IWAE bounds, active units) and the
+  figures ``vae_samples.png``, ``vae_reconstructions.png``, ``vae_latent_space.png``,
+  ``vae_interpolation.png`` and ``vae_training_curves.png``.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` like ``configs/vae_digits.py``'s.
+    workdir: the run's directory; a checkpoint of the same config in it is resumed.
+    quiet: no progress display.
+
+  Returns:
+    A :class:`VAERun`.
+
+  Raises:
+    ValueError: a bad config (unknown dataset, non-positive learning rate or sizes, ...), missing
+      data files, or a workdir holding a different run.
+    experiment.NonFiniteLossError: the loss became NaN or infinite (the message names the step;
+      the last good checkpoint is kept).
+  """
+  validate_config(config)
+  workdir = experiment.prepare_workdir(workdir)
+  primary = distributed.is_primary()
+  d = load_data(config)
+  train = d.train
+  data_shape = data_shape_of(config, train)
+  batches_per_epoch = data.steps_per_epoch(train.num_points, config.batch_size)
+  if batches_per_epoch == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set "
+                     f"({train.num_points} points).")
+  num_steps = _num_steps(config, batches_per_epoch)
+  model = build_model(config, train.num_features)
+  optimizer = build_optimizer(config, batches_per_epoch)
+  init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+  example = jnp.asarray(_reshape(train.x[:1], data_shape))
+  state = training.create_train_state(init_key, model, example, optimizer)
+
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.max_to_keep)
+  writer = progress.MetricsWriter(workdir, enabled=primary)
+  try:
+    meta = experiment.check_resumable(ckpt, config, workdir)
+    position = (0, 0)
+    if meta is not None:
+      restored, meta = ckpt.restore({"train_state": state,
+                                     "key": jax.random.key_data(train_key)})
+      state = restored["train_state"]
+      train_key = jax.random.wrap_key_data(restored["key"])
+      position = tuple(meta["position"])
+      writer.truncate_after(int(state.step))
+      logging.info("Resuming from step %d (epoch %d, batch %d) in %s.", int(state.step),
+                   position[0], position[1], ckpt.directory)
+    else:
+      writer.truncate_after(None)
+    if primary:
+      progress.write_config_json(workdir, config)
+    state = _train_loop(config, model, optimizer, state, train, data_shape, num_steps, position,
+                        train_key, eval_key, d, ckpt, writer, quiet or not primary)
+    ckpt.wait_until_finished()
+  finally:
+    ckpt.close()
+
+  results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
+                           num_importance_samples=config.num_importance_samples,
+                           quiet=quiet or not primary)
+  results.update(step=int(state.step), epochs=int(state.step) / batches_per_epoch,
+                 num_parameters=int(sum(np.size(a) for a in jax.tree.leaves(state.params))))
+  if primary:
+    experiment.write_results(workdir, results)
+    if config.figures:
+      write_figures(workdir, config, model, state.params, d, data_shape,
+                    jax.random.fold_in(eval_key, 1))
+  logging.info("VAE results: %s", results)
+  return VAERun(model, state, results, data_shape)
+
+
+def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, position,
+                train_key, eval_key, d, ckpt, writer, quiet):
+  """The training loop proper (see :func:`train_and_evaluate`)."""
+  train_step = training.jit_train_step(model, optimizer, objective=MODELS[config.model],
+                                       num_samples=config.num_samples, beta=config.beta,
+                                       compute_dtype=_compute_dtype(config))
+  batches = data.BatchIterator(train.x, config.batch_size, seed=config.seed,
+                               binarize=train.binarize, position=position)
+  step = int(state.step)
+  bar = progress.Progress(num_steps, initial=step, desc=config.model, quiet=quiet)
+  delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
+  last_finite = step if step else None
+  t_log, step_log = None, step
+  while step < num_steps:
+    batch = next(batches)
+    state, metrics = train_step(state, jnp.asarray(_reshape(batch.x, data_shape)), train_key)
+    step += 1
+    if delay:
+      time.sleep(delay)
+    log_now = step % config.log_every == 0 or step == num_steps
+    save_now = step % config.checkpoint_every == 0 or step == num_steps
+    if log_now or save_now:
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        ckpt.wait_until_finished()
+        raise experiment.NonFiniteLossError(experiment.non_finite_message(
+            "The training loss", m["loss"], step, last_finite, ckpt,
+            "Lower config.learning_rate (or check the data for NaNs)."))
+      last_finite = step
+      if save_now:
+        if not _finite_tree(state.params):
+          ckpt.wait_until_finished()
+          raise experiment.NonFiniteLossError(experiment.non_finite_message(
+              "A parameter", "NaN or infinite", step, last_finite, ckpt,
+              "Lower config.learning_rate."))
+        ckpt.save(step, {"train_state": state, "key": jax.random.key_data(train_key)},
+                  {"config": config, "position": list(batches.position), "step": step})
+      if log_now:
+        now = time.perf_counter()
+        if t_log is not None:
+          m["steps_per_second"] = (step - step_log) / max(now - t_log, 1e-9)
+        t_log, step_log = now, step
+        m["epoch"] = batch.epoch + (batch.step + 1) / batches.steps_per_epoch
+        if config.eval_every and (step % config.eval_every == 0 or step == num_steps):
+          ev = training.evaluate(model, state.params, jax.random.fold_in(eval_key, step),
+                                 _reshape(d.eval_x, data_shape), config.eval_batch_size,
+                                 num_samples_ll=0)
+          m["eval_elbo"] = ev["elbo"]
+          m["eval_active_units"] = ev["active_units"]
+        writer.write(step, m)
+        bar.update(step, {k: m[k] for k in ("loss", "eval_elbo") if k in m})
+      else:
+        bar.update(step)
+    else:
+      bar.update(step)
+  bar.close()
+  return state
+
+
+def evaluate_model(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
+                   data_shape: tuple[int, ...], *, num_importance_samples: int,
+                   quiet: bool = True) -> dict:
+  """ELBO, importance-sampled log-likelihood, IWAE bounds and active units on ``x``.
+
+  For the autoencoder (``config.model == "ae"``) the ELBO and log-likelihood have no meaning
+  (its encoder variance is not trained); it reports ``reconstruction_log_likelihood`` (log p(x|z)
+  at the encoder mean) and the active units instead.
+  """
+  xs = _reshape(np.asarray(x), data_shape)
+  t0 = time.perf_counter()
+  if config.model == "ae":
+    rec = float(np.mean(np.asarray(vae.autoencoder_log_likelihood(model, params, jnp.asarray(xs)))))
+    count, _ = vae.active_units(model, params, xs)
+    results = {"reconstruction_log_likelihood": rec, "active_units": int(count),
+               "num_points": int(len(xs))}
+  else:
+    bar = progress.Progress(len(xs), desc=f"evaluate (k={num_importance_samples})", quiet=quiet)
+    results = training.evaluate(
+        model, params, key, xs, config.eval_batch_size, num_samples_ll=num_importance_samples,
+        iwae_k=tuple(int(k) for k in config.iwae_k),
+        progress=lambda done, total: bar.update(done))
+    bar.close()
+    results["num_importance_samples"] = int(num_importance_samples)
+  results["eval_seconds"] = time.perf_counter() - t0
+  results["eval_split"] = config.eval_split
+  return results
+
+
+def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: Any, d: _Data,
+                  data_shape: tuple[int, ...], key: jax.Array,
+                  prefix: str = "vae_") -> list[pathlib.Path]:
+  """Prior samples, reconstructions, latent space, interpolations and training curves as PNGs."""
+  paths = []
+  xs = _reshape(d.eval_x, data_shape)
+  image_shape = d.image_shape
+  if image_shape is not None:
+    samples, _ = vae.sample(model, params, key, 100, use_mean=True)
+    paths.append(plotting.save_figure(plotting.plot_image_grid(
+        np.asarray(samples).reshape(100, -1), image_shape, 10,
+        title=f"{config.model.upper()}: means of p(x|z) for z ~ N(0, I)"),
+        workdir / f"{prefix}samples.png"))
+    n = min(20, len(xs))
+    rec = np.asarray(vae.reconstruct(model, params, xs[:n]))
+    paths.append(plotting.save_figure(plotting.plot_reconstructions(
+        d.eval_x[:n], rec.reshape(n, -1), image_shape), workdir / f"{prefix}reconstructions.png"))
+    pairs = min(4, len(xs) // 2)
+    strips = [np.asarray(vae.interpolate(model, params, xs[2 * i], xs[2 * i + 1], 10)).reshape(10, -1)
+              for i in range(pairs)]
+    if strips:
+      paths.append(plotting.save_figure(plotting.plot_interpolation(np.stack(strips), image_shape),
+                                        workdir / f"{prefix}interpolation.png"))
+  m = min(2000, len(xs))
+  mean, _ = vae.encode(model, params, xs[:m])
+  paths.append(plotting.save_figure(plotting.plot_latent_space(
+      np.asarray(mean), None if d.eval_y is None else d.eval_y[:m],
+      title=f"Posterior means of {m} {config.eval_split} points"
+      + ("" if config.latent_dim <= 2 else f" ({config.latent_dim}-D, PCA projection)")),
+      workdir / f"{prefix}latent_space.png"))
+  records = progress.read_metrics(workdir)
+  if records:
+    keys = [k for k in ("loss", "reconstruction", "kl", "eval_elbo", "grad_norm")
+            if any(k in r for r in records)]
+    paths.append(plotting.save_figure(plotting.plot_training_curves(
+        records, keys, title=f"{config.model.upper()} on {config.dataset}"),
+        workdir / f"{prefix}training_curves.png"))
+  return paths
+
+
+def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: int = 5000,
+                        num_eval_points: int | None = None, eval_batch_size: int | None = None,
+                        step: int | None = None, figures: bool = True,
+                        quiet: bool = False) -> dict:
+  """Loads a checkpoint from a training workdir and evaluates it (the k=5000 log-likelihood).
+
+  Reads the config stored with the checkpoint, rebuilds the model, restores the parameters and
+  writes ``eval_<step>_k<k>.json`` and figures ``eval_*.png`` in ``<workdir>/evaluation``.
+
+  Args:
+    workdir: the training run's directory.
+    num_importance_samples: k for the importance-sampled log p(x) (5000 in Burda et al.).
+    num_eval_points: evaluate on this many points (a fixed random subset); None: the config's
+      value (0 = the whole split).
+    eval_batch_size: points per jitted batch; None: the config's value.
+    step: which checkpoint; None for the latest.
+    figures: write the figures.
+    quiet: no progress display.
+
+  Returns:
+    The results dict (also written as JSON).
+
+  Raises:
+    ValueError: no checkpoint in ``workdir``.
+  """
+  if num_importance_samples < 0:
+    raise ValueError(f"num_importance_samples must be >= 0, got {num_importance_samples}.")
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"No checkpoints in {workdir}: give the --workdir of a train_vae run.")
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None)
+  try:
+    meta = ckpt.restore_meta(step)
+    if meta is None:
+      raise ValueError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    config = ml_collections.ConfigDict(meta["config"])
+    if num_eval_points is not None:
+      config.num_eval_points = int(num_eval_points)
+    if eval_batch_size is not None:
+      config.eval_batch_size = int(eval_batch_size)
+    config.num_importance_samples = int(num_importance_samples)
+    validate_config(config)
+    d = load_data(config)
+    data_shape = data_shape_of(config, d.train)
+    model = build_model(config, d.train.num_features)
+    optimizer = build_optimizer(config, data.steps_per_epoch(d.train.num_points,
+                                                             config.batch_size))
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    template = training.create_train_state(
+        init_key, model, jnp.asarray(_reshape(d.train.x[:1], data_shape)), optimizer)
+    restored, meta = ckpt.restore({"train_state": template,
+                                   "key": jax.random.key_data(train_key)}, step)
+  finally:
+    ckpt.close()
+  state = restored["train_state"]
+  results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
+                           num_importance_samples=num_importance_samples, quiet=quiet)
+  results["step"] = int(state.step)
+  out = workdir / "evaluation"
+  if distributed.is_primary():
+    experiment.write_results(out, results, f"eval_{int(state.step)}_k{num_importance_samples}.json")
+    if figures:
+      write_figures(out, config, model, state.params, d, data_shape,
+                    jax.random.fold_in(eval_key, 1), prefix="eval_")
+  return results
