@@ -392,6 +392,49 @@ def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: An
   return paths
 
 
+def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
+                overrides: dict | None = None) -> tuple[Any, vae.VAE, training.TrainState, _Data]:
+  """Rebuilds a training run from its workdir: config, model, train state and data.
+
+  Args:
+    workdir: a ``train_vae`` run's directory.
+    step: the checkpoint to load; None for the latest.
+    overrides: config fields to change first (e.g. ``{"num_eval_points": 1000}``).
+
+  Returns:
+    ``(config, model, state, data)``: ``state.params`` are the checkpointed parameters.
+
+  Raises:
+    ValueError: no checkpoint in ``workdir``.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"No checkpoints in {workdir}: give the --workdir of a train_vae run.")
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None)
+  try:
+    meta = ckpt.restore_meta(step)
+    if meta is None:
+      raise ValueError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    config = ml_collections.ConfigDict(meta["config"])
+    for k, v in (overrides or {}).items():
+      config[k] = v
+    validate_config(config)
+    d = load_data(config)
+    data_shape = data_shape_of(config, d.train)
+    model = build_model(config, d.train.num_features)
+    optimizer = build_optimizer(config, data.steps_per_epoch(d.train.num_points,
+                                                             config.batch_size))
+    init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
+    template = training.create_train_state(
+        init_key, model, jnp.asarray(_reshape(d.train.x[:1], data_shape)), optimizer)
+    restored, _ = ckpt.restore({"train_state": template,
+                                "key": jax.random.key_data(train_key)}, step)
+  finally:
+    ckpt.close()
+  return config, model, restored["train_state"], d
+
+
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: int = 5000,
                         num_eval_points: int | None = None, eval_batch_size: int | None = None,
                         step: int | None = None, figures: bool = True,
@@ -420,34 +463,14 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
   if num_importance_samples < 0:
     raise ValueError(f"num_importance_samples must be >= 0, got {num_importance_samples}.")
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  if not (workdir / "checkpoints").is_dir():
-    raise ValueError(f"No checkpoints in {workdir}: give the --workdir of a train_vae run.")
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None)
-  try:
-    meta = ckpt.restore_meta(step)
-    if meta is None:
-      raise ValueError(f"No checkpoint in {workdir / 'checkpoints'}.")
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    config = ml_collections.ConfigDict(meta["config"])
-    if num_eval_points is not None:
-      config.num_eval_points = int(num_eval_points)
-    if eval_batch_size is not None:
-      config.eval_batch_size = int(eval_batch_size)
-    config.num_importance_samples = int(num_importance_samples)
-    validate_config(config)
-    d = load_data(config)
-    data_shape = data_shape_of(config, d.train)
-    model = build_model(config, d.train.num_features)
-    optimizer = build_optimizer(config, data.steps_per_epoch(d.train.num_points,
-                                                             config.batch_size))
-    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-    template = training.create_train_state(
-        init_key, model, jnp.asarray(_reshape(d.train.x[:1], data_shape)), optimizer)
-    restored, meta = ckpt.restore({"train_state": template,
-                                   "key": jax.random.key_data(train_key)}, step)
-  finally:
-    ckpt.close()
-  state = restored["train_state"]
+  overrides = {"num_importance_samples": int(num_importance_samples)}
+  if num_eval_points is not None:
+    overrides["num_eval_points"] = int(num_eval_points)
+  if eval_batch_size is not None:
+    overrides["eval_batch_size"] = int(eval_batch_size)
+  config, model, state, d = restore_run(workdir, step, overrides=overrides)
+  data_shape = data_shape_of(config, d.train)
+  eval_key = jax.random.split(jax.random.key(config.seed), 3)[2]
   results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
                            num_importance_samples=num_importance_samples, quiet=quiet)
   results["step"] = int(state.step)
