@@ -18,6 +18,7 @@ import math
 from typing import Any, NamedTuple, Optional
 
 import distrax
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -123,7 +124,7 @@ def _as_float(x: Any, compute_dtype: Any = None) -> jax.Array:
 def _apply(model: VAE, params: Params, *args, method: str, what: str):
   try:
     return model.apply(params, *args, method=method)
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, flax.errors.FlaxError) as e:
     shapes = [np.shape(a) for a in args if hasattr(a, "shape")]
     raise ValueError(
         f"The model's {what} could not be applied to an input of shape {shapes} (per point): "
@@ -217,7 +218,11 @@ def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
   """
   _check_key(key)
   _check_x(example_x, "example_x")
-  return model.init(key, _as_float(example_x)[:1])
+  x = _as_float(example_x)[:1]
+  try:  # jitted: eager initialisers compile op by op, which is slow on CPU
+    return jax.jit(model.init)(key, x)
+  except flax.errors.FlaxError as e:
+    raise ValueError(f"Could not initialise the model on data of shape {x.shape[1:]}: {e}") from e
 
 
 def encode(model: VAE, params: Params, x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,309 @@
+"""Tests for lvmjax.vae: bounds against an exact linear-Gaussian model, likelihoods, KL, checks."""
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from lvmjax import ppca, vae
+
+D, L = 5, 2
+
+
+def _jit(fn, model, **static):
+  """``fn(model, params, key, x, **static)`` jitted over (params, key, x): tests stay fast."""
+  return jax.jit(lambda params, key, x: fn(model, params, key, x, **static))
+
+
+def _linear_vae(fa=False):
+  """A VAE that *is* PPCA / FA: linear decoder, Gaussian likelihood with the noise scale."""
+  likelihood = vae.GaussianLikelihood(scale=None, min_scale=0.0)
+  return vae.VAE(vae.LinearEncoder(latent_dim=L), vae.LinearDecoder(output_dim=D), likelihood)
+
+
+def _ppca_and_vae_params(rng, fa=False, exact_posterior=True):
+  """PPCA/FA params with W^T Psi^-1 W diagonal, and VAE params encoding that model.
+
+  With ``exact_posterior`` the encoder is the exact posterior p(z|x) (diagonal here); otherwise
+  it is perturbed.
+  """
+  psi = rng.uniform(0.3, 1.2, size=D) if fa else np.full(D, 0.5)
+  q, _ = np.linalg.qr(rng.normal(size=(D, L)))
+  s = np.array([2.0, 1.2])
+  weight = np.sqrt(psi)[:, None] * q * s[None, :]
+  mean = rng.normal(size=D)
+  m_diag = 1.0 + s ** 2                                   # M = I + W^T Psi^-1 W = diag(1 + s^2)
+  enc_kernel = (weight / psi[:, None]) / m_diag[None, :]  # (D, L): Psi^-1 W M^-1
+  enc_bias = -mean @ enc_kernel
+  log_var = -np.log(m_diag)
+  if not exact_posterior:
+    enc_kernel = enc_kernel * 0.8 + 0.05
+    enc_bias = enc_bias + 0.3
+    log_var = log_var + 0.4
+  noise = jnp.asarray(psi) if fa else jnp.asarray(psi[0])
+  params_ppca = ppca.PPCAParams(jnp.asarray(weight), jnp.asarray(mean), noise)
+  params = {"params": {
+      "encoder": {"mean": {"kernel": jnp.asarray(enc_kernel), "bias": jnp.asarray(enc_bias)},
+                  "log_variance": jnp.asarray(log_var)},
+      "decoder": {"output": {"kernel": jnp.asarray(weight.T), "bias": jnp.asarray(mean)}},
+      "likelihood": {"log_scale": jnp.asarray(0.5 * np.log(psi))},
+  }}
+  return params_ppca, params
+
+
+def _data(rng, params_ppca, n=6):
+  x, _ = ppca.sample(jax.random.key(int(rng.integers(1 << 30))), params_ppca, n)
+  return x
+
+
+def test_init_structure_matches_linear_model():
+  model = _linear_vae()
+  params = vae.init(jax.random.key(0), model, jnp.zeros((3, D)))
+  shapes = jax.tree_util.tree_map(jnp.shape, params)
+  _, ref = _ppca_and_vae_params(np.random.default_rng(0))
+  assert shapes == jax.tree_util.tree_map(jnp.shape, ref)
+
+
+@pytest.mark.parametrize("fa", [False, True])
+def test_exact_posterior_bounds_equal_log_marginal(x64, fa):
+  rng = np.random.default_rng(1)
+  model = _linear_vae(fa)
+  params_ppca, params = _ppca_and_vae_params(rng, fa=fa)
+  x = _data(rng, params_ppca)
+  exact = ppca.log_marginal(params_ppca, x)
+  key = jax.random.key(0)
+  # q = p(z|x): every importance weight equals p(x), so the estimators are exact per sample.
+  np.testing.assert_allclose(_jit(vae.elbo, model, num_samples=3, analytic_kl=False)(
+      params, key, x), exact, rtol=1e-10)
+  np.testing.assert_allclose(_jit(vae.iwae_bound, model, num_samples=4)(params, key, x), exact,
+                             rtol=1e-10)
+  # K = 7 in chunks of 3: the masked tail must not be counted.
+  np.testing.assert_allclose(vae.log_likelihood(model, params, key, x, 7, chunk_size=3), exact,
+                             rtol=1e-10)
+  # with the analytic KL only the expectation is exact
+  est = jax.jit(vae.elbo, static_argnums=(0, 4, 5, 6))(model, params, key, x, 20000, 1.0, True)
+  np.testing.assert_allclose(est, exact, atol=0.05)
+  # the encoder is the exact posterior
+  mean, log_var = vae.encode(model, params, x)
+  post_mean, post_cov = ppca.posterior(params_ppca, x)
+  np.testing.assert_allclose(mean, post_mean, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(jnp.exp(log_var[0]), jnp.diag(post_cov), rtol=1e-10)
+  np.testing.assert_allclose(post_cov, jnp.diag(jnp.diag(post_cov)), atol=1e-12)
+
+
+def test_bounds_are_ordered_and_converge(x64):
+  rng = np.random.default_rng(2)
+  model = _linear_vae()
+  params_ppca, params = _ppca_and_vae_params(rng, exact_posterior=False)
+  x = _data(rng, params_ppca, n=8)
+  exact = np.asarray(ppca.log_marginal(params_ppca, x))
+  reps = 1000
+  keys = jax.random.split(jax.random.key(1), reps)
+
+  def repeats(fn):  # mean and standard error over independent repeats, per point
+    values = np.asarray(jax.jit(jax.vmap(fn))(keys))
+    return values.mean(0), values.std(0) / np.sqrt(reps)
+
+  elbo, elbo_se = repeats(lambda k: vae.elbo(model, params, k, x, 1))
+  iwae5, iwae5_se = repeats(lambda k: vae.iwae_bound(model, params, k, x, 5))
+  iwae50, iwae50_se = repeats(lambda k: vae.iwae_bound(model, params, k, x, 50))
+  # ELBO <= IWAE_5 <= IWAE_50 <= log p(x) in expectation, up to 4 standard errors
+  assert np.all(exact - elbo > 0.05), exact - elbo  # the perturbed encoder is not the posterior
+  assert np.all(elbo < iwae5 + 4 * np.hypot(elbo_se, iwae5_se))
+  assert np.all(iwae5 < iwae50 + 4 * np.hypot(iwae5_se, iwae50_se))
+  assert np.all(iwae50 < exact + 4 * iwae50_se)
+  assert np.mean(iwae5 - elbo) > 0.05 and np.mean(iwae50 - iwae5) > 0.01
+  # the importance-sampled estimate converges to log p(x) as K grows
+  ll = jax.jit(vae.log_likelihood, static_argnums=(0, 4, 5))
+  err = [np.mean(np.abs(ll(model, params, jax.random.key(k), x, k, 500) - exact))
+         for k in (10, 1000, 10000)]
+  assert err[0] > err[1] > err[2] and err[2] < 0.05, err
+
+
+def test_iwae_k1_equals_mc_elbo():
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood())
+  x = (np.random.default_rng(3).random((10, 6)) < 0.5).astype(np.float32)
+  params = vae.init(jax.random.key(0), model, x)
+  key = jax.random.key(4)
+  np.testing.assert_allclose(_jit(vae.iwae_bound, model, num_samples=1)(params, key, x),
+                             _jit(vae.elbo, model, analytic_kl=False)(params, key, x), rtol=1e-6)
+  terms = _jit(vae.elbo_terms, model, num_samples=2, beta=0.5)(params, key, x)
+  np.testing.assert_allclose(terms.elbo, terms.reconstruction - 0.5 * terms.kl, rtol=1e-6)
+
+
+def test_analytic_kl_matches_monte_carlo_and_distrax(x64):
+  rng = np.random.default_rng(5)
+  mean = rng.normal(size=(4, 3))
+  log_var = rng.normal(size=(4, 3)) * 0.5
+  kl = vae.gaussian_kl(mean, log_var)
+  q = distrax.MultivariateNormalDiag(mean, np.exp(0.5 * log_var))
+  p = distrax.MultivariateNormalDiag(np.zeros(3), np.ones(3))
+  np.testing.assert_allclose(kl, q.kl_divergence(p), rtol=1e-10)
+  # through the model: the ELBO's MC KL averages to the analytic KL
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood())
+  x = (rng.random((5, 6)) < 0.5).astype(np.float64)
+  params = vae.cast_params(vae.init(jax.random.key(0), model, x), jnp.float64)
+  key = jax.random.key(6)
+  terms = jax.jit(vae.elbo_terms, static_argnums=(0, 4, 5, 6))
+  analytic = terms(model, params, key, x, 1, 1.0, True).kl
+  mc = terms(model, params, key, x, 40000, 1.0, False).kl
+  np.testing.assert_allclose(mc, analytic, atol=0.03)
+
+
+def test_elbo_gradient_matches_finite_differences(x64):
+  model = vae.VAE(vae.MLPEncoder(2, (5,)), vae.MLPDecoder(4, (5,)),
+                  vae.GaussianLikelihood(scale=None))
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(6, 4))
+  params = vae.cast_params(vae.init(jax.random.key(0), model, x), jnp.float64)
+  key = jax.random.key(8)
+
+  def f(p):  # fixed key: the reparameterised ELBO is a deterministic, smooth function of p
+    return jnp.mean(vae.elbo(model, p, key, x, 3))
+
+  f = jax.jit(f)
+  grad = jax.grad(f)(params)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  direction = jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(rng.normal(size=np.shape(l))) for l in leaves])
+  h = 1e-5
+  plus = jax.tree_util.tree_map(lambda p, d: p + h * d, params, direction)
+  minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
+  fd = (f(plus) - f(minus)) / (2 * h)
+  analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad),
+                                                jax.tree_util.tree_leaves(direction)))
+  np.testing.assert_allclose(analytic, fd, rtol=1e-6)
+  # and per parameter leaf for the IWAE bound
+  def g(p):
+    return jnp.mean(vae.iwae_bound(model, p, key, x, 4))
+  g = jax.jit(g)
+  grad_iwae = jax.grad(g)(params)
+  kernel = params["params"]["decoder"]["output"]["kernel"]
+  e = jnp.zeros_like(kernel).at[1, 2].set(1.0)
+  bump = lambda s: jax.tree_util.tree_map_with_path(
+      lambda path, p: p + s * e if "decoder" in str(path) and "output" in str(path)
+      and "kernel" in str(path) else p, params)
+  fd_leaf = (g(bump(h)) - g(bump(-h))) / (2 * h)
+  np.testing.assert_allclose(grad_iwae["params"]["decoder"]["output"]["kernel"][1, 2], fd_leaf,
+                             rtol=1e-6)
+
+
+def test_bernoulli_likelihood_matches_scipy(x64):
+  rng = np.random.default_rng(9)
+  logits = rng.normal(size=(3, 7)) * 3
+  x = (rng.random((3, 7)) < 0.5).astype(np.float64)
+  dist = vae.BernoulliLikelihood().apply({}, jnp.asarray(logits), 1)
+  expected = stats.bernoulli.logpmf(x, special.expit(logits)).sum(-1)
+  np.testing.assert_allclose(dist.log_prob(x), expected, rtol=1e-10)
+  np.testing.assert_allclose(dist.mean(), special.expit(logits), rtol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [None, 0.7])
+def test_gaussian_likelihood_matches_scipy(x64, scale):
+  rng = np.random.default_rng(10)
+  mean = rng.normal(size=(3, 4))
+  x = rng.normal(size=(3, 4))
+  module = vae.GaussianLikelihood(scale=scale, min_scale=0.0)
+  variables = module.init(jax.random.key(0), jnp.asarray(mean), 1)
+  if scale is None:
+    log_scale = jnp.asarray(rng.normal(size=4) * 0.3)
+    variables = {"params": {"log_scale": log_scale}}
+    sd = np.exp(np.asarray(log_scale))
+  else:
+    assert variables == {} or not variables.get("params")
+    sd = np.full(4, scale)
+  dist = module.apply(variables, jnp.asarray(mean), 1)
+  expected = stats.norm.logpdf(x, mean, sd[None, :]).sum(-1)
+  np.testing.assert_allclose(dist.log_prob(x), expected, rtol=1e-10)
+
+
+def test_autoencoder_log_likelihood_is_reconstruction_at_mean(x64):
+  rng = np.random.default_rng(11)
+  model = _linear_vae()
+  params_ppca, params = _ppca_and_vae_params(rng)
+  x = np.asarray(_data(rng, params_ppca))
+  mean, _ = vae.encode(model, params, x)
+  recon = np.asarray(mean) @ np.asarray(params_ppca.weight).T + np.asarray(params_ppca.mean)
+  expected = stats.norm.logpdf(x, recon, np.sqrt(float(params_ppca.noise_variance))).sum(-1)
+  np.testing.assert_allclose(vae.autoencoder_log_likelihood(model, params, x), expected,
+                             rtol=1e-10)
+  np.testing.assert_allclose(vae.reconstruct(model, params, x), recon, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_pair_on_images():
+  model = vae.VAE(vae.ConvEncoder(4, features=(4, 8), dense=16),
+                  vae.ConvDecoder(features=(8, 4)), vae.BernoulliLikelihood())
+  x = (np.random.default_rng(12).random((3, 28, 28, 1)) < 0.3).astype(np.float32)
+  params = vae.init(jax.random.key(0), model, x)
+  key = jax.random.key(1)
+  values = _jit(vae.elbo, model, num_samples=2)(params, key, x)
+  assert values.shape == (3,) and np.all(np.isfinite(values)) and np.all(values < 0)
+  xs, z = jax.jit(lambda p, k: vae.sample(model, p, k, 5))(params, key)
+  assert xs.shape == (5, 28, 28, 1) and z.shape == (5, 4)
+  assert set(np.unique(np.asarray(xs))) <= {0.0, 1.0}
+
+
+def test_generation_and_inference_shapes():
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood())
+  x = (np.random.default_rng(12).random((4, 6)) < 0.3).astype(np.float32)
+  params = vae.init(jax.random.key(0), model, x)
+  key = jax.random.key(1)
+  xs, z = vae.sample(model, params, key, 5)
+  assert xs.shape == (5, 6) and z.shape == (5, 3)
+  assert set(np.unique(np.asarray(xs))) <= {0.0, 1.0}
+  probs, _ = vae.sample(model, params, key, 2, use_mean=True)
+  assert np.all((np.asarray(probs) > 0) & (np.asarray(probs) < 1))
+  line = vae.interpolate(model, params, x[0], x[1], num_steps=4)
+  assert line.shape == (4, 6)
+  mean, _ = vae.encode(model, params, x[:2])
+  np.testing.assert_allclose(line[0], vae.decode(model, params, mean[:1]).mean()[0], rtol=1e-5)
+  np.testing.assert_allclose(line[-1], vae.decode(model, params, mean[1:]).mean()[0], rtol=1e-5)
+  np.testing.assert_allclose(vae.reconstruct(model, params, x[:2])[1], line[-1], rtol=1e-5)
+  assert vae.sample_posterior(model, params, key, x, 6).shape == (6, 4, 3)
+  assert vae.sample_given(model, params, key, z).shape == (5, 6)
+
+
+def test_active_units_counts_units_with_varying_posterior_mean():
+  model = _linear_vae()
+  _, params = _ppca_and_vae_params(np.random.default_rng(13))
+  kernel = params["params"]["encoder"]["mean"]["kernel"]
+  params["params"]["encoder"]["mean"]["kernel"] = kernel.at[:, 1].set(0.0)  # unit 1 is dead
+  x = np.random.default_rng(14).normal(size=(250, D))
+  count, variances = vae.active_units(model, params, x, batch_size=100)
+  expected = np.var(x @ np.asarray(kernel[:, 0]))
+  np.testing.assert_allclose(variances[0], expected, rtol=1e-4)
+  assert float(variances[1]) == pytest.approx(0.0, abs=1e-10)
+  assert int(count) == 1
+
+
+def test_bad_input_raises():
+  model = vae.VAE(vae.MLPEncoder(2, (4,)), vae.MLPDecoder(5, (4,)), vae.BernoulliLikelihood())
+  x = np.zeros((3, 5), np.float32)
+  params = vae.init(jax.random.key(0), model, x)
+  key = jax.random.key(1)
+  with pytest.raises(ValueError, match="batch axis"):
+    vae.elbo(model, params, key, x[0])
+  with pytest.raises(ValueError, match="num_samples"):
+    vae.elbo(model, params, key, x, num_samples=0)
+  with pytest.raises(ValueError, match="num_samples"):
+    vae.iwae_bound(model, params, key, x, 0)
+  with pytest.raises(ValueError, match="num_samples"):
+    vae.log_likelihood(model, params, key, x, num_samples=0)
+  bad = x.copy()
+  bad[1, 2] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    vae.elbo(model, params, key, bad)
+  with pytest.raises(ValueError, match="shape"):
+    vae.elbo(model, params, key, np.zeros((3, 7), np.float32))
+  with pytest.raises(ValueError, match="shape"):
+    vae.decode(model, params, jnp.zeros((3, 5)))
+  with pytest.raises(ValueError, match="beta"):
+    vae.elbo(model, params, key, x, beta=-1.0)
+  with pytest.raises(ValueError, match="key"):
+    vae.elbo(model, params, None, x)
+  with pytest.raises(ValueError, match="activation"):
+    vae.init(key, vae.VAE(vae.MLPEncoder(2, (4,), activation="nope"), vae.MLPDecoder(5),
+                          vae.BernoulliLikelihood()), x)
+  with pytest.raises(ValueError, match="num_steps"):
+    vae.interpolate(model, params, x[0], x[1], num_steps=1)
