@@ -1,0 +1,142 @@
+"""Tests for lvmjax.vae.training: train_step (jit vs eager, resumption), learning, evaluate."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lvmjax import ppca, vae
+from tests import test_vae as tv
+
+
+def _binary_data(n=256, d=16, seed=0):
+  """Noisy copies of 4 binary prototypes: a VAE with a 2-d latent can model them well."""
+  rng = np.random.default_rng(seed)
+  prototypes = rng.random((4, d)) < 0.5
+  x = prototypes[rng.integers(0, 4, n)]
+  flips = rng.random((n, d)) < 0.05
+  return (x ^ flips).astype(np.uint8)
+
+
+def _small_model(d=16):
+  return vae.VAE(vae.MLPEncoder(2, (32,)), vae.MLPDecoder(d, (32,)), vae.BernoulliLikelihood())
+
+
+def _copy(tree):
+  return jax.tree_util.tree_map(lambda a: jnp.array(np.asarray(a)), tree)
+
+
+@pytest.mark.parametrize("objective,k", [("elbo", 2), ("iwae", 3)])
+def test_train_step_jit_equals_eager(objective, k):
+  x = _binary_data(n=32)
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  step = vae.make_train_step(model, opt, objective=objective, num_samples=k)
+  jitted = jax.jit(step, donate_argnums=0)
+  key = jax.random.key(1)
+  s_jit, s_eager = _copy(state), _copy(state)
+  s_jit, m_jit = jitted(s_jit, x, key)
+  with jax.disable_jit():
+    s_eager, m_eager = step(s_eager, x, key)
+  assert int(s_jit.step) == int(s_eager.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(s_jit.params),
+                  jax.tree_util.tree_leaves(s_eager.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert set(m_jit) == set(m_eager)
+  np.testing.assert_allclose(m_jit["loss"], m_eager["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m_jit["loss"], -m_jit["objective"], rtol=1e-6)
+
+
+def test_resumed_run_draws_the_same_numbers():
+  x = _binary_data(n=32)
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  step = vae.jit_train_step(model, opt, objective="elbo")
+  key = jax.random.key(3)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  state, _ = step(state, x, key)
+  saved = jax.device_get(state)                     # "checkpoint" after step 1
+  state, m_run = step(state, x, key)
+  resumed, m_resumed = step(jax.device_put(saved), x, key)
+  np.testing.assert_array_equal(m_run["loss"], m_resumed["loss"])
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # and the step number does change the noise
+  other, m_other = step(jax.device_put(saved).replace(step=jnp.asarray(7, jnp.int32)), x, key)
+  assert float(m_other["loss"]) != float(m_run["loss"])
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "autoencoder"])
+def test_training_raises_the_objective(objective):
+  x = _binary_data()
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  k = 5 if objective == "iwae" else 1
+  step = vae.jit_train_step(model, opt, objective=objective, num_samples=k)
+  score = jax.jit(lambda p, key: jnp.mean(
+      vae.autoencoder_log_likelihood(model, p, x) if objective == "autoencoder"
+      else vae.elbo(model, p, key, x, 10)))
+  before = float(score(state.params, jax.random.key(9)))
+  key = jax.random.key(1)
+  for i in range(300):
+    state, metrics = step(state, x[(i % 4) * 64:(i % 4 + 1) * 64], key)
+  after = float(score(state.params, jax.random.key(9)))
+  assert np.isfinite(float(metrics["loss"]))
+  # 16 bits per point start near 16 log 2 = 11 nats; the prototypes need far fewer
+  assert after > before + 3.0, (before, after)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  x = _binary_data(n=64)
+  model = _small_model()
+  opt = optax.adam(1e-3)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  key = jax.random.key(1)
+  step32 = vae.jit_train_step(model, opt, objective="elbo")
+  step16 = vae.jit_train_step(model, opt, objective="elbo", compute_dtype=jnp.bfloat16)
+  s16, m16 = step16(_copy(state), x, key)
+  s32, m32 = step32(_copy(state), x, key)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(s16.params))
+  assert m16["loss"].dtype == jnp.float32
+  np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=0.02)
+  assert float(m16["loss"]) != float(m32["loss"])  # it did compute in bfloat16
+
+
+def test_evaluate_on_exact_model(x64):
+  rng = np.random.default_rng(0)
+  model = tv._linear_vae()
+  params_ppca, params = tv._ppca_and_vae_params(rng)
+  x = np.asarray(ppca.sample(jax.random.key(0), params_ppca, 23)[0])
+  exact = float(ppca.log_marginal(params_ppca, x).mean())
+  res = vae.evaluate(model, params, jax.random.key(1), x, batch_size=10, num_samples_ll=50,
+                     iwae_k=(5,), chunk_size=20)
+  assert res["num_points"] == 23
+  assert res["log_likelihood"] == pytest.approx(exact, rel=1e-9)
+  assert res["nll"] == pytest.approx(-exact, rel=1e-9)
+  assert res["iwae_5"] == pytest.approx(exact, rel=1e-9)
+  assert res["elbo"] == pytest.approx(res["reconstruction"] - res["kl"], rel=1e-9)
+  assert res["elbo"] == pytest.approx(exact, abs=0.5)
+  kl = float(vae.gaussian_kl(*vae.encode(model, params, x)).mean())
+  assert res["kl"] == pytest.approx(kl, rel=1e-9)
+  assert res["active_units"] == 2
+
+
+def test_bad_arguments_raise():
+  model = _small_model()
+  opt = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="objective"):
+    vae.make_train_step(model, opt, objective="elbow")
+  with pytest.raises(ValueError, match="num_samples"):
+    vae.make_train_step(model, opt, num_samples=0)
+  with pytest.raises(ValueError, match="beta"):
+    vae.make_train_step(model, opt, beta=-0.5)
+  x = _binary_data(n=8)
+  with pytest.raises(ValueError, match="batch axis"):
+    vae.create_train_state(jax.random.key(0), model, x[0], opt)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  with pytest.raises(ValueError, match="shape"):
+    vae.jit_train_step(model, opt)(state, np.zeros((8, 9), np.float32), jax.random.key(0))
+  with pytest.raises(ValueError, match="num_samples_ll"):
+    vae.evaluate(model, state.params, jax.random.key(0), x, num_samples_ll=-1)
