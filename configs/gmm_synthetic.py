@@ -41,6 +41,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.max_to_keep = 2
   config.figures = True
   if variant == "smoke":
+    config.init = "random_from_data"   # compiles faster than the K-means initialisation
     config.synthetic.num_points = 400
     config.k_values = (2, 4, 5)
     config.n_init = 1

@@ -207,6 +207,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   x = jnp.asarray(train.x)
   x_test = None if test is None else jnp.asarray(test.x)
   n, d = x.shape
+  if config.select_k == "none" and config.num_components > n:
+    raise ValueError(f"config.num_components={config.num_components} is larger than the {n} "
+                     "training points.")
   key = jax.random.key(config.seed)
   selection_key, fit_key = jax.random.split(key)
 
