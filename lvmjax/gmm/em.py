@@ -6,30 +6,28 @@ The E-step maps rows to statistics that add up over rows, chunks, devices and ba
 
   r_{nk} = p(z_n{=}k \mid x_n), \qquad
   N_k = \sum_n s_n r_{nk}, \qquad
-  S^{(1)}_k = \sum_n s_n r_{nk} x_n, \qquad
-  S^{(2)}_k = \sum_n s_n r_{nk} x_n x_n^\top,
+  S^{(1)}_k = \sum_n s_n r_{nk} (x_n - c_k), \qquad
+  S^{(2)}_k = \sum_n s_n r_{nk} (x_n - c_k)(x_n - c_k)^\top,
 
-with sample weights :math:`s_n`. "tied" keeps :math:`\sum_n s_n x_n x_n^\top`, "diag" and
-"spherical" keep only the diagonals. The M-step is closed-form on the sums:
+with sample weights :math:`s_n`, and the E-step's own means as centres :math:`c_k`. Moments about
+the current means keep float32 exact where raw moments :math:`\sum r x x^\top / N - \mu\mu^\top`
+cancel (a pixel that is constant within a component has variance exactly 0, not rounding noise
+that swamps ``reg_covar``); the centres are the same for every chunk, so the sums still add.
+"tied" keeps :math:`\sum_k S^{(2)}_k`, "diag" and "spherical" keep diagonals. The M-step is
+closed-form on the sums:
 
 .. math::
 
   w_k = N_k / \textstyle\sum_j N_j, \qquad
-  \mu_k = S^{(1)}_k / N_k, \qquad
-  \Sigma_k = S^{(2)}_k / N_k - \mu_k \mu_k^\top + \epsilon I.
+  \mu_k = c_k + S^{(1)}_k / N_k, \qquad
+  \Sigma_k = S^{(2)}_k / N_k - (\mu_k - c_k)(\mu_k - c_k)^\top + \epsilon I.
 
-Both steps are one matrix product per chunk over all K components: with the per-row features
-:math:`\phi(x) = [\mathrm{vech}(x x^\top), x, 1]` the Mahalanobis terms of every component are
-:math:`\phi(X) A` for a (T, K) matrix A built from the precision matrices, and the statistics are
-:math:`\phi(X)^\top (s \odot R)`. The precision matrices come from the Cholesky factors by
-triangular solves, as in scikit-learn. Raw moments lose float32 precision far from the origin, so
-``fit`` centres the data on its mean first (and shifts the means back); do the same when you call
-``e_step`` yourself on float32 data far from zero.
-
-The E-step streams over chunks of rows with ``lax.scan``, so memory is O(chunk · (D² + K)) and
-never O(N · K · D). The convergence rule, ``tol``, ``max_iter`` and ``reg_covar`` follow
-scikit-learn's ``GaussianMixture``: iteration i records the mean log-likelihood of the parameters
-it starts from, and the fit stops when it changes by less than ``tol``.
+The Mahalanobis terms are :math:`\|L_k^{-1}(x - \mu_k)\|^2` with the Cholesky factor's inverse
+(from a triangular solve, as scikit-learn does), laid out as K batched matrix products per chunk.
+The E-step streams over chunks of rows with ``lax.scan``, so memory is O(chunk · K · D) and never
+O(N · K · D). The convergence rule, ``tol``, ``max_iter`` and ``reg_covar`` follow scikit-learn's
+``GaussianMixture``: iteration i records the mean log-likelihood of the parameters it starts from,
+and the fit stops when it changes by less than ``tol``.
 """
 from __future__ import annotations
 
@@ -52,12 +50,14 @@ INITS = ("kmeans", "k-means++", "random", "random_from_data")
 class SuffStats(NamedTuple):
   """Additive sufficient statistics of one E-step (sum them over chunks, devices or batches).
 
+  Moments are about the means :math:`c_k` of the parameters the E-step was run with, so add only
+  statistics taken with the same parameters (as every EM iteration does).
+
   Attributes:
     counts: (K,) :math:`N_k = \\sum_n s_n r_{nk}`.
-    sum_x: (K, D) :math:`\\sum_n s_n r_{nk} x_n`.
-    sum_xx: raw second moments: (K, D, D) :math:`\\sum_n s_n r_{nk} x_n x_n^\\top` for "full",
-      (D, D) :math:`\\sum_n s_n x_n x_n^\\top` for "tied", (K, D) diagonals for "diag" and
-      "spherical".
+    sum_x: (K, D) :math:`\\sum_n s_n r_{nk} (x_n - c_k)`.
+    sum_xx: second moments about :math:`c_k`: (K, D, D) for "full", (D, D) summed over components
+      for "tied", (K, D) diagonals for "diag" and "spherical".
     log_likelihood: scalar :math:`\\sum_n s_n \\log p(x_n)`.
     total_weight: scalar :math:`\\sum_n s_n`.
   """
@@ -93,75 +93,50 @@ class GMMFitResult(NamedTuple):
 # Statistics.
 
 
-def _triu(d: int):
-  return np.triu_indices(d)
-
-
-def _features(x: jax.Array, covariance_type: str) -> jax.Array:
-  """phi(x): [vech(x x^T), x, 1] for "full"; [x*x, x, 1] for "diag"/"spherical"; [x, 1] "tied"."""
-  ones = jnp.ones((x.shape[0], 1), x.dtype)
-  if covariance_type == "full":
-    i, j = _triu(x.shape[1])
-    return jnp.concatenate([x[:, i] * x[:, j], x, ones], axis=1)
-  if covariance_type == "tied":
-    return jnp.concatenate([x, ones], axis=1)
-  return jnp.concatenate([x * x, x, ones], axis=1)
-
-
-def _quadratic_form_matrix(params: GMMParams) -> tuple[jax.Array, jax.Array]:
-  """(A, extra): phi(x) @ A = log w_k + log N(x; mu_k, Sigma_k) - extra(x), for all k at once.
-
-  extra(x) is the component-independent part (the x^T P x term of "tied"), given as a (T,)
-  vector for phi(x) (zero for the other types), so it is added back per row.
-  """
+def _log_joint_fn(params: GMMParams):
+  """A function of (x - mu_k) laid out (K, n, D) giving log w_k + log N(x; mu_k, Sigma_k), (n, K)."""
   cov_type = params.covariance_type
-  means = params.means
-  k, d = means.shape
-  dtype = means.dtype
+  k, d = params.means.shape
+  dtype = params.means.dtype
   chol = model.cholesky(params)
   const = jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
   if cov_type in ("full", "tied"):
     eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
-    chol_inv = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
-    prec = jnp.swapaxes(chol_inv, -1, -2) @ chol_inv  # L^{-T} L^{-1} = Sigma^{-1}
-    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    if cov_type == "full":
-      p_mu = jnp.einsum("kde,ke->kd", prec, means)  # (K, D)
-      mu_p_mu = jnp.einsum("kd,kd->k", p_mu, means)
-      i, j = _triu(d)
-      quad = prec[:, i, j] * jnp.where(i == j, 1.0, 2.0).astype(dtype)  # (K, T)
-      a = jnp.concatenate([-0.5 * quad, p_mu, (const - half_logdet - 0.5 * mu_p_mu)[:, None]],
-                          axis=1)
-      return a.T, jnp.zeros((0,), dtype)
-    p_mu = means @ prec  # (K, D)
-    mu_p_mu = jnp.einsum("kd,kd->k", p_mu, means)
-    a = jnp.concatenate([p_mu, (const - half_logdet - 0.5 * mu_p_mu)[:, None]], axis=1)
-    return a.T, prec
+    chol_inv_t = jnp.swapaxes(
+        jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True), -1, -2)
+    offset = const - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+    def log_joint_rows(diff):
+      if cov_type == "full":
+        y = diff @ chol_inv_t  # K batched (n, D) x (D, D) products
+      else:
+        y = (diff.reshape(-1, d) @ chol_inv_t).reshape(diff.shape)
+      return offset[None, :] - 0.5 * jnp.sum(y * y, axis=-1).T
+    return log_joint_rows
+
   var = jnp.square(chol)
   if cov_type == "spherical":
     var = jnp.broadcast_to(var[:, None], (k, d))
+  offset = const - 0.5 * jnp.sum(jnp.log(var), axis=1)
   inv_var = 1.0 / var
-  a = jnp.concatenate([-0.5 * inv_var, means * inv_var,
-                       (const - 0.5 * jnp.sum(jnp.log(var), axis=1)
-                        - 0.5 * jnp.sum(means * means * inv_var, axis=1))[:, None]], axis=1)
-  return a.T, jnp.zeros((0,), dtype)
+
+  def log_joint_rows_diag(diff):
+    return offset[None, :] - 0.5 * jnp.einsum("knd,kd->nk", diff * diff, inv_var)
+  return log_joint_rows_diag
 
 
-def _chunk_stats(x, w, phi, resp, log_px, covariance_type):
-  """Statistics of one chunk from its features, responsibilities and log p(x)."""
-  d = x.shape[1]
-  wr = w[:, None] * resp
-  moments = phi.T @ wr  # (T, K): one matrix product for all components
-  counts = moments[-1]
-  sum_x = moments[-1 - d:-1].T
+def _chunk_stats(diff, wr, log_px, w, covariance_type):
+  """Statistics of one chunk: diff = x - c_k (K, n, D), wr = weighted responsibilities (n, K)."""
+  wd = wr.T[:, :, None] * diff  # (K, n, D)
+  counts = jnp.sum(wr, axis=0)
+  sum_x = jnp.sum(wd, axis=1)
   if covariance_type == "full":
-    i, j = _triu(d)
-    upper = moments[:-1 - d].T  # (K, T)
-    sum_xx = jnp.zeros((wr.shape[1], d, d), x.dtype).at[:, i, j].set(upper).at[:, j, i].set(upper)
+    sum_xx = jnp.swapaxes(wd, 1, 2) @ diff
   elif covariance_type == "tied":
-    sum_xx = x.T @ (w[:, None] * x)
+    d = diff.shape[-1]
+    sum_xx = wd.reshape(-1, d).T @ diff.reshape(-1, d)
   else:
-    sum_xx = moments[:d].T
+    sum_xx = jnp.sum(wd * diff, axis=1)
   return SuffStats(counts, sum_x, sum_xx, jnp.sum(w * log_px), jnp.sum(w))
 
 
@@ -173,29 +148,31 @@ def _zero_stats(num_components, d, covariance_type, dtype):
   return SuffStats(z((num_components,)), z((num_components, d)), z(xx), z(()), z(()))
 
 
-def _scan(x_chunks, w_chunks, num_components, covariance_type, resp_fn):
-  """Sums chunk statistics with lax.scan; resp_fn(i, x, phi) -> (resp (n, K), log p(x) (n,))."""
-  d = x_chunks.shape[-1]
+def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn):
+  """Sums chunk statistics about ``centers`` (K, D) with lax.scan.
+
+  ``resp_fn(i, x, diff) -> (resp (n, K), log p(x) (n,))`` with diff = x - centers, (K, n, D).
+  """
+  k, d = centers.shape
 
   def body(acc, inputs):
     i, xc, wc = inputs
-    phi = _features(xc, covariance_type)
-    resp, log_px = resp_fn(i, xc, phi)
-    stats = _chunk_stats(xc, wc, phi, resp, log_px, covariance_type)
+    diff = xc[None, :, :] - centers[:, None, :]
+    resp, log_px = resp_fn(i, xc, diff)
+    stats = _chunk_stats(diff, wc[:, None] * resp, log_px, wc, covariance_type)
     return jax.tree.map(jnp.add, acc, stats), None
 
-  init = _zero_stats(num_components, d, covariance_type, x_chunks.dtype)
+  init = _zero_stats(k, d, covariance_type, x_chunks.dtype)
   out, _ = jax.lax.scan(body, init, (jnp.arange(x_chunks.shape[0]), x_chunks, w_chunks))
   return out
 
 
 def _posterior_fn(params: GMMParams):
-  a, extra = _quadratic_form_matrix(params)
+  log_joint_rows = _log_joint_fn(params)
 
-  def resp_fn(_, xc, phi):
-    lj = phi @ a
-    if params.covariance_type == "tied":
-      lj = lj - 0.5 * jnp.einsum("nd,de,ne->n", xc, extra, xc)[:, None]
+  def resp_fn(_, xc, diff):
+    del xc
+    lj = log_joint_rows(diff)
     log_px = jax.nn.logsumexp(lj, axis=-1)
     return jnp.exp(lj - log_px[:, None]), log_px
 
@@ -215,9 +192,9 @@ def _chunks(x: jax.Array, sample_weight: jax.Array, chunk_size: int):
 
 
 def default_chunk_size(num_points: int, num_components: int, num_features: int) -> int:
-  """Rows per chunk: about 2**20 floats of per-chunk features and responsibilities."""
-  width = num_features * (num_features + 1) // 2 + num_features + 1 + 2 * num_components
-  return int(min(num_points, max(256, (2**20 // width) // 8 * 8)))
+  """Rows per chunk: about 2**20 floats of (K, chunk, D) intermediates, at least 64 rows."""
+  rows = (2**20 // max(1, num_components * num_features)) // 8 * 8
+  return int(min(num_points, max(64, rows)))
 
 
 def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
@@ -239,7 +216,7 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
 
   Args:
     params: current parameters.
-    x: (N, D) data (centre float32 data far from the origin first; see the module docstring).
+    x: (N, D) data.
     sample_weight: optional (N,) non-negative weights (default all ones).
     chunk_size: rows per chunk (default: see ``default_chunk_size``).
 
@@ -253,7 +230,7 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
   x, w = _prepare(x, sample_weight, params.means.dtype)
   chunk = chunk_size or default_chunk_size(x.shape[0], *params.means.shape)
   xs, ws = _chunks(x, w, min(chunk, x.shape[0]))
-  return _scan(xs, ws, params.num_components, params.covariance_type, _posterior_fn(params))
+  return _scan(xs, ws, params.means, params.covariance_type, _posterior_fn(params))
 
 
 def _repair_positive_definite(cov: jax.Array) -> jax.Array:
@@ -273,15 +250,15 @@ def m_step(params: GMMParams, stats: SuffStats, reg_covar: float = 1e-6) -> GMMP
   .. math::
 
     w_k = \frac{N_k}{\sum_j N_j}, \quad
-    \mu_k = \frac{S^{(1)}_k}{N_k}, \quad
-    \Sigma_k = \frac{S^{(2)}_k}{N_k} - \mu_k \mu_k^\top + \epsilon I
+    \mu_k = c_k + \frac{S^{(1)}_k}{N_k}, \quad
+    \Sigma_k = \frac{S^{(2)}_k}{N_k} - (\mu_k - c_k)(\mu_k - c_k)^\top + \epsilon I
 
   As in scikit-learn, :math:`N_k` gets :math:`10\,\mathrm{eps}` added, so a component that lost
-  all its points gets a zero mean and covariance :math:`\epsilon I` instead of NaN. A covariance
+  all its points keeps its mean and gets covariance :math:`\epsilon I` instead of NaN. A covariance
   that float rounding left indefinite gets a jitter of 100·eps·mean(diag) on its diagonal.
 
   Args:
-    params: the parameters the statistics were taken with (for the covariance type).
+    params: the parameters the statistics were taken with (their means are the centres).
     stats: ``SuffStats`` from ``e_step`` (possibly summed over several).
     reg_covar: :math:`\epsilon`, added to the diagonal of every covariance.
 
@@ -290,17 +267,18 @@ def m_step(params: GMMParams, stats: SuffStats, reg_covar: float = 1e-6) -> GMMP
   """
   cov_type = params.covariance_type
   counts = stats.counts + 10 * jnp.finfo(stats.counts.dtype).eps
-  means = stats.sum_x / counts[:, None]
+  delta = stats.sum_x / counts[:, None]
+  means = params.means + delta
   weights = counts / jnp.sum(counts)
   eye = jnp.eye(means.shape[-1], dtype=means.dtype)
   if cov_type == "full":
-    cov = stats.sum_xx / counts[:, None, None] - jnp.einsum("kd,ke->kde", means, means)
+    cov = stats.sum_xx / counts[:, None, None] - jnp.einsum("kd,ke->kde", delta, delta)
     cov = _repair_positive_definite(0.5 * (cov + jnp.swapaxes(cov, -1, -2)) + reg_covar * eye)
   elif cov_type == "tied":
-    cov = (stats.sum_xx - jnp.einsum("k,kd,ke->de", counts, means, means)) / jnp.sum(counts)
+    cov = (stats.sum_xx - jnp.einsum("k,kd,ke->de", counts, delta, delta)) / jnp.sum(counts)
     cov = _repair_positive_definite(0.5 * (cov + cov.T) + reg_covar * eye)
   else:
-    cov = jnp.maximum(stats.sum_xx / counts[:, None] - jnp.square(means), 0.0) + reg_covar
+    cov = jnp.maximum(stats.sum_xx / counts[:, None] - jnp.square(delta), 0.0) + reg_covar
     if cov_type == "spherical":
       cov = jnp.mean(cov, axis=-1)
   return GMMParams(weights, means, cov, cov_type)
@@ -325,13 +303,16 @@ def params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components, co
                                  reg_covar) -> GMMParams:
   """M-step from given responsibilities ``resp_fn(chunk_index, x_chunk) -> (n, K)``.
 
-  Mirrors scikit-learn's ``_initialize`` except that the weights are normalised to sum to one.
+  Two passes over the chunks: the means, then the moments about them. Mirrors scikit-learn's
+  ``_initialize`` except that the weights are normalised to sum to one.
   """
+  k, d = num_components, x_chunks.shape[-1]
   dtype = x_chunks.dtype
-  stats = _scan(x_chunks, w_chunks, num_components, covariance_type,
-                lambda i, xc, _: (resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype)))
-  template = GMMParams(None, None, None, covariance_type)
-  return m_step(template, stats, reg_covar)
+  fn = lambda i, xc, _: (resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype))  # pylint: disable=unnecessary-lambda-assignment
+  origin = GMMParams(jnp.full((k,), 1.0 / k, dtype), jnp.zeros((k, d), dtype), None, "diag")
+  means = m_step(origin, _scan(x_chunks, w_chunks, origin.means, "diag", fn), reg_covar).means
+  centered = GMMParams(None, means, None, covariance_type)
+  return m_step(centered, _scan(x_chunks, w_chunks, means, covariance_type, fn), reg_covar)
 
 
 def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar):
@@ -353,7 +334,7 @@ def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, 
       idx = jax.random.choice(key, x.shape[0], (num_components,), replace=False, p=p)
     else:  # k-means++
       from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
-      idx = kmeans.kmeans_plusplus_indices(key, x, num_components, sample_weight=w)
+      _, idx = kmeans.kmeans_plusplus(key, x, num_components, sample_weight=w)
 
     def resp_fn(i, xc):
       rows = i * chunk + jnp.arange(xc.shape[0])
@@ -381,7 +362,7 @@ def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
     return (s.n_iter < max_iter) & ~s.converged
 
   def body(s):
-    stats = _scan(x_chunks, w_chunks, s.params.num_components, s.params.covariance_type,
+    stats = _scan(x_chunks, w_chunks, s.params.means, s.params.covariance_type,
                   _posterior_fn(s.params))
     ll = stats.log_likelihood / stats.total_weight
     new_params = m_step(s.params, stats, reg_covar)
