@@ -24,6 +24,24 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> pathlib
   return path
 
 
+def show(fig_or_path: Figure | str | os.PathLike) -> None:
+  """Shows a figure (or a PNG file) inline in Jupyter/Colab; does nothing without IPython.
+
+  Works for the pyplot-free figures of this module whatever the notebook's matplotlib backend.
+  """
+  try:
+    from IPython.display import Image, display  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  if isinstance(fig_or_path, Figure):
+    import io  # pylint: disable=g-import-not-at-top
+    buf = io.BytesIO()
+    fig_or_path.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    display(Image(buf.getvalue()))
+  else:
+    display(Image(filename=str(fig_or_path)))
+
+
 def pca_basis(x: np.ndarray, num_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
   """The mean (D,) and the top principal directions (num_components, D) of ``x``."""
   x = np.asarray(x, np.float64)
