@@ -16,6 +16,23 @@ import jax
 import jax.numpy as jnp
 
 
+class BernoulliLogits(distrax.Bernoulli):
+  r"""``distrax.Bernoulli`` from logits with a one-softplus log-probability.
+
+  .. math:: \log p(x) = x\,l - \operatorname{softplus}(l)
+
+  Equal to distrax's own formula for x in {0, 1} and finite logits, and cheaper (distrax
+  evaluates two softplus terms and two masked products), which matters in the training step.
+  """
+
+  def __init__(self, logits: jax.Array):
+    super().__init__(logits=logits)
+
+  def log_prob(self, value: jax.Array) -> jax.Array:
+    logits = self.logits
+    return value * logits - jax.nn.softplus(logits)
+
+
 class BernoulliLikelihood(nn.Module):
   r"""Bernoulli likelihood for binary data; the decoder output is the logits.
 
@@ -25,7 +42,7 @@ class BernoulliLikelihood(nn.Module):
 
   @nn.compact
   def __call__(self, logits: jax.Array, event_ndims: int) -> distrax.Distribution:
-    return distrax.Independent(distrax.Bernoulli(logits=logits),
+    return distrax.Independent(BernoulliLogits(logits),
                                reinterpreted_batch_ndims=event_ndims)
 
 

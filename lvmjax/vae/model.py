@@ -8,8 +8,11 @@ returns one value per data point, e.g.
    \mathrm{ELBO}(x) = \mathbb{E}_{q(z|x)}[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z)),
    \qquad p(z) = \mathcal{N}(0, I),\quad q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x)).
 
-The functions are written for one point and vmapped over the batch (and over latent samples), so
-they compose with a user's own ``jit``, ``vmap`` and ``grad``. ``x`` always has a leading batch
+Each function is the one-point formula applied to every point and latent sample: the networks run
+on the whole ``(N, S)`` batch at once (flax modules broadcast over leading axes), which is what
+``jax.vmap`` of the one-point formula computes, written batched because XLA:CPU runs the plain
+matrix products faster. Point n's noise comes from its own key ``jax.random.split(key, N)[n]``.
+The functions are not jitted, so they compose with a user's own ``jit``, ``vmap`` and ``grad``. ``x`` always has a leading batch
 axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
 """
 from __future__ import annotations
@@ -131,24 +134,31 @@ def _apply(model: VAE, params: Params, *args, method: str, what: str):
         f"{e}. Check that x / z match the shapes the model was initialised with.") from e
 
 
-def _encode_point(model, params, x, compute_dtype):
+def _encode(model, params, x, compute_dtype):
+  """q(z|x) for a batch x (N, *data_shape): (mean, log_variance), each (N, L), >= float32."""
   mean, log_variance = _apply(model, params, x if compute_dtype is None else
                               x.astype(compute_dtype), method="encode", what="encoder")
   return _upcast(mean), _upcast(log_variance)
 
 
 def _log_px_given_z(model, params, z, x, compute_dtype):
-  """log p(x | z) for one point x (data shape) and one z (L,)."""
+  """log p(x_n | z_ns) for x (N, *data_shape) and z (N, S, L): (N, S).
+
+  The networks run on the whole (N, S) batch at once (a flax module broadcasts over leading
+  axes); this is the vmap of the one-point formula, written batched because XLA:CPU runs the
+  plain matrix products faster than their vmapped form.
+  """
   zc = z if compute_dtype is None else z.astype(compute_dtype)
-  dist = _apply(model, params, zc, x.ndim, method="decode", what="decoder")
-  if tuple(dist.event_shape) != tuple(x.shape):
+  data_ndim = x.ndim - 1
+  dist = _apply(model, params, zc, data_ndim, method="decode", what="decoder")
+  if tuple(dist.event_shape) != tuple(x.shape[1:]):
     raise ValueError(
         f"The decoder produces data of shape {tuple(dist.event_shape)} but x has per-point shape "
-        f"{tuple(x.shape)}; set the decoder's output shape to match the data.")
-  return dist.log_prob(x.astype(dist.dtype) if jnp.issubdtype(dist.dtype, jnp.floating)
-                       else x)
-
-
+        f"{tuple(x.shape[1:])}; set the decoder's output shape to match the data.")
+  value = x[:, None]
+  if jnp.issubdtype(dist.dtype, jnp.floating):
+    value = value.astype(dist.dtype)
+  return dist.log_prob(value)
 def _std_normal_log_prob(z: jax.Array) -> jax.Array:
   return distrax.MultivariateNormalDiag(jnp.zeros_like(z), jnp.ones_like(z)).log_prob(z)
 
@@ -171,34 +181,34 @@ def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(jnp.exp(log_variance) + jnp.square(mean) - 1.0 - log_variance, axis=-1)
 
 
-def _point_log_weights(model, params, key, x, num_samples, compute_dtype):
-  """Importance log-weights log p(x, z_s) - log q(z_s | x) for one point: (num_samples,)."""
-  mean, log_variance = _encode_point(model, params, x, compute_dtype)
-  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
-  z = mean + jnp.exp(0.5 * log_variance) * eps
-  log_px = jax.vmap(lambda zs: _log_px_given_z(model, params, zs, x, compute_dtype))(z)
-  log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance - _HALF_LOG_2PI, axis=-1)
+def _point_noise(keys, num_samples, latent_dim, dtype):
+  """Standard normal noise (N, S, L), point n's from its own key keys[n]."""
+  return jax.vmap(lambda k: jax.random.normal(k, (num_samples, latent_dim), dtype))(keys)
+
+
+def _log_weights(model, params, keys, x, num_samples, compute_dtype, encoding=None):
+  """Importance log-weights log p(x_n, z_ns) - log q(z_ns | x_n): (N, S)."""
+  mean, log_variance = encoding or _encode(model, params, x, compute_dtype)
+  eps = _point_noise(keys, num_samples, mean.shape[-1], mean.dtype)
+  z = mean[:, None, :] + jnp.exp(0.5 * log_variance)[:, None, :] * eps
+  log_px = _log_px_given_z(model, params, z, x, compute_dtype)
+  log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance[:, None, :] - _HALF_LOG_2PI,
+                  axis=-1)
   return log_px + _std_normal_log_prob(z) - log_q
 
 
-def _point_elbo(model, params, key, x, num_samples, beta, analytic_kl, compute_dtype):
-  mean, log_variance = _encode_point(model, params, x, compute_dtype)
-  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
-  z = mean + jnp.exp(0.5 * log_variance) * eps
-  log_px = jax.vmap(lambda zs: _log_px_given_z(model, params, zs, x, compute_dtype))(z)
-  reconstruction = jnp.mean(log_px)
+def _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_dtype):
+  mean, log_variance = _encode(model, params, x, compute_dtype)
+  eps = _point_noise(keys, num_samples, mean.shape[-1], mean.dtype)
+  z = mean[:, None, :] + jnp.exp(0.5 * log_variance)[:, None, :] * eps
+  reconstruction = jnp.mean(_log_px_given_z(model, params, z, x, compute_dtype), axis=1)
   if analytic_kl:
     kl = gaussian_kl(mean, log_variance)
   else:
-    log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance - _HALF_LOG_2PI, axis=-1)
-    kl = jnp.mean(log_q - _std_normal_log_prob(z))
+    log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance[:, None, :] - _HALF_LOG_2PI,
+                    axis=-1)
+    kl = jnp.mean(log_q - _std_normal_log_prob(z), axis=1)
   return ElboTerms(reconstruction - beta * kl, reconstruction, kl)
-
-
-def _per_point(fn, key, x):
-  """vmaps ``fn(key, x_i)`` over points with one key per point."""
-  keys = jax.random.split(key, x.shape[0])
-  return jax.vmap(fn)(keys, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,8 +238,7 @@ def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
 def encode(model: VAE, params: Params, x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
   """Mean and log-variance of q(z | x), each ``(N, L)``."""
   _check_x(x)
-  x = _as_float(x)
-  return jax.vmap(lambda xi: _encode_point(model, params, xi, None))(x)
+  return _encode(model, params, _as_float(x), None)
 
 
 def decode(model: VAE, params: Params, z: jax.typing.ArrayLike) -> distrax.Distribution:
@@ -334,8 +343,8 @@ def elbo_terms(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   _checks.check_nonnegative(beta, "beta")
   x = _as_float(x)
   params = cast_params(params, compute_dtype)
-  return _per_point(lambda k, xi: _point_elbo(model, params, k, xi, num_samples, beta,
-                                              analytic_kl, compute_dtype), key, x)
+  keys = jax.random.split(key, x.shape[0])
+  return _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_dtype)
 
 
 def elbo(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
@@ -396,11 +405,9 @@ def iwae_bound(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   x = _as_float(x)
   params = cast_params(params, compute_dtype)
 
-  def point(k, xi):
-    log_w = _point_log_weights(model, params, k, xi, num_samples, compute_dtype)
-    return jax.nn.logsumexp(log_w) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
-
-  return _per_point(point, key, x)
+  keys = jax.random.split(key, x.shape[0])
+  log_w = _log_weights(model, params, keys, x, num_samples, compute_dtype)
+  return jax.nn.logsumexp(log_w, axis=1) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
 
 
 def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
@@ -431,26 +438,27 @@ def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.Arr
   num_chunks = -(-num_samples // chunk_size)
   x = _as_float(x)
 
-  def point(k, xi):
-    chunk_keys = jax.random.split(k, num_chunks)
+  # point n, chunk c draws from split(split(key, N)[n], C)[c]
+  chunk_keys = jax.vmap(lambda k: jax.random.split(k, num_chunks))(
+      jax.random.split(key, x.shape[0]))                                # (N, C)
+  encoding = _encode(model, params, x, None)
+  dtype = encoding[0].dtype
 
-    def body(carry, inputs):
-      running_max, running_sum = carry
-      i, ck = inputs
-      log_w = _point_log_weights(model, params, ck, xi, chunk_size, None)
-      valid = i * chunk_size + jnp.arange(chunk_size) < num_samples
-      log_w = jnp.where(valid, log_w, -jnp.inf)
-      new_max = jnp.maximum(running_max, jnp.max(log_w))
-      running_sum = (running_sum * jnp.exp(running_max - new_max)
-                     + jnp.sum(jnp.exp(log_w - new_max)))
-      return (new_max, running_sum), None
+  def body(carry, inputs):
+    running_max, running_sum = carry
+    i, keys = inputs
+    log_w = _log_weights(model, params, keys, x, chunk_size, None, encoding)   # (N, chunk)
+    valid = i * chunk_size + jnp.arange(chunk_size) < num_samples
+    log_w = jnp.where(valid[None, :], log_w, -jnp.inf)
+    new_max = jnp.maximum(running_max, jnp.max(log_w, axis=1))
+    running_sum = (running_sum * jnp.exp(running_max - new_max)
+                   + jnp.sum(jnp.exp(log_w - new_max[:, None]), axis=1))
+    return (new_max, running_sum), None
 
-    dtype = _float_dtype(xi.dtype)
-    init_carry = (jnp.asarray(-jnp.inf, dtype), jnp.asarray(0.0, dtype))
-    (m, s), _ = jax.lax.scan(body, init_carry, (jnp.arange(num_chunks), chunk_keys))
-    return m + jnp.log(s) - jnp.log(jnp.asarray(num_samples, dtype))
-
-  return _per_point(point, key, x)
+  n = x.shape[0]
+  init_carry = (jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype))
+  (m, s), _ = jax.lax.scan(body, init_carry, (jnp.arange(num_chunks), chunk_keys.swapaxes(0, 1)))
+  return m + jnp.log(s) - jnp.log(jnp.asarray(num_samples, dtype))
 
 
 def autoencoder_log_likelihood(model: VAE, params: Params, x: jax.typing.ArrayLike, *,
@@ -470,11 +478,8 @@ def autoencoder_log_likelihood(model: VAE, params: Params, x: jax.typing.ArrayLi
   x = _as_float(x)
   params = cast_params(params, compute_dtype)
 
-  def point(xi):
-    mean, _ = _encode_point(model, params, xi, compute_dtype)
-    return _log_px_given_z(model, params, mean, xi, compute_dtype)
-
-  return jax.vmap(point)(x)
+  mean, _ = _encode(model, params, x, compute_dtype)
+  return _log_px_given_z(model, params, mean[:, None, :], x, compute_dtype)[:, 0]
 
 
 def active_units(model: VAE, params: Params, x: jax.typing.ArrayLike, threshold: float = 0.01,

@@ -1,0 +1,376 @@
+r"""Benchmark: Burda et al. (2015) one-stochastic-layer VAE / IWAE on binarized MNIST.
+
+Model: encoder 784-200-200-(50+50), decoder 50-200-200-784, tanh, Bernoulli likelihood, prior
+N(0, I); Adam (lr 1e-3, eps 1e-4 as in Burda et al.), batch 100, constant learning rate. Data:
+``binarized_mnist.npz`` (``--dataset=static``, Larochelle & Murray's fixed binarization: 50000
+train, 10000 valid, 10000 test) or ``mnist.npz`` (``--dataset=dynamic``: 60000 train images
+binarized afresh each epoch by a Bernoulli draw of the pixel intensities; the 10000 test images
+binarized once with a fixed seed).
+
+Training runs until ``--time_budget_s`` seconds of training or ``--epochs`` epochs, whichever
+comes first. With the static data the parameters with the best validation ELBO (checked every
+``--valid_every_epochs`` epochs) are kept, since that binarization overfits. Then the test set
+(all 10000 images) is evaluated: log-likelihood by importance sampling with ``--eval_k`` samples
+(5000), ELBO, KL, reconstruction, IWAE bounds and active units (Var_x E_q[z_u|x] > 0.01).
+
+With ``--torch``, a PyTorch implementation of the same model, objective, optimizer and batch size
+runs in the same process first (``torch`` is not a dependency of lvmjax; it is imported only
+here), and both are timed for ``--throughput_s`` seconds each on the same batches, after warm-up;
+compile (first-step) time is reported apart. ``--time_budget_s=0 --epochs=0`` times only.
+
+Commands (from the repository root)::
+
+  # one hour of VAE training on static binarized MNIST, then the k=5000 test NLL
+  python experiments/benchmark_vae.py --dataset=static --objective=vae --time_budget_s=3600 \
+      --output_json=/tmp/vae_1h.json
+  # throughput against PyTorch only, 60 s each
+  python experiments/benchmark_vae.py --torch --time_budget_s=0 --epochs=0 --throughput_s=60
+  # IWAE, k=5, on dynamically binarized MNIST
+  python experiments/benchmark_vae.py --dataset=dynamic --objective=iwae --k=5
+
+Output: a summary on stdout and a JSON file (``--output_json``) with every figure and flag.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from lvmjax import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DEFAULT_DATA_DIR = os.environ.get("LVMJAX_DATA_DIR",
+                                   os.path.join(_ROOT, os.pardir, "shared", "data"))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", "static", ["static", "dynamic"],
+                  "static: binarized_mnist.npz (Larochelle & Murray); dynamic: mnist.npz, "
+                  "a fresh Bernoulli binarization each epoch.")
+flags.DEFINE_enum("objective", "vae", ["vae", "iwae"], "Training objective.")
+flags.DEFINE_integer("k", 1, "Samples per point: ELBO samples (vae) or IWAE k (iwae).")
+flags.DEFINE_float("time_budget_s", 3600.0, "Training wall-clock budget in seconds (0: none).")
+flags.DEFINE_integer("epochs", None, "Maximum number of epochs (None: until the time budget).")
+flags.DEFINE_string("data_dir", _DEFAULT_DATA_DIR,
+                    "Directory with binarized_mnist.npz / mnist.npz (env LVMJAX_DATA_DIR).")
+flags.DEFINE_bool("torch", False, "Also time a PyTorch implementation (pip install torch).")
+flags.DEFINE_float("throughput_s", 60.0, "Seconds of timed steps per framework with --torch.")
+flags.DEFINE_list("torch_threads", None,
+                  "torch.set_num_threads values to time PyTorch with (default: 1 and "
+                  "os.cpu_count(), the latter being the threads XLA:CPU uses).")
+flags.DEFINE_integer("eval_k", 5000, "Importance samples for the test log-likelihood (0: skip).")
+flags.DEFINE_list("eval_iwae_k", ["5", "50"], "IWAE bounds to report on the test set.")
+flags.DEFINE_integer("eval_batch_size", 100, "Test points per evaluation batch.")
+flags.DEFINE_integer("eval_chunk_size", 500, "Importance samples per chunk in evaluation.")
+flags.DEFINE_integer("eval_max_points", None, "Evaluate on a random subset of the test set "
+                     "(default: all 10000 points).")
+flags.DEFINE_integer("batch_size", 100, "Training batch size.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("adam_eps", 1e-4, "Adam epsilon (Burda et al.: 1e-4).")
+flags.DEFINE_float("final_learning_rate", None,
+                   "If set, the learning rate decays exponentially in training time from "
+                   "--learning_rate to this value at --time_budget_s (set once per epoch), like "
+                   "Burda et al.'s 1e-3 -> 1e-4 schedule compressed into the budget. Default: "
+                   "constant.")
+flags.DEFINE_integer("latent_dim", 50, "Latent dimension.")
+flags.DEFINE_list("hidden", ["200", "200"], "Hidden widths of encoder and decoder.")
+flags.DEFINE_integer("valid_every_epochs", 5,
+                     "Static data: validation ELBO every N epochs; the best params are kept.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_float("log_every_s", 60.0, "Progress line every N seconds.")
+flags.DEFINE_string("output_json", "benchmark_vae.json", "Where to write the results.")
+
+
+def load_data(dataset: str, data_dir: str, seed: int):
+  """Returns (train, valid or None, test) as uint8 arrays of 0/1 (train: intensities if dynamic).
+
+  For ``dynamic`` the train array holds probabilities in [0, 1] (float32) to be binarized per epoch.
+  """
+  if dataset == "static":
+    path = os.path.join(data_dir, "binarized_mnist.npz")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found; pass --data_dir or set LVMJAX_DATA_DIR.")
+    d = np.load(path)
+    unpack = lambda a: np.unpackbits(a, axis=1)[:, :784]
+    return unpack(d["train_bits"]), unpack(d["valid_bits"]), unpack(d["test_bits"])
+  path = os.path.join(data_dir, "mnist.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found; pass --data_dir or set LVMJAX_DATA_DIR.")
+  d = np.load(path)
+  train = d["x_train"].reshape(-1, 784).astype(np.float32) / 255.0
+  test_p = d["x_test"].reshape(-1, 784).astype(np.float32) / 255.0
+  test = (np.random.default_rng(seed + 12345).random(test_p.shape) < test_p).astype(np.uint8)
+  return train, None, test
+
+
+def epoch_data(train: np.ndarray, dataset: str, rng: np.random.Generator) -> np.ndarray:
+  """The epoch's training images (uint8 0/1), shuffled; a fresh binarization when dynamic."""
+  perm = rng.permutation(train.shape[0])
+  if dataset == "dynamic":
+    probs = train[perm]
+    return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.uint8)
+  return train[perm]
+
+
+def make_model(latent_dim: int, hidden: tuple[int, ...]) -> vae.VAE:
+  return vae.VAE(vae.MLPEncoder(latent_dim, hidden, "tanh"),
+                 vae.MLPDecoder(784, hidden, "tanh"), vae.BernoulliLikelihood())
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch reference implementation (throughput only)
+
+
+def make_torch_trainer(objective: str, k: int, latent_dim: int, hidden, lr: float, eps: float,
+                       seed: int):
+  """Returns ``step(x_uint8_numpy) -> loss`` for the same model in PyTorch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+
+  def mlp(sizes):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+      layers.append(nn.Linear(a, b))
+      if i < len(sizes) - 2:
+        layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+  encoder = mlp([784, *hidden, 2 * latent_dim])
+  decoder = mlp([latent_dim, *hidden, 784])
+  params = list(encoder.parameters()) + list(decoder.parameters())
+  opt = torch.optim.Adam(params, lr=lr, eps=eps)
+  half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+  def loss_fn(x):
+    h = encoder(x)
+    mu, log_var = h[:, :latent_dim], h[:, latent_dim:]
+    std = torch.exp(0.5 * log_var)
+    eps_ = torch.randn((k,) + mu.shape)
+    z = mu + std * eps_                                               # (k, B, L)
+    logits = decoder(z)                                               # (k, B, 784)
+    log_px = -nn.functional.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none").sum(-1)         # (k, B)
+    if objective == "vae":
+      kl = 0.5 * (log_var.exp() + mu ** 2 - 1.0 - log_var).sum(-1)
+      return -(log_px.mean(0) - kl).mean()
+    log_pz = (-0.5 * z ** 2 - half_log_2pi).sum(-1)
+    log_q = (-0.5 * eps_ ** 2 - 0.5 * log_var - half_log_2pi).sum(-1)
+    log_w = log_px + log_pz - log_q
+    return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+
+  def step(x_np):
+    x = torch.from_numpy(x_np).float()
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(x)
+    loss.backward()
+    opt.step()
+    return loss
+
+  return step
+
+
+def time_steps(step, batches, seconds: float, sync) -> dict:
+  """Runs ``step`` over ``batches`` (cycled): first call timed apart, then 5 warm-up steps,
+  then as many steps as fit in ``seconds``. ``sync(out)`` waits for the result."""
+  t0 = time.perf_counter()
+  sync(step(batches[0]))
+  first = time.perf_counter() - t0
+  for i in range(1, 6):
+    out = step(batches[i % len(batches)])
+  sync(out)
+  n, i = 0, 6
+  t0 = time.perf_counter()
+  while True:
+    out = step(batches[i % len(batches)])
+    n += 1
+    i += 1
+    if n % 20 == 0:
+      sync(out)
+      if time.perf_counter() - t0 >= seconds:
+        break
+  sync(out)
+  elapsed = time.perf_counter() - t0
+  return {"first_step_s": first, "steps": n, "seconds": elapsed,
+          "examples_per_s": n * batches[0].shape[0] / elapsed}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv):
+  del argv
+  hidden = tuple(int(h) for h in FLAGS.hidden)
+  objective = "elbo" if FLAGS.objective == "vae" else "iwae"
+  bs = FLAGS.batch_size
+  rng = np.random.default_rng(FLAGS.seed)
+  train, valid, test = load_data(FLAGS.dataset, FLAGS.data_dir, FLAGS.seed)
+  print(f"lvmjax VAE benchmark: dataset={FLAGS.dataset} objective={FLAGS.objective} k={FLAGS.k} "
+        f"train={train.shape} test={test.shape} jax={jax.__version__} "
+        f"devices={jax.devices()} cpu_count={os.cpu_count()}", flush=True)
+  model = make_model(FLAGS.latent_dim, hidden)
+  optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=FLAGS.learning_rate,
+                                                   eps=FLAGS.adam_eps)
+  key = jax.random.key(FLAGS.seed)
+  init_key, step_key, eval_key = jax.random.split(key, 3)
+  state = vae.create_train_state(init_key, model, test[:bs], optimizer)
+  train_step = vae.jit_train_step(model, optimizer, objective=objective, num_samples=FLAGS.k)
+  results = {"flags": {name: FLAGS[name].value for name in (
+      "dataset", "objective", "k", "time_budget_s", "epochs", "batch_size", "learning_rate",
+      "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
+      "throughput_s")},
+             "jax_version": jax.__version__, "backend": jax.default_backend(),
+             "cpu_count": os.cpu_count()}
+
+  # --- throughput comparison -------------------------------------------------------------------
+  if FLAGS.torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    thread_counts = sorted({int(t) for t in (FLAGS.torch_threads or [1, os.cpu_count()])})
+    batches = [b for b in epoch_data(train, FLAGS.dataset, rng)[:200 * bs].reshape(-1, bs, 784)]
+    jax_state = [jax.tree_util.tree_map(jnp.copy, state)]
+
+    def jax_step(xb):
+      jax_state[0], metrics = train_step(jax_state[0], xb, step_key)
+      return metrics["loss"]
+
+    t_jax = time_steps(jax_step, batches, FLAGS.throughput_s, jax.block_until_ready)
+    print(f"throughput (batch {bs}, {FLAGS.objective} k={FLAGS.k}): lvmjax "
+          f"{t_jax['examples_per_s']:.0f} examples/s (first step incl. compile "
+          f"{t_jax['first_step_s']:.2f} s)", flush=True)
+    t_torch = {}
+    for threads in thread_counts:
+      torch.set_num_threads(threads)
+      torch_step = make_torch_trainer(FLAGS.objective, FLAGS.k, FLAGS.latent_dim, hidden,
+                                      FLAGS.learning_rate, FLAGS.adam_eps, FLAGS.seed)
+      t = time_steps(torch_step, batches, FLAGS.throughput_s, lambda out: out.item())
+      t["ratio"] = t_jax["examples_per_s"] / t["examples_per_s"]
+      t_torch[str(threads)] = t
+      print(f"  PyTorch {torch.__version__}, {threads} thread(s): {t['examples_per_s']:.0f} "
+            f"examples/s (first step {t['first_step_s']:.2f} s); lvmjax / PyTorch = "
+            f"{t['ratio']:.2f}x", flush=True)
+    same = t_torch.get(str(os.cpu_count()), next(iter(t_torch.values())))
+    best = max(t_torch.values(), key=lambda t: t["examples_per_s"])
+    results["throughput"] = {"lvmjax": t_jax, "torch": t_torch, "batch_size": bs,
+                             "torch_version": torch.__version__,
+                             "ratio_same_threads": same["ratio"],
+                             "ratio_vs_fastest_torch": best["ratio"]}
+    del jax_state
+
+  # --- training ----------------------------------------------------------------------------------
+  max_epochs = FLAGS.epochs if FLAGS.epochs is not None else 10 ** 9
+  budget = FLAGS.time_budget_s if FLAGS.time_budget_s > 0 else math.inf
+  train_results = {"epochs": 0, "steps": 0}
+  if max_epochs > 0 and (budget < math.inf or FLAGS.epochs is not None):
+    valid_elbo_fn = jax.jit(lambda p, k, x: jnp.mean(vae.elbo(model, p, k, x, 1)))
+    t0 = time.perf_counter()
+    state, m = train_step(state, train[:bs] if FLAGS.dataset == "static"
+                          else (train[:bs] > 0.5).astype(np.uint8), step_key)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    best = {"valid_elbo": -math.inf, "params": None, "epoch": 0}
+    history = []
+    steps, epoch, step_time, last_log = 1, 0, 0.0, time.perf_counter()
+    loss_sum, loss_n = 0.0, 0
+    t_start = time.perf_counter()
+    stop = False
+    while epoch < max_epochs and not stop:
+      if FLAGS.final_learning_rate is not None and budget < math.inf:
+        frac = min((time.perf_counter() - t_start) / budget, 1.0)
+        lr = FLAGS.learning_rate * (FLAGS.final_learning_rate / FLAGS.learning_rate) ** frac
+        hyper = dict(state.opt_state.hyperparams)
+        hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
+        state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+      data = epoch_data(train, FLAGS.dataset, rng)
+      for start in range(0, data.shape[0] - bs + 1, bs):
+        state, m = train_step(state, data[start:start + bs], step_key)
+        steps += 1
+        if steps % 100 == 0:
+          loss = float(m["loss"])
+          if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss} at step {steps}")
+          loss_sum, loss_n = loss_sum + loss, loss_n + 1
+          now = time.perf_counter()
+          if now - t_start >= budget:
+            stop = True
+            break
+          if now - last_log >= FLAGS.log_every_s:
+            lr_now = float(state.opt_state.hyperparams["learning_rate"])
+            print(f"  epoch {epoch} step {steps} lr {lr_now:.2e} "
+                  f"train loss {loss_sum / max(loss_n, 1):.2f} "
+                  f"{(steps - 1) * bs / (now - t_start):.0f} examples/s "
+                  f"elapsed {now - t_start:.0f} s", flush=True)
+            history.append({"epoch": epoch, "step": steps, "train_loss": loss_sum / loss_n,
+                            "elapsed_s": now - t_start})
+            loss_sum, loss_n, last_log = 0.0, 0, now
+      else:
+        epoch += 1
+      if valid is not None and (epoch % FLAGS.valid_every_epochs == 0 or stop):
+        v = float(valid_elbo_fn(state.params, jax.random.fold_in(eval_key, epoch), valid))
+        if v > best["valid_elbo"]:
+          best = {"valid_elbo": v, "params": jax.device_get(state.params), "epoch": epoch}
+        print(f"  epoch {epoch}: valid ELBO {v:.2f} (best {best['valid_elbo']:.2f} at epoch "
+              f"{best['epoch']})", flush=True)
+    jax.block_until_ready(state)
+    train_s = time.perf_counter() - t_start
+    params = state.params if best["params"] is None else best["params"]
+    train_results = {"epochs": epoch, "steps": steps, "train_s": train_s,
+                     "compile_s": compile_s, "examples_per_s": (steps - 1) * bs / train_s,
+                     "best_valid_elbo": best["valid_elbo"] if valid is not None else None,
+                     "best_epoch": best["epoch"] if valid is not None else None,
+                     "history": history}
+    print(f"trained {epoch} epochs, {steps} steps in {train_s:.0f} s "
+          f"({train_results['examples_per_s']:.0f} examples/s incl. data and validation; "
+          f"compile {compile_s:.2f} s)", flush=True)
+    results["train"] = train_results
+
+    # --- evaluation --------------------------------------------------------------------------------
+    x_eval = test
+    if FLAGS.eval_max_points:
+      x_eval = test[rng.permutation(test.shape[0])[:FLAGS.eval_max_points]]
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def progress(done, total):
+      if time.perf_counter() - last[0] > FLAGS.log_every_s:
+        last[0] = time.perf_counter()
+        print(f"  evaluating: {done}/{total} points, {last[0] - t0:.0f} s", flush=True)
+
+    ev = vae.evaluate(model, params, eval_key, x_eval, batch_size=FLAGS.eval_batch_size,
+                      num_samples_ll=FLAGS.eval_k,
+                      iwae_k=tuple(int(k) for k in FLAGS.eval_iwae_k),
+                      chunk_size=FLAGS.eval_chunk_size, progress=progress)
+    ev["eval_s"] = time.perf_counter() - t0
+    results["test"] = ev
+    print(f"test ({ev['num_points']} points): NLL (k={FLAGS.eval_k}) "
+          f"{ev.get('nll', float('nan')):.2f} nats, ELBO {ev['elbo']:.2f}, KL {ev['kl']:.2f}, "
+          f"reconstruction {ev['reconstruction']:.2f}, "
+          + ", ".join(f"IWAE-{k} {ev[f'iwae_{k}']:.2f}" for k in FLAGS.eval_iwae_k)
+          + f", active units {ev['active_units']}/{FLAGS.latent_dim} "
+          f"(evaluation {ev['eval_s']:.0f} s)", flush=True)
+
+  if "throughput" in results:
+    t = results["throughput"]
+    print(f"examples/s: lvmjax {t['lvmjax']['examples_per_s']:.0f}; PyTorch "
+          + ", ".join(f"{n} thread(s) {v['examples_per_s']:.0f} ({v['ratio']:.2f}x)"
+                      for n, v in t["torch"].items())
+          + f"; ratio at equal threads {t['ratio_same_threads']:.2f}x, against the fastest "
+          f"PyTorch setting {t['ratio_vs_fastest_torch']:.2f}x", flush=True)
+  if FLAGS.output_json:
+    with open(FLAGS.output_json, "w") as f:
+      json.dump(results, f, indent=1, default=float)
+    print(f"wrote {FLAGS.output_json}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
