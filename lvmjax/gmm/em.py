@@ -367,7 +367,8 @@ def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
     ll = stats.log_likelihood / stats.total_weight
     new_params = m_step(s.params, stats, reg_covar)
     converged = jnp.abs(ll - s.lower_bound) < tol
-    return _LoopState(new_params, ll, s.history.at[s.n_iter].set(ll), s.n_iter + 1, converged)
+    history = s.history.at[s.n_iter].set(ll) if max_iter else s.history
+    return _LoopState(new_params, ll, history, s.n_iter + 1, converged)
 
   state = _LoopState(params, jnp.array(-jnp.inf, dtype), jnp.full((max_iter,), jnp.nan, dtype),
                      jnp.array(0, jnp.int32), jnp.array(False))
