@@ -379,7 +379,7 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
 
   Args:
     key: PRNG key.
-    x: (N, D) points (centre them first for precision; `fit` does).
+    x: (N, D) points (centred inside for the precision of the distances).
     num_clusters: K (static), at most N.
     sample_weight: (N,) non-negative weights, or None for 1. Points of weight 0 are (almost
       surely) never chosen while points of positive weight remain at positive distance.
@@ -404,6 +404,8 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
     n_local_trials = 2 + int(math.log(num_clusters))
   n_local_trials = _checks.check_positive_int(n_local_trials, "n_local_trials")
   w = _weights(sample_weight, n, x.dtype)
+  x_orig = x
+  x = x - jnp.mean(x, axis=0)[None, :]  # distances by matrix products need centred data
   x_sq = _sq_norms(x)
   key_first, key_rest = jax.random.split(key)
   uniforms = jax.random.uniform(key_rest, (num_clusters, n_local_trials), x.dtype)
@@ -415,21 +417,20 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   w_cdf = jnp.cumsum(w)
   first = _searchsorted_right_clipped(w_cdf, jax.random.uniform(key_first, (), x.dtype) * w_cdf[-1])
   closest = dist_to(x[first][None, :])[0]
-  centroids = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
   indices = jnp.zeros((num_clusters,), jnp.int32).at[0].set(first)
 
   def body(c, state):
-    centroids, indices, closest = state
+    indices, closest = state
     cdf = jnp.cumsum(w * closest)
     candidates = _searchsorted_right_clipped(cdf, uniforms[c] * cdf[-1])
     dist = jnp.minimum(closest[None, :], dist_to(x[candidates]))
     potentials = jnp.matmul(dist, w, precision=_PRECISION)
     best = jnp.argmin(potentials)
     chosen = candidates[best]
-    return centroids.at[c].set(x[chosen]), indices.at[c].set(chosen), dist[best]
+    return indices.at[c].set(chosen), dist[best]
 
-  centroids, indices, _ = lax.fori_loop(1, num_clusters, body, (centroids, indices, closest))
-  return centroids, indices
+  indices, _ = lax.fori_loop(1, num_clusters, body, (indices, closest))
+  return x_orig[indices], indices
 
 
 def random_init(key: ArrayLike, x: ArrayLike, num_clusters: int,
