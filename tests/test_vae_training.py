@@ -26,7 +26,8 @@ def _copy(tree):
   return jax.tree_util.tree_map(lambda a: jnp.array(np.asarray(a)), tree)
 
 
-@pytest.mark.parametrize("objective,k", [("elbo", 2), ("iwae", 3)])
+@pytest.mark.parametrize("objective,k", [("elbo", 2),
+                                         pytest.param("iwae", 3, marks=pytest.mark.slow)])
 def test_train_step_jit_equals_eager(objective, k):
   x = _binary_data(n=32)
   model = _small_model()
