@@ -312,8 +312,9 @@ def plot_interpolation(images: np.ndarray, image_shape: Sequence[int],
   if images.ndim == 2:
     images = images[None]
   num_steps = images.shape[1]
-  return plot_image_grid(images.reshape(-1, images.shape[-1]), image_shape, num_steps,
-                         title or "Interpolation between two inputs' latent codes")
+  return plot_image_grid(
+      images.reshape(-1, images.shape[-1]), image_shape, num_steps,
+      title or "Each row: decoded points on the line between two inputs' posterior means")
 
 
 def plot_training_curves(records: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None,
