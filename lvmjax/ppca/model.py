@@ -60,8 +60,7 @@ def _check_x(params: PPCAParams, x: Any) -> jax.Array:
   if np.shape(x)[1] != d:
     raise ValueError(f"x has {np.shape(x)[1]} features but the model has {d}.")
   x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32)) if not jnp.issubdtype(
-      x.dtype, jnp.floating) else x
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
 def _psi(params: PPCAParams) -> jax.Array:
@@ -70,7 +69,7 @@ def _psi(params: PPCAParams) -> jax.Array:
 
 
 def _m_cholesky(params: PPCAParams) -> tuple[jax.Array, jax.Array]:
-  """(W^T Psi^{-1} (L, D)... returned as Psi^{-1} W (D, L), Cholesky factor of M (L, L))."""
+  """Returns (Psi^{-1} W (D, L), lower Cholesky factor of M = I + W^T Psi^{-1} W (L, L))."""
   w = params.weight
   psi_inv_w = w / _psi(params)[:, None]
   m = jnp.eye(w.shape[1], dtype=w.dtype) + w.T @ psi_inv_w
