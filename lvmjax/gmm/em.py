@@ -40,7 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jax.sharding import PartitionSpec as P
+
 from lvmjax import _checks
+from lvmjax import sharding
 from lvmjax.gmm import model
 from lvmjax.gmm.model import GMMParams
 
@@ -94,7 +97,12 @@ class GMMFitResult(NamedTuple):
 
 
 def _log_joint_fn(params: GMMParams):
-  """A function of (x - mu_k) laid out (K, n, D) giving log w_k + log N(x; mu_k, Sigma_k), (n, K)."""
+  """A function of (x (n, D), x - mu_k (K, n, D)) giving log w_k + log N(x; mu_k, Sigma_k), (n, K).
+
+  Full and tied: the Mahalanobis term is ||x L_k^{-T} - mu_k L_k^{-T}||^2, one matrix product of
+  the chunk by the stacked (D, K·D) inverse factors for all components at once (scikit-learn's
+  formulation; its error grows like eps·|x|·|L^{-1}|). Diag and spherical: from the differences.
+  """
   cov_type = params.covariance_type
   k, d = params.means.shape
   dtype = params.means.dtype
@@ -105,13 +113,16 @@ def _log_joint_fn(params: GMMParams):
     chol_inv_t = jnp.swapaxes(
         jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True), -1, -2)
     offset = const - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    if cov_type == "full":
+      w = jnp.transpose(chol_inv_t, (1, 0, 2)).reshape(d, k * d)  # column block k: L_k^{-T}
+      b = jnp.einsum("kd,kde->ke", params.means, chol_inv_t)
+    else:
+      w, b = chol_inv_t, params.means @ chol_inv_t
 
-    def log_joint_rows(diff):
-      if cov_type == "full":
-        y = diff @ chol_inv_t  # K batched (n, D) x (D, D) products
-      else:
-        y = (diff.reshape(-1, d) @ chol_inv_t).reshape(diff.shape)
-      return offset[None, :] - 0.5 * jnp.sum(y * y, axis=-1).T
+    def log_joint_rows(xc, diff):
+      del diff
+      y = (xc @ w).reshape(xc.shape[0], -1, d) - b[None]  # (n, K, D); tied broadcasts
+      return offset[None, :] - 0.5 * jnp.sum(y * y, axis=-1)
     return log_joint_rows
 
   var = jnp.square(chol)
@@ -120,7 +131,8 @@ def _log_joint_fn(params: GMMParams):
   offset = const - 0.5 * jnp.sum(jnp.log(var), axis=1)
   inv_var = 1.0 / var
 
-  def log_joint_rows_diag(diff):
+  def log_joint_rows_diag(xc, diff):
+    del xc
     return offset[None, :] - 0.5 * jnp.einsum("knd,kd->nk", diff * diff, inv_var)
   return log_joint_rows_diag
 
@@ -148,10 +160,12 @@ def _zero_stats(num_components, d, covariance_type, dtype):
   return SuffStats(z((num_components,)), z((num_components, d)), z(xx), z(()), z(()))
 
 
-def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn):
+def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn, shard=None):
   """Sums chunk statistics about ``centers`` (K, D) with lax.scan.
 
   ``resp_fn(i, x, diff) -> (resp (n, K), log p(x) (n,))`` with diff = x - centers, (K, n, D).
+  With ``shard`` (inside ``shard_map``), ``i`` is the global chunk index and the sums are added
+  over the devices with ``psum``.
   """
   k, d = centers.shape
 
@@ -163,16 +177,25 @@ def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn):
     return jax.tree.map(jnp.add, acc, stats), None
 
   init = _zero_stats(k, d, covariance_type, x_chunks.dtype)
-  out, _ = jax.lax.scan(body, init, (jnp.arange(x_chunks.shape[0]), x_chunks, w_chunks))
+  index = jnp.arange(x_chunks.shape[0])
+  if shard is not None:
+    index = index + _first_chunk(shard, x_chunks.shape[0])
+  out, _ = jax.lax.scan(body, init, (index, x_chunks, w_chunks))
+  if shard is not None:
+    out = jax.lax.psum(out, shard.axis_name)
   return out
+
+
+def _first_chunk(shard, num_local_chunks):
+  """Inside ``shard_map``: global index of this device's first chunk."""
+  return jax.lax.axis_index(shard.axis_name) * num_local_chunks
 
 
 def _posterior_fn(params: GMMParams):
   log_joint_rows = _log_joint_fn(params)
 
   def resp_fn(_, xc, diff):
-    del xc
-    lj = log_joint_rows(diff)
+    lj = log_joint_rows(xc, diff)
     log_px = jax.nn.logsumexp(lj, axis=-1)
     return jnp.exp(lj - log_px[:, None]), log_px
 
@@ -300,22 +323,29 @@ def em_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = N
 
 
 def params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components, covariance_type,
-                                 reg_covar) -> GMMParams:
+                                 reg_covar, *, shard=None) -> GMMParams:
   """M-step from given responsibilities ``resp_fn(chunk_index, x_chunk) -> (n, K)``.
 
   Two passes over the chunks: the means, then the moments about them. Mirrors scikit-learn's
-  ``_initialize`` except that the weights are normalised to sum to one.
+  ``_initialize`` except that the weights are normalised to sum to one. With ``shard`` (a
+  ``lvmjax.kmeans.sharded.Shard``, inside ``shard_map``) the chunks are this device's and the
+  sums are added over devices; ``chunk_index`` is then global.
   """
   k, d = num_components, x_chunks.shape[-1]
   dtype = x_chunks.dtype
   fn = lambda i, xc, _: (resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype))  # pylint: disable=unnecessary-lambda-assignment
   origin = GMMParams(jnp.full((k,), 1.0 / k, dtype), jnp.zeros((k, d), dtype), None, "diag")
-  means = m_step(origin, _scan(x_chunks, w_chunks, origin.means, "diag", fn), reg_covar).means
+  means = m_step(origin, _scan(x_chunks, w_chunks, origin.means, "diag", fn, shard),
+                 reg_covar).means
   centered = GMMParams(None, means, None, covariance_type)
-  return m_step(centered, _scan(x_chunks, w_chunks, means, covariance_type, fn), reg_covar)
+  return m_step(centered, _scan(x_chunks, w_chunks, means, covariance_type, fn, shard), reg_covar)
 
 
-def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar):
+def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar,
+                shard=None):
+  if shard is not None:
+    return _initialize_sharded(key, x_chunks, w_chunks, num_components, covariance_type, init,
+                               reg_covar, shard)
   chunk = x_chunks.shape[1]
   if init == "kmeans":
     from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
@@ -343,6 +373,45 @@ def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, 
                                       covariance_type, reg_covar)
 
 
+def _initialize_sharded(key, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar,
+                        shard):
+  """``_initialize`` on this device's chunks inside ``shard_map``: the same draws and the same
+  responsibilities as on one device (global chunk indices and row ids)."""
+  from lvmjax.kmeans import kmeans as km  # pylint: disable=g-import-not-at-top
+  from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
+  num_chunks, chunk, d = x_chunks.shape
+  dtype = x_chunks.dtype
+  x = x_chunks.reshape(-1, d)
+  w = w_chunks.reshape(-1)
+  rows, valid = sharding.local_rows(shard.axis_name, shard.layout, x.shape[0])
+  first = _first_chunk(shard, num_chunks)
+  if init == "kmeans":
+    labels = ksh.fit_local(key, x, w, valid, None, jnp.asarray(1e-4, dtype), shard,
+                           num_clusters=num_components, init_kind="k-means++", n_init=1,
+                           max_iter=300, chunk_size=km._auto_chunk_size(num_components)  # pylint: disable=protected-access
+                           ).labels.reshape(num_chunks, chunk)
+
+    def resp_fn(i, _):
+      return jax.nn.one_hot(labels[i - first], num_components, dtype=dtype)
+  elif init == "random":
+    def resp_fn(i, xc):
+      r = jax.random.uniform(jax.random.fold_in(key, i), (xc.shape[0], num_components), dtype)
+      return r / jnp.sum(r, axis=1, keepdims=True)
+  else:
+    if init == "random_from_data":
+      wg = sharding.gather_rows(w, shard.axis_name, shard.layout)
+      idx = jax.random.choice(key, wg.shape[0], (num_components,), replace=False,
+                              p=wg / jnp.sum(wg))
+    else:  # k-means++
+      _, idx = ksh.kmeans_plusplus_local(key, x, w, valid, num_components, shard)
+    rows = rows.reshape(num_chunks, chunk)
+
+    def resp_fn(i, _):
+      return (rows[i - first][:, None] == idx[None, :]).astype(dtype)
+  return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
+                                      covariance_type, reg_covar, shard=shard)
+
+
 # --------------------------------------------------------------------------------------------
 # The fit loop.
 
@@ -355,7 +424,7 @@ class _LoopState(NamedTuple):
   converged: jax.Array
 
 
-def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
+def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar, shard=None):
   dtype = x_chunks.dtype
 
   def cond(s):
@@ -363,7 +432,7 @@ def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
 
   def body(s):
     stats = _scan(x_chunks, w_chunks, s.params.means, s.params.covariance_type,
-                  _posterior_fn(s.params))
+                  _posterior_fn(s.params), shard)
     ll = stats.log_likelihood / stats.total_weight
     new_params = m_step(s.params, stats, reg_covar)
     converged = jnp.abs(ll - s.lower_bound) < tol
@@ -375,22 +444,29 @@ def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar):
   return jax.lax.while_loop(cond, body, state)
 
 
-@functools.partial(jax.jit, static_argnames=("num_components", "covariance_type", "init",
-                                             "n_init", "max_iter", "chunk_size"))
-def _fit_jit(key, x, w, init_params, tol, reg_covar, *, num_components, covariance_type, init,
-             n_init, max_iter, chunk_size):
-  # Raw moments are accurate near the origin: fit on centred data, shift the means back.
-  center = (w @ x) / jnp.sum(w)
-  x = x - center
-  x_chunks, w_chunks = _chunks(x, w, chunk_size)
+def _fit_body(key, x, w, init_params, tol, reg_covar, *, num_components, covariance_type, init,
+              n_init, max_iter, chunk_size, shard=None):
+  """The whole fit; with ``shard``, the body run on each device inside ``shard_map``, where x
+  and w are this device's block of rows."""
+  if shard is None:
+    # Raw moments are accurate near the origin: fit on centred data, shift the means back.
+    center = (w @ x) / jnp.sum(w)
+    x = x - center
+    x_chunks, w_chunks = _chunks(x, w, chunk_size)
+  else:
+    _, valid = sharding.local_rows(shard.axis_name, shard.layout, x.shape[0])
+    w = jnp.where(valid, w, 0)
+    center = jax.lax.psum(w @ x, shard.axis_name) / jax.lax.psum(jnp.sum(w), shard.axis_name)
+    x = jnp.where(valid[:, None], x - center, 0)
+    x_chunks, w_chunks = _chunks(x, w, chunk_size)
 
   def one(k):
     if init == "params":
       params = init_params.replace(means=init_params.means - center)
     else:
       params = _initialize(k, x, w, x_chunks, w_chunks, num_components, covariance_type, init,
-                           reg_covar)
-    s = _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar)
+                           reg_covar, shard)
+    s = _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar, shard)
     params = s.params.replace(means=s.params.means + center)
     return GMMFitResult(params, s.history, s.n_iter, s.converged, s.lower_bound)
 
@@ -402,10 +478,85 @@ def _fit_jit(key, x, w, init_params, tol, reg_covar, *, num_components, covarian
   return jax.tree.map(lambda a: a[best], results)
 
 
+_STATIC = ("num_components", "covariance_type", "init", "n_init", "max_iter", "chunk_size")
+_fit_jit = jax.jit(_fit_body, static_argnames=_STATIC + ("shard",))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "shard"))
+def _fit_sharded_jit(key, x, w, init_params, tol, reg_covar, *, mesh, shard, **static):
+  spec = P(shard.axis_name)
+  body = functools.partial(_fit_body, shard=shard, **static)
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(), spec, spec, P(), P(), P()),
+                       out_specs=P(), check_vma=False)(key, x, w, init_params, tol, reg_covar)
+
+
+def _check_x(x):
+  """``check_data``; for a global multi-host array, its shape and this process's values."""
+  if sharding.is_global(x):
+    _checks.check_data(_ShapeOnly(x.shape))
+    sharding.check_local_values(x)
+  else:
+    _checks.check_data(x)
+
+
+def _check_weight(sample_weight, n):
+  if sharding.is_global(sample_weight):
+    if np.shape(sample_weight) != (n,):
+      raise ValueError(f"sample_weight must have shape ({n},), one weight per row of x; got "
+                       f"{np.shape(sample_weight)}.")
+    sharding.check_local_values(sample_weight, "sample_weight")
+  else:
+    _checks.check_sample_weight(sample_weight, n)
+
+
+class _ShapeOnly:
+  """Stands in for a global array in the shape checks (its values live on other processes)."""
+
+  def __init__(self, shape):
+    self.shape = tuple(shape)
+
+  def __array__(self, dtype=None, copy=None):
+    return np.zeros((1,) * len(self.shape), dtype or np.float32)
+
+
+def _place(x, sample_weight, dtype, chunk, mesh, axis_name):
+  """Puts x and the weights on the mesh; returns (x, w, shard, chunk) for ``_fit_sharded_jit``.
+
+  An x already split over the mesh stays where it is (all its rows are data); anything else is
+  padded to equal blocks of a multiple of the chunk size and split by ``sharding.shard_rows``.
+  """
+  from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
+  n = x.shape[0]
+  shards = sharding.num_shards(mesh, axis_name)
+  spec = sharding.row_sharding(mesh, axis_name)
+  if sharding.mesh_of(x) == (mesh, axis_name) and n % shards == 0:
+    layout = sharding.RowLayout(n, shards, n // shards)
+    chunk = min(chunk, layout.block_rows)
+    x = x.astype(dtype)
+    if sample_weight is None:
+      w = jax.jit(lambda: jnp.ones((n,), dtype), out_shardings=spec)()
+    else:
+      w = jax.device_put(jnp.asarray(sample_weight, dtype), spec)
+  else:
+    if sharding.is_global(x):
+      raise ValueError(
+          f"x is spread over several processes but not row-sharded over the mesh axis "
+          f"{axis_name!r} with a row count divisible by {shards}; build it with "
+          "lvmjax.sharding.rows_from_processes.")
+    chunk = min(chunk, -(-n // shards))
+    layout = sharding.layout_for(n, shards, chunk)
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    x, w = sharding.shard_rows(x.astype(dtype), mesh,
+                               None if sample_weight is None else np.asarray(sample_weight, dtype),
+                               axis_name=axis_name, multiple=chunk)
+  return x, w.astype(dtype), ksh.Shard(axis_name, layout), int(chunk)
+
+
 def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str = "full",
         init: str | GMMParams = "kmeans", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
         reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
-        chunk_size: int | None = None) -> GMMFitResult:
+        chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
+        axis_name: str | None = None) -> GMMFitResult:
   r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.
 
   Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is a
@@ -431,6 +582,16 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     reg_covar: non-negative value added to the diagonal of the covariances.
     sample_weight: optional (N,) non-negative weights; integer weights equal repeating rows.
     chunk_size: rows per E-step chunk (memory O(chunk_size · K · D)).
+    mesh: a ``jax.sharding.Mesh`` to split the rows of x over, along ``axis_name``: each device
+      computes the statistics of its rows and one ``psum`` per iteration adds them (the whole
+      fit, initialisation included, is one ``shard_map``). The result equals the one-device fit
+      up to float rounding; x is padded internally (the padding is not data). A ``jax.Array``
+      whose rows are already split by a ``NamedSharding`` (e.g. from
+      ``lvmjax.sharding.shard_rows`` or, over several hosts, ``rows_from_processes``) is fitted
+      this way without ``mesh``; all its rows are data, so give padding rows weight 0. With
+      ``init="random"`` the responsibilities drawn depend on the chunking: pass the same
+      ``chunk_size`` (dividing the rows per device) to reproduce a one-device fit exactly.
+    axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
 
   Returns:
     ``GMMFitResult(params, log_likelihood, n_iter, converged, lower_bound)``.
@@ -449,7 +610,8 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     >>> bool(result.converged)
     True
   """
-  _checks.check_data(x)
+  placement = sharding.mesh_of(x, mesh, axis_name)
+  _check_x(x)
   n, d = np.shape(x)
   num_components = _checks.check_positive_int(num_components, "num_components")
   _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
@@ -461,8 +623,13 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     raise ValueError(
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
-  _checks.check_sample_weight(sample_weight, n)
-  x, w = _prepare(x, sample_weight)
+  _check_weight(sample_weight, n)
+  if placement is None:
+    x, w = _prepare(x, sample_weight)
+    dtype = x.dtype
+  else:
+    dtype = jnp.result_type(x.dtype, float)
+    w = sample_weight
   if isinstance(init, GMMParams):
     model.check_params(init, d)
     if init.num_components != num_components or init.covariance_type != covariance_type:
@@ -470,23 +637,30 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
           f"init has K={init.num_components} components of covariance_type "
           f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
           f"covariance_type={covariance_type!r}.")
-    init_params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), init)
+    init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     init_kind, n_init = "params", 1
   else:
     if not isinstance(init, str) or init not in INITS:
       raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))} "
                        "or a gmm.GMMParams.")
     init_params, init_kind = None, init
-  if _checks.is_concrete(w) and int(np.count_nonzero(np.asarray(w))) < num_components and (
-      init_kind in ("random_from_data", "k-means++", "kmeans")):
+  if (w is not None and _checks.is_concrete(w) and not sharding.is_global(w)
+      and int(np.count_nonzero(np.asarray(w))) < num_components
+      and init_kind in ("random_from_data", "k-means++", "kmeans")):
     raise ValueError(f"Only {int(np.count_nonzero(np.asarray(w)))} points have positive "
                      f"sample_weight, fewer than num_components={num_components}.")
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       default_chunk_size(n, num_components, d))
-  result = _fit_jit(key, x, w, init_params, jnp.asarray(tol, x.dtype),
-                    jnp.asarray(reg_covar, x.dtype), num_components=num_components,
-                    covariance_type=covariance_type, init=init_kind, n_init=n_init,
-                    max_iter=max_iter, chunk_size=min(chunk, n))
+  static = dict(num_components=num_components, covariance_type=covariance_type, init=init_kind,
+                n_init=n_init, max_iter=max_iter)
+  if placement is None:
+    result = _fit_jit(key, x, w, init_params, jnp.asarray(tol, dtype),
+                      jnp.asarray(reg_covar, dtype), chunk_size=min(chunk, n), **static)
+  else:
+    x, w, shard, chunk = _place(x, sample_weight, dtype, chunk, *placement)
+    result = _fit_sharded_jit(key, x, w, init_params, jnp.asarray(tol, dtype),
+                              jnp.asarray(reg_covar, dtype), chunk_size=chunk,
+                              mesh=placement[0], shard=shard, **static)
   if _checks.is_concrete(result.n_iter):
     leaves = jax.tree.leaves(result.params)
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
