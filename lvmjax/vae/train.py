@@ -283,7 +283,8 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     step += 1
     if delay:
       time.sleep(delay)
-    log_now = step % config.log_every == 0 or step == num_steps
+    eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == num_steps)
+    log_now = step % config.log_every == 0 or step == num_steps or eval_now
     save_now = step % config.checkpoint_every == 0 or step == num_steps
     if log_now or save_now:
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -307,7 +308,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
           m["steps_per_second"] = (step - step_log) / max(now - t_log, 1e-9)
         t_log, step_log = now, step
         m["epoch"] = batch.epoch + (batch.step + 1) / batches.steps_per_epoch
-        if config.eval_every and (step % config.eval_every == 0 or step == num_steps):
+        if eval_now:
           ev = training.evaluate(model, state.params, jax.random.fold_in(eval_key, step),
                                  _reshape(d.eval_x, data_shape), config.eval_batch_size,
                                  num_samples_ll=0)
