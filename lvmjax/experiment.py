@@ -5,6 +5,7 @@ checkpoint in it, non-finite-loss detection and the results file.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any, Iterable
@@ -78,7 +79,6 @@ def check_resumable(ckpt: checkpoint.Checkpointer, config: Any, workdir: pathlib
     return meta
   saved = workdir / "config.json"
   if saved.exists():
-    import json  # pylint: disable=g-import-not-at-top
     try:
       checkpoint.check_config_matches(json.loads(saved.read_text()), config, workdir)
     except json.JSONDecodeError:

@@ -16,6 +16,7 @@ them at convergence, as scikit-learn does).
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 from typing import Any, NamedTuple
 
@@ -142,7 +143,6 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   path = workdir / "model_selection.json"
   done = {}
   if path.exists():
-    import json  # pylint: disable=g-import-not-at-top
     try:
       old = json.loads(path.read_text())
       done = {k: {name: old[name][i] for name in old if isinstance(old[name], list)}
