@@ -66,8 +66,8 @@ def _load_digits():
   except ImportError as e:
     raise ImportError(
         "The 'digits' dataset is scikit-learn's bundled copy (sklearn.datasets.load_digits), and "
-        "scikit-learn is not installed. Install it with `pip install scikit-learn` (or "
-        "`pip install lvmjax[test]`).") from e
+        "scikit-learn (a dependency of lvmjax) is not installed. Install it with "
+        "`pip install scikit-learn`.") from e
   d = load_digits()
   return d.data.astype(np.float32) / 16.0, d.target.astype(np.int32)
 
