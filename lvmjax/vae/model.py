@@ -130,7 +130,7 @@ def _apply(model: VAE, params: Params, *args, method: str, what: str):
   except (TypeError, ValueError, flax.errors.FlaxError) as e:
     shapes = [np.shape(a) for a in args if hasattr(a, "shape")]
     raise ValueError(
-        f"The model's {what} could not be applied to an input of shape {shapes} (per point): "
+        f"The model's {what} could not be applied to inputs of shape {shapes}: "
         f"{e}. Check that x / z match the shapes the model was initialised with.") from e
 
 
@@ -159,6 +159,8 @@ def _log_px_given_z(model, params, z, x, compute_dtype):
   if jnp.issubdtype(dist.dtype, jnp.floating):
     value = value.astype(dist.dtype)
   return dist.log_prob(value)
+
+
 def _std_normal_log_prob(z: jax.Array) -> jax.Array:
   return distrax.MultivariateNormalDiag(jnp.zeros_like(z), jnp.ones_like(z)).log_prob(z)
 
