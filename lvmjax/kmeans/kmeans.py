@@ -127,7 +127,9 @@ def _assign_block(x: jax.Array, x_sq: jax.Array, c: jax.Array,
   partial = c_sq[None, :] - 2 * _cross(x, c)  # ||x||^2 does not change the argmin
   min_partial = jnp.min(partial, axis=1)
   # The first index attaining the minimum. Same as jnp.argmin, but two plain reductions instead
-  # of one over (value, index) pairs, which XLA:CPU vectorises poorly (5x slower here).
+  # of one over (value, index) pairs, which XLA:CPU vectorises poorly (5x slower here). XLA may
+  # recompute `partial` inside the second reduction; that is bit-identical (2 * dot is exact, so
+  # a fused multiply-add rounds the same), hence some entry always equals the minimum.
   k = c.shape[0]
   index = jnp.arange(k, dtype=jnp.int32)[None, :]
   labels = jnp.min(jnp.where(partial == min_partial[:, None], index, k), axis=1)
@@ -362,7 +364,7 @@ def predict(centroids: ArrayLike, x: ArrayLike, *, chunk_size: int | None = None
 
 
 def _searchsorted_right_clipped(cdf: jax.Array, values: jax.Array) -> jax.Array:
-  idx = jnp.searchsorted(cdf, values, side="right", method="compare_all")
+  idx = jnp.searchsorted(cdf, values, side="right")
   return jnp.minimum(idx, cdf.shape[0] - 1).astype(jnp.int32)
 
 
@@ -375,7 +377,7 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   draw ``n_local_trials`` candidates with probability :math:`\propto w_i D(x_i)^2`, where
   :math:`D(x_i)^2` is the squared distance to the closest centre so far, and keep the candidate
   that lowers the weighted potential :math:`\sum_i w_i D(x_i)^2` the most. The loop over centres
-  is a `lax.fori_loop`; one step costs an (L, D) x (D, N) product.
+  is a `lax.fori_loop`; one step costs an (N, D) x (D, L) product.
 
   Args:
     key: PRNG key.
@@ -410,24 +412,23 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   key_first, key_rest = jax.random.split(key)
   uniforms = jax.random.uniform(key_rest, (num_clusters, n_local_trials), x.dtype)
 
-  def dist_to(points):  # (L, D) -> (L, N)
-    d = _sq_norms(points)[:, None] - 2 * _cross(points, x) + x_sq[None, :]
+  def dist_to(points):  # (L, D) -> (N, L); this layout of the product was the faster on CPU
+    d = x_sq[:, None] - 2 * _cross(x, points) + _sq_norms(points)[None, :]
     return jnp.maximum(d, 0)
 
   w_cdf = jnp.cumsum(w)
   first = _searchsorted_right_clipped(w_cdf, jax.random.uniform(key_first, (), x.dtype) * w_cdf[-1])
-  closest = dist_to(x[first][None, :])[0]
+  closest = dist_to(x[first][None, :])[:, 0]
   indices = jnp.zeros((num_clusters,), jnp.int32).at[0].set(first)
 
   def body(c, state):
     indices, closest = state
     cdf = jnp.cumsum(w * closest)
     candidates = _searchsorted_right_clipped(cdf, uniforms[c] * cdf[-1])
-    dist = jnp.minimum(closest[None, :], dist_to(x[candidates]))
-    potentials = jnp.matmul(dist, w, precision=_PRECISION)
+    dist = jnp.minimum(closest[:, None], dist_to(x[candidates]))  # (N, L)
+    potentials = jnp.matmul(w, dist, precision=_PRECISION)
     best = jnp.argmin(potentials)
-    chosen = candidates[best]
-    return indices.at[c].set(chosen), dist[best]
+    return indices.at[c].set(candidates[best]), dist[:, best]
 
   indices, _ = lax.fori_loop(1, num_clusters, body, (indices, closest))
   return x_orig[indices], indices
