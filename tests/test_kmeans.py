@@ -113,6 +113,17 @@ def test_integer_weights_equal_repeated_rows(x64):
   assert int(a.n_iter) == int(b.n_iter) > 1
 
 
+@pytest.mark.slow
+def test_matches_sklearn_large_with_automatic_blocks(x64):
+  # N > the automatic block size (2^18 / K rows on CPU), so the blocked path with padding runs.
+  n, k = 40_000, 16
+  x = _blobs(30, n=n, d=8, k=12, spread=2.0)
+  w = _weights(30, n=n)
+  c0 = x[np.random.default_rng(31).choice(n, k, replace=False)]
+  result = kmeans.fit(jax.random.key(0), x, k, init=c0, sample_weight=w)
+  _assert_same_fit(result, _sklearn(x, c0, w), rtol=1e-9)
+
+
 def test_float32_default_and_centring():
   # Far from the origin, the matrix-product distances only work because fit centres the data.
   x = _blobs(10, offset=1e4)
