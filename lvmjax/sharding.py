@@ -1,0 +1,278 @@
+"""Device meshes and row-sharded data: how the fits scale over devices and hosts.
+
+lvmjax scales on JAX's own runtime: a ``jax.sharding.Mesh`` whose data axis splits the rows of
+``x``, and ``jax.distributed`` for several processes. The EM and Lloyd iterations are sums of
+per-row statistics, so a sharded fit runs each device's rows locally and adds the statistics
+with one ``psum`` per iteration; parameters stay replicated. This module has the pieces to put
+data on a mesh::
+
+  mesh = sharding.data_mesh()                        # all devices, axis "data"
+  x_s, w_s = sharding.shard_rows(x, mesh)            # pad to a multiple, weight 0 on padding
+  result = gmm.fit(key, x_s, 10, sample_weight=w_s)  # detects the sharding of x_s
+  result = gmm.fit(key, x, 10, mesh=mesh)            # or: gmm.fit shards x itself
+
+On several hosts (after ``jax.distributed.initialize``) each process loads only its own rows
+(``process_rows``) and ``rows_from_processes`` joins them into one global array.
+
+Padding rows carry ``sample_weight`` 0, so they change no statistic; the fits that take a
+``mesh`` pad internally and also exclude the padding from the unweighted quantities (K-means'
+centring and tolerance), so a sharded fit equals the fit on one device up to float rounding.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.typing import ArrayLike
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: Any = None, axis_name: str = DATA_AXIS) -> Mesh:
+  """A one-dimensional mesh over ``devices`` (default: all devices of all processes).
+
+  Args:
+    devices: a sequence of devices, e.g. ``jax.devices()[:4]``; None for ``jax.devices()``.
+    axis_name: the name of the data axis.
+
+  Returns:
+    ``Mesh(devices, (axis_name,))``.
+
+  Examples:
+    >>> mesh = data_mesh()
+    >>> mesh.axis_names
+    ('data',)
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (axis_name,))
+
+
+def row_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
+  """``NamedSharding`` that splits the leading (row) axis over ``axis_name``."""
+  return NamedSharding(mesh, P(axis_name))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """``NamedSharding`` that keeps a full copy on every device of ``mesh``."""
+  return NamedSharding(mesh, P())
+
+
+def num_shards(mesh: Mesh, axis_name: str = DATA_AXIS) -> int:
+  """Number of devices along ``axis_name``."""
+  return int(mesh.shape[axis_name])
+
+
+class RowLayout(NamedTuple):
+  """How rows lie on the devices of a sharded fit (all static).
+
+  Device ``j`` (position ``j`` along the data axis) holds global rows
+  ``[j * block_rows, (j + 1) * block_rows)``; rows ``>= num_points`` are padding.
+
+  Attributes:
+    num_points: real rows N.
+    num_shards: devices along the data axis.
+    block_rows: rows per device, padding included.
+  """
+  num_points: int
+  num_shards: int
+  block_rows: int
+
+  @property
+  def padded_rows(self) -> int:
+    return self.num_shards * self.block_rows
+
+
+def layout_for(num_points: int, shards: int, multiple: int = 1) -> RowLayout:
+  """The layout that pads ``num_points`` rows to ``shards`` blocks of a multiple of ``multiple``."""
+  per = -(-num_points // shards)
+  block = -(-per // multiple) * multiple
+  return RowLayout(int(num_points), int(shards), int(block))
+
+
+def shard_rows(x: ArrayLike, mesh: Mesh, sample_weight: ArrayLike | None = None, *,
+               axis_name: str = DATA_AXIS, multiple: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Pads the rows of ``x`` to a multiple of the device count and splits them over ``mesh``.
+
+  The rows are padded with zeros to ``shards * block`` rows (``block`` a multiple of
+  ``multiple``), and the padding gets ``sample_weight`` 0. Each device receives only its own
+  block (the host copy is split before the transfer, so no single device ever holds all of x).
+
+  Args:
+    x: (N, ...) host or device array.
+    mesh: the device mesh.
+    sample_weight: optional (N,) weights (default 1 for every real row).
+    axis_name: the mesh axis to split the rows over.
+    multiple: rows per device are a multiple of this (e.g. the E-step chunk size).
+
+  Returns:
+    ``(x_sharded, weight_sharded)`` with row sharding ``P(axis_name)``.
+
+  Examples:
+    >>> x_s, w_s = shard_rows(np.ones((10, 2)), data_mesh())
+    >>> float(w_s.sum())
+    10.0
+  """
+  if jax.process_count() > 1:
+    raise ValueError("shard_rows puts one process's array on the mesh; with several processes "
+                     "each loads its own rows and calls sharding.rows_from_processes.")
+  x = np.asarray(x) if not isinstance(x, jax.Array) else x
+  n = x.shape[0]
+  layout = layout_for(n, num_shards(mesh, axis_name), multiple)
+  pad = layout.padded_rows - n
+  dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+  w = np.ones(n, dtype) if sample_weight is None else sample_weight
+  xp = _pad_rows(x, pad)
+  wp = _pad_rows(w, pad)
+  spec = row_sharding(mesh, axis_name)
+  return jax.device_put(xp, spec), jax.device_put(wp, spec)
+
+
+def _pad_rows(a, pad):
+  if not pad:
+    return a
+  lib = jnp if isinstance(a, jax.Array) else np
+  return lib.pad(a, [(0, pad)] + [(0, 0)] * (np.ndim(a) - 1))
+
+
+def process_rows(num_points: int, process_index: int | None = None,
+                 process_count: int | None = None) -> slice:
+  """The contiguous block of rows that process ``process_index`` should load.
+
+  Blocks are as equal as possible; together they cover ``range(num_points)`` in order, so the
+  rows joined by ``rows_from_processes`` are the global data set in its original order.
+
+  Examples:
+    >>> process_rows(10, 1, 3)
+    slice(4, 7, None)
+  """
+  p = jax.process_index() if process_index is None else process_index
+  c = jax.process_count() if process_count is None else process_count
+  per = -(-num_points // c)
+  return slice(min(p * per, num_points), min((p + 1) * per, num_points))
+
+
+def rows_from_processes(local_x: ArrayLike, mesh: Mesh, local_weight: ArrayLike | None = None, *,
+                        axis_name: str = DATA_AXIS, multiple: int = 1
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Joins every process's own rows into one global row-sharded array (multi-host).
+
+  Each process passes the rows it loaded (e.g. ``x[process_rows(N)]`` read from its own file
+  or memmap). The processes agree on a common row count (``process_allgather`` of the local
+  counts), each pads its rows with weight-0 rows to that count, and
+  ``jax.make_array_from_process_local_data`` assembles the global array, whose blocks stay on
+  the devices of the process that loaded them. Every process must call this (it communicates).
+  With one process it equals ``shard_rows``.
+
+  Args:
+    local_x: (n_p, ...) this process's rows.
+    mesh: a mesh over the devices of all processes (``data_mesh()``).
+    local_weight: optional (n_p,) weights of these rows.
+    axis_name: the data axis.
+    multiple: rows per device are a multiple of this.
+
+  Returns:
+    ``(x_global, weight_global)``: (P * rows_per_process, ...) arrays with row sharding. Row
+    order: process 0's rows (then its padding), process 1's rows, ...
+  """
+  if jax.process_count() == 1:
+    return shard_rows(local_x, mesh, local_weight, axis_name=axis_name, multiple=multiple)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  local_x = np.asarray(local_x)
+  n = local_x.shape[0]
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray(n, np.int64)))
+  local_devices = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+  per_process = layout_for(int(counts.max()), local_devices, multiple).padded_rows
+  dtype = local_x.dtype if np.issubdtype(local_x.dtype, np.floating) else np.float32
+  w = np.ones(n, dtype) if local_weight is None else np.asarray(local_weight, dtype)
+  pad = per_process - n
+  spec = row_sharding(mesh, axis_name)
+  xg = jax.make_array_from_process_local_data(spec, _pad_rows(local_x, pad))
+  wg = jax.make_array_from_process_local_data(spec, _pad_rows(w, pad))
+  return xg, wg
+
+
+def mesh_of(x: Any, mesh: Mesh | None = None,
+            axis_name: str | None = None) -> tuple[Mesh, str] | None:
+  """The (mesh, data axis) of a fit: the given ``mesh``, else the row sharding of ``x``.
+
+  Returns None for a single-device fit: no mesh given and ``x`` is not a ``jax.Array`` whose
+  rows are split over more than one device by a ``NamedSharding``.
+
+  Raises:
+    ValueError: ``axis_name`` is not an axis of the mesh.
+  """
+  if mesh is not None:
+    names = mesh.axis_names
+    axis = axis_name if axis_name is not None else (
+        DATA_AXIS if DATA_AXIS in names else names[0])
+    if axis not in names:
+      raise ValueError(f"axis_name={axis!r} is not an axis of the mesh {names}.")
+    return mesh, axis
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    return None
+  s = getattr(x, "sharding", None)
+  if not isinstance(s, NamedSharding) or not s.spec or s.spec[0] is None:
+    return None
+  axis = s.spec[0]
+  if isinstance(axis, tuple):
+    if len(axis) != 1:
+      return None
+    axis = axis[0]
+  if axis_name is not None and axis_name != axis:
+    raise ValueError(f"x is sharded over mesh axis {axis!r}, not axis_name={axis_name!r}.")
+  if int(s.mesh.shape[axis]) == 1:
+    return None
+  return s.mesh, axis
+
+
+def is_global(x: Any) -> bool:
+  """True for a ``jax.Array`` with shards on other processes (its values cannot be fetched)."""
+  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and (
+      not x.is_fully_addressable)
+
+
+def check_local_values(x: Any, name: str = "x") -> None:
+  """Checks that the shards of ``x`` this process holds are finite (multi-host input checks)."""
+  for shard in x.addressable_shards:
+    arr = np.asarray(shard.data)
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"{name} contains NaN or infinite values (in the rows of process "
+                       f"{jax.process_index()}). Remove or impute them before fitting.")
+
+
+def local_rows(axis_name: str, layout: RowLayout, local_count: int) -> tuple[jax.Array, jax.Array]:
+  """Inside ``shard_map``: global row ids (-1 on padding) and a validity mask of the local rows.
+
+  ``local_count`` is the number of local rows after any local padding (>= ``block_rows``).
+  """
+  j = jax.lax.axis_index(axis_name)
+  r = jnp.arange(local_count, dtype=jnp.int32)
+  rows = j.astype(jnp.int32) * layout.block_rows + r
+  valid = (r < layout.block_rows) & (rows < layout.num_points)
+  return jnp.where(valid, rows, -1), valid
+
+
+def gather_rows(a: jax.Array, axis_name: str, layout: RowLayout) -> jax.Array:
+  """Inside ``shard_map``: the (N, ...) global array of the real rows of local blocks ``a``.
+
+  ``a`` holds this device's ``block_rows`` (or more, locally padded) rows; every device gets the
+  same result, in global row order. Costs O(N) memory per device: use for (N,) vectors.
+  """
+  g = jax.lax.all_gather(a[:layout.block_rows], axis_name, tiled=True)
+  return g[:layout.num_points]
+
+
+def take_rows(a: jax.Array, axis_name: str, layout: RowLayout, rows: jax.Array) -> jax.Array:
+  """Inside ``shard_map``: ``a_global[rows]`` for global row ids ``rows``, on every device.
+
+  The owner of each row contributes it and the others zeros; one ``psum`` adds them (exact).
+  """
+  j = jax.lax.axis_index(axis_name)
+  owner = rows // layout.block_rows
+  local = jnp.clip(rows - owner * layout.block_rows, 0, a.shape[0] - 1)
+  mine = (owner == j).reshape(rows.shape + (1,) * (a.ndim - 1))
+  vals = jnp.where(mine, a[local], jnp.zeros((), a.dtype))
+  return jax.lax.psum(vals, axis_name)
