@@ -32,6 +32,7 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from lvmjax import _checks
+from lvmjax import sharding
 
 INIT_METHODS = ("k-means++", "random")
 
@@ -601,7 +602,8 @@ def _check_chunk_size(chunk_size: Any) -> None:
 
 def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike = "k-means++",
         n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
-        sample_weight: ArrayLike | None = None, *, chunk_size: int | None = None) -> KMeansResult:
+        sample_weight: ArrayLike | None = None, *, chunk_size: int | None = None,
+        mesh: Any = None, axis_name: str | None = None) -> KMeansResult:
   r"""K-means by Lloyd's algorithm, as scikit-learn's ``KMeans(algorithm="lloyd")``.
 
   Minimises :math:`J = \sum_i w_i \lVert x_i - c_{z_i}\rVert^2`. Each iteration assigns every
@@ -640,6 +642,12 @@ def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike =
     chunk_size: rows per block: the assignment and the cluster sums run over blocks in
       sequence with `lax.scan`, so memory is O(chunk_size * K + N * D) instead of O(N * K). None
       picks a size, see `assign`.
+    mesh: a ``jax.sharding.Mesh`` to split the rows of x over (its ``axis_name`` axis, default
+      "data"): each Lloyd iteration adds the devices' statistics with one ``psum``
+      (`lvmjax.kmeans.sharded`); the fit equals the one-device fit up to float rounding. A
+      ``jax.Array`` whose rows are already split by a ``NamedSharding`` is fitted this way
+      without ``mesh``.
+    axis_name: the mesh axis of the rows (default: "data", else the mesh's first axis).
 
   Returns:
     A `KMeansResult`.
@@ -655,6 +663,10 @@ def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike =
     >>> sorted(result.centroids[:, 1].tolist())
     [0.5, 10.5]
   """
+  if mesh is not None or sharding.mesh_of(x) is not None:
+    from lvmjax.kmeans import sharded  # pylint: disable=g-import-not-at-top
+    return sharded.fit(key, x, num_clusters, init, n_init, max_iter, tol, sample_weight,
+                       chunk_size=chunk_size, mesh=mesh, axis_name=axis_name)
   _checks.check_data(x)
   n, dim = np.shape(x)
   num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")

@@ -1,0 +1,337 @@
+r"""K-means with the rows of x split over a device mesh: Lloyd's iterations as one ``psum`` each.
+
+Every device runs the assignment step on its own rows; the cluster sums :math:`\sum w x` and
+weights :math:`\sum w`, the inertia and the count of changed labels are added over the devices
+with ``jax.lax.psum``, and the update step is computed, replicated, from the sums. The seeding
+(k-means++ or random), the relocation of empty clusters and the convergence tests are those of
+:func:`lvmjax.kmeans.fit` made collective, so the fit equals the one-device fit up to float
+rounding (the order of the additions differs). ``kmeans.fit(..., mesh=mesh)`` or a row-sharded
+``x`` lands here; ``fit_local`` is the per-device body, for use inside a ``shard_map`` of one's
+own (the GMM's sharded EM initialises with it).
+
+Memory per device: its block of rows, plus O(N) for the k-means++ seeding, which gathers the
+(N,) vector of weighted distances to draw candidates exactly as the one-device seeding does.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lvmjax import _checks
+from lvmjax import sharding
+from lvmjax.kmeans import kmeans as _km
+
+
+class Shard(NamedTuple):
+  """Static description of the row sharding inside ``shard_map``.
+
+  Attributes:
+    axis_name: the mesh axis the rows are split over.
+    layout: a :class:`lvmjax.sharding.RowLayout` (real rows, devices, rows per device).
+  """
+  axis_name: str
+  layout: sharding.RowLayout
+
+
+def _psum(x, shard: Shard):
+  return lax.psum(x, shard.axis_name)
+
+
+def mean_and_variance(x: jax.Array, valid: jax.Array, shard: Shard) -> tuple[jax.Array, jax.Array]:
+  """Unweighted mean and variance (per feature) of the real rows of all devices (two passes)."""
+  n = shard.layout.num_points
+  m = _psum(jnp.sum(jnp.where(valid[:, None], x, 0), axis=0), shard) / n
+  v = _psum(jnp.sum(jnp.where(valid[:, None], (x - m) ** 2, 0), axis=0), shard) / n
+  return m, v
+
+
+def kmeans_plusplus_local(key: jax.Array, x: jax.Array, w: jax.Array, valid: jax.Array,
+                          num_clusters: int, shard: Shard,
+                          n_local_trials: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """:func:`lvmjax.kmeans.kmeans_plusplus` on rows split over devices (inside ``shard_map``).
+
+  The candidates are drawn from the gathered (N,) cumulative sums, as on one device; the
+  distances and potentials are computed per device and added.
+
+  Returns:
+    ``(centroids, indices)``: (K, D) replicated centroids and their global row ids.
+  """
+  if n_local_trials is None:
+    n_local_trials = 2 + int(math.log(num_clusters))
+  layout = shard.layout
+  w = jnp.where(valid, w, 0)
+  x_orig = x
+  mean, _ = mean_and_variance(x, valid, shard)
+  x = x - mean[None, :]
+  x_sq = _km._sq_norms(x)  # pylint: disable=protected-access
+  key_first, key_rest = jax.random.split(key)
+  uniforms = jax.random.uniform(key_rest, (num_clusters, n_local_trials), x.dtype)
+
+  def dist_to(points):  # (L, D) -> (L, n_local)
+    d = _km._sq_norms(points)[:, None] - 2 * _km._cross(points, x) + x_sq[None, :]  # pylint: disable=protected-access
+    return jnp.maximum(d, 0)
+
+  def take(rows):
+    return sharding.take_rows(x, shard.axis_name, layout, rows)
+
+  w_cdf = jnp.cumsum(sharding.gather_rows(w, shard.axis_name, layout))
+  first = _km._searchsorted_right_clipped(  # pylint: disable=protected-access
+      w_cdf, jax.random.uniform(key_first, (), x.dtype) * w_cdf[-1])
+  closest = dist_to(take(first[None]))[0]
+  indices = jnp.zeros((num_clusters,), jnp.int32).at[0].set(first)
+
+  def body(c, state):
+    indices, closest = state
+    cdf = jnp.cumsum(sharding.gather_rows(w * closest, shard.axis_name, layout))
+    candidates = _km._searchsorted_right_clipped(cdf, uniforms[c] * cdf[-1])  # pylint: disable=protected-access
+    dist = jnp.minimum(closest[None, :], dist_to(take(candidates)))
+    potentials = _psum(jnp.matmul(dist, w, precision=_km._PRECISION), shard)  # pylint: disable=protected-access
+    best = jnp.argmin(potentials)
+    return indices.at[c].set(candidates[best]), dist[best]
+
+  indices, _ = lax.fori_loop(1, num_clusters, body, (indices, closest))
+  return sharding.take_rows(x_orig, shard.axis_name, layout, indices), indices
+
+
+def random_init_local(key: jax.Array, x: jax.Array, w: jax.Array, valid: jax.Array,
+                      num_clusters: int, shard: Shard) -> tuple[jax.Array, jax.Array]:
+  """:func:`lvmjax.kmeans.random_init` on rows split over devices: the same draws."""
+  layout = shard.layout
+  wg = sharding.gather_rows(jnp.where(valid, w, 0), shard.axis_name, layout)
+  gumbel = jax.random.gumbel(key, (layout.num_points,), x.dtype)
+  scores = jnp.where(wg > 0, jnp.log(jnp.where(wg > 0, wg, 1)) + gumbel, -jnp.inf)
+  _, indices = lax.top_k(scores, num_clusters)
+  indices = indices.astype(jnp.int32)
+  return sharding.take_rows(x, shard.axis_name, layout, indices), indices
+
+
+def _relocate_empty(x, w, labels, valid, old_centroids, sums, weights, shard: Shard):
+  """``kmeans._relocate_empty`` across devices: the farthest point is a global argmax (the
+  lowest global row on ties), found with a ``pmax`` and a ``pmin`` over devices."""
+  axis = shard.axis_name
+
+  def relocate(stats):
+    sums, weights = stats
+    dist = jnp.sum((x - old_centroids[labels]) ** 2, axis=1)
+    dist = jnp.where(valid, dist, -1)
+    empty = weights == 0
+    num_empty = jnp.where(lax.pmax(jnp.max(dist), axis) > 0, jnp.sum(empty), 0)
+    empty_ids = jnp.nonzero(empty, size=empty.shape[0], fill_value=0)[0]
+    me = lax.axis_index(axis)
+
+    def body(j, carry):
+      sums, weights, dist = carry
+      local_max = jnp.max(dist)
+      far = jnp.argmax(dist)
+      global_max = lax.pmax(local_max, axis)
+      owner = lax.pmin(jnp.where(local_max == global_max, me, jnp.iinfo(jnp.int32).max), axis)
+      mine = me == owner
+      point = lax.psum(jnp.where(mine, x[far] * w[far], 0), axis)
+      wf = lax.psum(jnp.where(mine, w[far], 0), axis)
+      old = lax.psum(jnp.where(mine, labels[far], 0), axis)
+      new = empty_ids[j]
+      sums = sums.at[old].add(-point).at[new].set(point)
+      weights = weights.at[new].set(wf).at[old].add(-wf)
+      return sums, weights, jnp.where(mine, dist.at[far].set(-jnp.inf), dist)
+
+    sums, weights, _ = lax.fori_loop(0, num_empty, body, (sums, weights, dist))
+    return sums, weights
+
+  return lax.cond(jnp.any(weights == 0), relocate, lambda s: s, (sums, weights))
+
+
+def _lloyd(data: _km._Data, centroids, tol_abs, shard: Shard, *, num_clusters: int,  # pylint: disable=protected-access
+           max_iter: int, num_chunks: int) -> _km.KMeansResult:
+  """``kmeans._lloyd`` with the statistics added over devices."""
+  n_pad = data.x.shape[0]
+  dtype = data.x.dtype
+
+  def cond(state):
+    i, _, _, _, done, _ = state
+    return (i < max_iter) & ~done
+
+  def body(state):
+    i, c, labels_old, _, _, history = state
+    labels, min_d, sums, weights = _km._e_and_sums(data, c, num_clusters, num_chunks)  # pylint: disable=protected-access
+    sums, weights = _psum((sums, weights), shard)
+    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard)
+    c_new = _km._average(sums, weights)  # pylint: disable=protected-access
+    history = history.at[i].set(_psum(jnp.sum(data.w * min_d), shard))
+    changed = _psum(jnp.sum((labels != labels_old) & data.valid), shard)
+    strict = changed == 0
+    shift = jnp.sum((c_new - c) ** 2)
+    done = strict | (shift <= tol_abs)
+    return i + 1, c_new, labels, strict, done, history
+
+  state = (jnp.int32(0), centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False),
+           jnp.bool_(False), jnp.full((max_iter,), jnp.nan, dtype))
+  if max_iter > 0:
+    state = lax.while_loop(cond, body, state)
+  n_iter, c, labels, strict, done, history = state
+  labels = lax.cond(strict, lambda: labels,
+                    lambda: _km._assign_chunks(data, c, num_chunks)[0])  # pylint: disable=protected-access
+  value = _psum(_km._direct_inertia(data.x, data.w, c, labels), shard)  # pylint: disable=protected-access
+  return _km.KMeansResult(c, labels, value, n_iter, done, history)
+
+
+def fit_local(key, x, w, valid, init_centroids, tol, shard: Shard, *, num_clusters: int,
+              init_kind: str, n_init: int, max_iter: int, chunk_size: int) -> _km.KMeansResult:
+  """The per-device body of a sharded K-means fit (call inside ``shard_map``).
+
+  Args:
+    key: PRNG key (replicated).
+    x: (n_local, D) this device's rows (its block of ``shard.layout.block_rows`` rows, possibly
+      padded further locally).
+    w: (n_local,) weights (0 on padding).
+    valid: (n_local,) bool, True on real rows.
+    init_centroids: (K, D) for ``init_kind == "array"``, else None.
+    tol: relative tolerance (scalar).
+    shard: the static sharding description.
+    num_clusters, init_kind, n_init, max_iter: as :func:`lvmjax.kmeans.fit` (``init_kind`` is
+      "k-means++", "random" or "array").
+    chunk_size: rows per assignment block on each device.
+
+  Returns:
+    A ``KMeansResult`` with replicated centroids and statistics and the LOCAL (n_local,) labels.
+  """
+  w = jnp.where(valid, w, 0)
+  mean, var = mean_and_variance(x, valid, shard)
+  xc = jnp.where(valid[:, None], x - mean[None, :], 0)
+  tol_abs = tol * jnp.mean(var)
+  n_local = x.shape[0]
+  chunk = min(chunk_size, n_local)
+  num_chunks = _km._num_chunks(n_local, chunk)  # pylint: disable=protected-access
+  n_pad = n_local if num_chunks == 1 else num_chunks * chunk
+  x_pad = _km._pad_rows(xc, n_pad)  # pylint: disable=protected-access
+  w_pad = _km._pad_rows(w, n_pad)  # pylint: disable=protected-access
+  valid_pad = _km._pad_rows(valid, n_pad)  # pylint: disable=protected-access
+  data = _km._Data(x_pad, _km._sq_norms(x_pad), w_pad, x_pad * w_pad[:, None], valid_pad)  # pylint: disable=protected-access
+  run = functools.partial(_lloyd, data, tol_abs=tol_abs, shard=shard, num_clusters=num_clusters,
+                          max_iter=max_iter, num_chunks=num_chunks)
+
+  def one(k):
+    if init_kind == "array":
+      c0 = init_centroids - mean[None, :]
+    elif init_kind == "k-means++":
+      c0, _ = kmeans_plusplus_local(k, x_pad, w_pad, valid_pad, num_clusters, shard)
+    else:
+      c0, _ = random_init_local(k, x_pad, w_pad, valid_pad, num_clusters, shard)
+    return run(c0)
+
+  if n_init == 1:
+    result = one(key)
+  else:
+    results = jax.vmap(one)(jax.random.split(key, n_init))
+    best = jnp.argmin(results.inertia)
+    result = jax.tree.map(lambda a: a[best], results)
+  return result._replace(centroids=result.centroids + mean[None, :], labels=result.labels[:n_local])
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "init_kind", "n_init", "max_iter",
+                                             "chunk_size", "mesh", "axis_name", "layout"))
+def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init, max_iter,
+             chunk_size, mesh, axis_name, layout):
+  shard = Shard(axis_name, layout)
+  spec = P(axis_name)
+
+  def local(key, x, w, init_centroids, tol):
+    _, valid = sharding.local_rows(axis_name, layout, x.shape[0])
+    r = fit_local(key, x, w, valid, init_centroids, tol, shard, num_clusters=num_clusters,
+                  init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size)
+    return r
+
+  out_specs = _km.KMeansResult(P(), spec, P(), P(), P(), P())
+  r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P()), out_specs=out_specs,
+                    check_vma=False)(key, x, w, init_centroids, tol)
+  return r._replace(labels=r.labels[:layout.num_points])
+
+
+def fit(key, x, num_clusters: int, init="k-means++", n_init: int = 1, max_iter: int = 300,
+        tol: float = 1e-4, sample_weight=None, *, chunk_size: int | None = None,
+        mesh: Mesh | None = None, axis_name: str | None = None) -> _km.KMeansResult:
+  """:func:`lvmjax.kmeans.fit` on a device mesh (it lands here when given ``mesh`` or a
+  row-sharded ``x``); same arguments, checks and result.
+
+  ``x`` either is already split over the mesh along the data axis (a ``jax.Array``, possibly
+  global over several processes: all its rows count as data, so give padding rows weight 0) or
+  is put there by this function, padded internally (the padding is then not data: it is left
+  out of the centring and the tolerance, and ``labels`` has the original N rows).
+  """
+  mesh, axis_name = sharding.mesh_of(x, mesh, axis_name)
+  is_global = sharding.is_global(x)
+  if is_global:
+    _checks.check_data(_Shape(x.shape))
+    sharding.check_local_values(x)
+  else:
+    _checks.check_data(x)
+  n, dim = np.shape(x)
+  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
+  if num_clusters > n:
+    raise ValueError(
+        f"num_clusters={num_clusters} is larger than the number of points N={n}; use at most "
+        f"{n} clusters.")
+  n_init = _checks.check_positive_int(n_init, "n_init")
+  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
+  tol = _checks.check_nonnegative(tol, "tol")
+  if sharding.is_global(sample_weight):
+    if np.shape(sample_weight) != (n,):
+      raise ValueError(f"sample_weight must have shape ({n},), one weight per row of x; got "
+                       f"{np.shape(sample_weight)}.")
+  else:
+    _checks.check_sample_weight(sample_weight, n)
+  _km._check_chunk_size(chunk_size)  # pylint: disable=protected-access
+  if chunk_size is None:
+    chunk_size = _km._auto_chunk_size(num_clusters)  # pylint: disable=protected-access
+  if isinstance(init, str):
+    init_kind = _checks.check_choice(init, "init", _km.INIT_METHODS)
+    init_centroids = None
+  else:
+    _km._check_centroids(init, num_clusters, dim, "init")  # pylint: disable=protected-access
+    init_kind, init_centroids = "array", init
+    if n_init != 1:
+      warnings.warn(f"An array init gives one run; n_init={n_init} is ignored.", stacklevel=3)
+      n_init = 1
+
+  shards = sharding.num_shards(mesh, axis_name)
+  dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+  spec = sharding.row_sharding(mesh, axis_name)
+  if sharding.mesh_of(x) == (mesh, axis_name) and n % shards == 0:
+    layout = sharding.RowLayout(n, shards, n // shards)
+    xs = x.astype(dtype)
+    if sample_weight is None:
+      ws = jax.jit(lambda: jnp.ones((n,), dtype), out_shardings=spec)()
+    else:
+      ws = jax.device_put(jnp.asarray(sample_weight, dtype), spec)
+  else:
+    if is_global:
+      raise ValueError("x is spread over several processes but not row-sharded over the "
+                       f"mesh axis {axis_name!r} with a row count divisible by {shards}; "
+                       "build it with lvmjax.sharding.rows_from_processes.")
+    layout = sharding.layout_for(n, shards)
+    xs, ws = sharding.shard_rows(x if isinstance(x, jax.Array) else np.asarray(x), mesh,
+                                 sample_weight, axis_name=axis_name)
+    xs, ws = xs.astype(dtype), ws.astype(dtype)
+  if init_centroids is not None:
+    init_centroids = jnp.asarray(init_centroids, dtype)
+  return _fit_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
+                  num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,
+                  max_iter=max_iter, chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                  layout=layout)
+
+
+class _Shape:
+  """Stands in for a global array in the shape checks (its values live on other processes)."""
+
+  def __init__(self, shape):
+    self.shape = tuple(shape)
+
+  def __array__(self, dtype=None, copy=None):
+    return np.zeros((1,) * len(self.shape), dtype or np.float32)
