@@ -103,6 +103,16 @@ def run_devices(out):
     a = gmm.fit(key, np.asarray(xs), 4, "tied", init="k-means++", sample_weight=np.asarray(ws))
     b = gmm.fit(key, xs, 4, "tied", init="k-means++", sample_weight=ws)
     res["gmm_presharded_tied"] = _gmm_case(a, b)
+    # One E-step / EM step on sharded rows, eagerly (detected) and under jit (mesh=).
+    ref = gmm.e_step(a.params, np.asarray(xs), np.asarray(ws))
+    got = gmm.e_step(a.params, xs, ws)
+    step = jax.jit(lambda p, x, w: gmm.em_step(p, x, w, mesh=mesh))
+    p_ref, ll_ref = gmm.em_step(a.params, np.asarray(xs), np.asarray(ws))
+    p_got, ll_got = step(a.params, xs, ws)
+    res["e_step"] = max(max(_diff(u, v) for u, v in zip(ref, got)),
+                        max(_diff(u, v) for u, v in zip(jax.tree.leaves(p_ref),
+                                                        jax.tree.leaves(p_got))),
+                        _diff(ll_ref, ll_got))
     a = kmeans.fit(key, x, 5, n_init=2, sample_weight=w)
     b = kmeans.fit(key, x, 5, n_init=2, sample_weight=w, mesh=mesh, chunk_size=16)
     res["kmeans"] = _kmeans_case(a, b)

@@ -65,6 +65,7 @@ def test_eight_simulated_devices(tmp_path):
   _check_vae(res["vae"])
   for name in ("gmm_kmeans_full", "gmm_random_diag", "gmm_presharded_tied"):
     _check_gmm(res[name])
+  assert res["e_step"] < 1e-9, res["e_step"]
   _check_kmeans(res["kmeans"])
   _check_kmeans(res["kmeans_relocation"])
 

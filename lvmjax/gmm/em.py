@@ -230,7 +230,8 @@ def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
 
 
 def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
-           chunk_size: int | None = None) -> SuffStats:
+           chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
+           axis_name: str | None = None) -> SuffStats:
   r"""E-step: responsibilities and their additive statistics, streamed over chunks of rows.
 
   .. math::
@@ -242,18 +243,47 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
     x: (N, D) data.
     sample_weight: optional (N,) non-negative weights (default all ones).
     chunk_size: rows per chunk (default: see ``default_chunk_size``).
+    mesh: a mesh whose ``axis_name`` axis splits the rows of x: each device sums its rows'
+      statistics and one ``psum`` adds them. Works under ``jit`` (x a tracer) too; the row count
+      must then be a multiple of the axis size. A concrete row-sharded ``jax.Array`` is detected
+      without ``mesh``.
+    axis_name: the mesh's data axis (default "data", else its first axis).
 
   Returns:
     ``SuffStats`` summed over all rows. Statistics of different row sets (taken with the same
     params) add: ``jax.tree.map(jnp.add, s1, s2)``, or ``jax.lax.psum`` across devices.
   """
-  _checks.check_data(x)
+  placement = sharding.mesh_of(x, mesh, axis_name)
+  _check_x(x)
   model.check_params(params, np.shape(x)[1], check_values=False)
-  _checks.check_sample_weight(sample_weight, np.shape(x)[0])
+  _check_weight(sample_weight, np.shape(x)[0])
+  if placement is not None:
+    return _e_step_sharded(params, x, sample_weight, chunk_size, *placement)
   x, w = _prepare(x, sample_weight, params.means.dtype)
   chunk = chunk_size or default_chunk_size(x.shape[0], *params.means.shape)
   xs, ws = _chunks(x, w, min(chunk, x.shape[0]))
   return _scan(xs, ws, params.means, params.covariance_type, _posterior_fn(params))
+
+
+def _e_step_sharded(params, x, sample_weight, chunk_size, mesh, axis_name):
+  n = x.shape[0]
+  shards = sharding.num_shards(mesh, axis_name)
+  if n % shards:
+    raise ValueError(f"x has {n} rows, not a multiple of the {shards} devices of mesh axis "
+                     f"{axis_name!r}; pad it with weight-0 rows (lvmjax.sharding.shard_rows).")
+  dtype = params.means.dtype
+  x = jnp.asarray(x).astype(dtype) if not isinstance(x, jax.Array) else x.astype(dtype)
+  w = jnp.ones((n,), dtype) if sample_weight is None else jnp.asarray(sample_weight).astype(dtype)
+  chunk = min(chunk_size or default_chunk_size(n // shards, *params.means.shape), n // shards)
+  spec = P(axis_name)
+
+  def local(params, x, w):
+    xs, ws = _chunks(x, w, chunk)
+    stats = _scan(xs, ws, params.means, params.covariance_type, _posterior_fn(params))
+    return jax.lax.psum(stats, axis_name)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=P(),
+                       check_vma=False)(params, x, w)
 
 
 def _repair_positive_definite(cov: jax.Array) -> jax.Array:
@@ -308,13 +338,15 @@ def m_step(params: GMMParams, stats: SuffStats, reg_covar: float = 1e-6) -> GMMP
 
 
 def em_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
-            reg_covar: float = 1e-6, chunk_size: int | None = None) -> tuple[GMMParams, jax.Array]:
-  """One EM iteration: ``m_step(params, e_step(params, x))``.
+            reg_covar: float = 1e-6, chunk_size: int | None = None,
+            mesh: jax.sharding.Mesh | None = None,
+            axis_name: str | None = None) -> tuple[GMMParams, jax.Array]:
+  """One EM iteration: ``m_step(params, e_step(params, x))`` (``mesh``: see ``e_step``).
 
   Returns:
     (new params, mean log-likelihood of the *old* params on x, weighted by sample_weight).
   """
-  stats = e_step(params, x, sample_weight, chunk_size=chunk_size)
+  stats = e_step(params, x, sample_weight, chunk_size=chunk_size, mesh=mesh, axis_name=axis_name)
   return m_step(params, stats, reg_covar), stats.log_likelihood / stats.total_weight
 
 

@@ -32,6 +32,7 @@ from lvmjax import experiment
 from lvmjax import gmm
 from lvmjax import plotting
 from lvmjax import progress
+from lvmjax import sharding
 
 SELECT_K = ("none", "bic", "aic")
 
@@ -95,8 +96,9 @@ class _BlockState(NamedTuple):
   converged: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("block", "chunk_size"))
-def _em_block(params, x, lower_bound, num_iters, tol, reg_covar, *, block, chunk_size):
+@functools.partial(jax.jit, static_argnames=("block", "chunk_size", "mesh"))
+def _em_block(params, x, lower_bound, num_iters, tol, reg_covar, *, block, chunk_size, w=None,
+              mesh=None):
   """Up to ``num_iters`` (<= ``block``) EM iterations starting from ``params``, stopping when the
   mean log-likelihood changes by less than ``tol`` from the previous iteration's ``lower_bound``."""
 
@@ -104,7 +106,8 @@ def _em_block(params, x, lower_bound, num_iters, tol, reg_covar, *, block, chunk
     return (s.i < num_iters) & ~s.converged
 
   def body(s):
-    new_params, ll = gmm.em_step(s.params, x, reg_covar=reg_covar, chunk_size=chunk_size)
+    new_params, ll = gmm.em_step(s.params, x, w, reg_covar=reg_covar, chunk_size=chunk_size,
+                                 mesh=mesh)
     converged = jnp.abs(ll - s.lower_bound) < tol
     return _BlockState(new_params, ll, s.history.at[s.i].set(ll), s.i + 1, converged)
 
@@ -129,7 +132,8 @@ def _finite_params(params: gmm.GMMParams) -> bool:
 
 
 def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
-                          x_test: jax.Array | None = None) -> dict:
+                          x_test: jax.Array | None = None, *,
+                          fit_data: tuple[jax.Array, jax.Array | None] | None = None) -> dict:
   """Fits one mixture per K in ``config.k_values`` and scores it by BIC and AIC on the train data.
 
   Results are saved to ``<workdir>/model_selection.json`` after each K, and a restarted run reuses
@@ -157,9 +161,11 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
     if k > x.shape[0]:
       raise ValueError(f"config.k_values has K={k} but the training data has only {x.shape[0]} "
                        "points.")
-    res = gmm.fit(jax.random.fold_in(key, k), x, k, config.covariance_type, init=config.init,
+    fx, fw = fit_data if fit_data is not None else (x, None)
+    res = gmm.fit(jax.random.fold_in(key, k), fx, k, config.covariance_type, init=config.init,
                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                  reg_covar=config.reg_covar, chunk_size=config.chunk_size or None)
+                  reg_covar=config.reg_covar, chunk_size=config.chunk_size or None,
+                  sample_weight=fw)
     row = {"k": int(k), "bic": float(gmm.bic(res.params, x)), "aic": float(gmm.aic(res.params, x)),
            "train_log_likelihood": float(jnp.mean(gmm.log_marginal(res.params, x))),
            "n_iter": int(res.n_iter), "converged": bool(res.converged)}
@@ -206,6 +212,11 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   train, test = load_data(config)
   x = jnp.asarray(train.x)
   x_test = None if test is None else jnp.asarray(test.x)
+  # With several devices (or hosts), EM runs data-parallel: each process puts its own block of
+  # rows on its devices (padding rows get weight 0); evaluation uses the host copy.
+  mesh = sharding.data_mesh() if jax.device_count() > 1 else None
+  fit_x, fit_w = (x, None) if mesh is None else sharding.rows_from_processes(
+      train.x[sharding.process_rows(len(train.x))], mesh)
   n, d = x.shape
   if config.select_k == "none" and config.num_components > n:
     raise ValueError(f"config.num_components={config.num_components} is larger than the {n} "
@@ -220,7 +231,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       progress.write_config_json(workdir, config)
     selection = None
     if config.k_values:
-      selection = select_num_components(config, x, selection_key, workdir, x_test)
+      selection = select_num_components(config, x, selection_key, workdir, x_test,
+                                        fit_data=(fit_x, fit_w))
     k = config.num_components
     if config.select_k != "none":
       k = selection[f"best_{config.select_k}"]
@@ -241,6 +253,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       params = gmm.GMMParams(restored["weights"], restored["means"], restored["covariances"],
                              config.covariance_type)
       lower_bound = restored["lower_bound"]
+      if mesh is not None:  # restored on one device: replicate over the mesh, as the fit's are
+        params, lower_bound = jax.device_put(jax.device_get((params, lower_bound)),
+                                             sharding.replicated(mesh))
       n_iter, converged = int(meta["n_iter"]), bool(meta["converged"])
       history = list(meta["history"])
       writer.truncate_after(n_iter)
@@ -248,9 +263,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     else:
       writer.truncate_after(None)
       first = min(block, config.max_iter)
-      res = gmm.fit(fit_key, x, k, config.covariance_type, init=config.init,
+      res = gmm.fit(fit_key, fit_x, k, config.covariance_type, init=config.init,
                     n_init=config.n_init, max_iter=first, tol=config.tol,
-                    reg_covar=config.reg_covar, chunk_size=chunk)
+                    reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w)
       params, lower_bound = res.params, res.lower_bound
       n_iter, converged = int(res.n_iter), bool(res.converged)
       history = [float(v) for v in np.asarray(res.log_likelihood)]
@@ -261,9 +276,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
 
     while not converged and n_iter < config.max_iter:
       todo = min(block, config.max_iter - n_iter)
-      s = _em_block(params, x, jnp.asarray(lower_bound, x.dtype), jnp.asarray(todo, jnp.int32),
+      s = _em_block(params, fit_x, jnp.asarray(lower_bound, x.dtype), jnp.asarray(todo, jnp.int32),
                     jnp.asarray(config.tol, x.dtype), jnp.asarray(config.reg_covar, x.dtype),
-                    block=block, chunk_size=min(chunk, n))
+                    block=block, chunk_size=min(chunk, n), w=fit_w, mesh=mesh)
       done = int(s.i)
       new = [float(v) for v in np.asarray(s.history[:done])]
       bad = [i for i, v in enumerate(new) if not np.isfinite(v)]
