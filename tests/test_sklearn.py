@@ -174,6 +174,9 @@ def test_gaussian_mixture_int_random_state_is_the_core_key():
   np.testing.assert_array_equal(ours.covariances_, np.asarray(core.params.covariances))
   assert ours.n_iter_ == int(core.n_iter)
   np.testing.assert_array_equal(GaussianMixture(3, random_state=7).fit(x).means_, ours.means_)
+  # params_ feeds the functional API
+  np.testing.assert_allclose(np.asarray(gmm.log_marginal(ours.params_, x)), ours.score_samples(x),
+                             rtol=1e-5)
 
 
 def test_random_state_instance_and_none(x64):
@@ -212,6 +215,9 @@ def test_partial_initialisation_takes_the_rest_from_init_params(x64, given):
     np.testing.assert_allclose(getattr(part, name), value, rtol=1e-10, err_msg=name)
   if given == "precisions_init":
     np.testing.assert_allclose(part.precisions_, init[given], rtol=1e-10)
+  else:  # with restarts, the given part is kept in every one
+    restarts = GaussianMixture(**kw, n_init=2, **{given: init[given]}).fit(x)
+    np.testing.assert_allclose(getattr(restarts, given[:-5] + "_"), init[given], rtol=1e-12)
   # and the EM iterations then run from there
   part_fit = GaussianMixture(**{**kw, "max_iter": 200, "tol": 1e-6}, **{given: init[given]}).fit(x)
   core = gmm.fit(jax.random.key(0), x, 3, max_iter=200, tol=1e-6, init=gmm.GMMParams(
