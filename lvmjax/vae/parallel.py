@@ -36,8 +36,20 @@ from lvmjax.vae import training
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Copies a pytree (a ``TrainState``, params, a key) to every device of ``mesh``."""
-  return jax.device_put(tree, sharding.replicated(mesh))
+  """Copies a pytree (a ``TrainState``, params, PRNG keys) to every device of ``mesh``.
+
+  Works with several processes too (each passes the same values): the leaves go through host
+  memory, and typed PRNG keys through their raw key data.
+  """
+  rep = sharding.replicated(mesh)
+
+  def put(a):
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      data = put(jax.random.key_data(a))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jax.device_put(np.asarray(jax.device_get(a)), rep)
+
+  return jax.tree.map(put, tree)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, axis_name: str = sharding.DATA_AXIS) -> None:

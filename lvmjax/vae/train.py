@@ -33,7 +33,9 @@ from lvmjax import distributed
 from lvmjax import experiment
 from lvmjax import plotting
 from lvmjax import progress
+from lvmjax import sharding
 from lvmjax import vae
+from lvmjax.vae import parallel
 from lvmjax.vae import training
 
 MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder"}
@@ -267,9 +269,19 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
 def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, position,
                 train_key, eval_key, d, ckpt, writer, quiet):
   """The training loop proper (see :func:`train_and_evaluate`)."""
-  train_step = training.jit_train_step(model, optimizer, objective=MODELS[config.model],
-                                       num_samples=config.num_samples, beta=config.beta,
-                                       compute_dtype=_compute_dtype(config))
+  step_kwargs = dict(objective=MODELS[config.model], num_samples=config.num_samples,
+                     beta=config.beta, compute_dtype=_compute_dtype(config))
+  to_device, mesh = jnp.asarray, None
+  if jax.device_count() > 1:
+    # Data-parallel over all devices (of all hosts): batch split, state replicated, gradients
+    # averaged by XLA; every process reads the same global batch and sends only its own rows.
+    mesh = sharding.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    train_step = parallel.make_parallel_train_step(model, optimizer, mesh, **step_kwargs)
+    state, train_key = parallel.replicate(jax.device_get((state, train_key)), mesh)
+    to_device = lambda xb: parallel.shard_batch(xb, mesh)  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    train_step = training.jit_train_step(model, optimizer, **step_kwargs)
   batches = data.BatchIterator(train.x, config.batch_size, seed=config.seed,
                                binarize=train.binarize, position=position)
   step = int(state.step)
@@ -279,7 +291,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
   t_log, step_log = None, step
   while step < num_steps:
     batch = next(batches)
-    state, metrics = train_step(state, jnp.asarray(_reshape(batch.x, data_shape)), train_key)
+    state, metrics = train_step(state, to_device(_reshape(batch.x, data_shape)), train_key)
     step += 1
     if delay:
       time.sleep(delay)
@@ -309,7 +321,8 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
         t_log, step_log = now, step
         m["epoch"] = batch.epoch + (batch.step + 1) / batches.steps_per_epoch
         if eval_now:
-          ev = training.evaluate(model, state.params, jax.random.fold_in(eval_key, step),
+          params = state.params if mesh is None else jax.device_get(state.params)
+          ev = training.evaluate(model, params, jax.random.fold_in(eval_key, step),
                                  _reshape(d.eval_x, data_shape), config.eval_batch_size,
                                  num_samples_ll=0)
           m["eval_elbo"] = ev["elbo"]
@@ -321,6 +334,8 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     else:
       bar.update(step)
   bar.close()
+  if mesh is not None:  # hand back an ordinary (one-device) state, as on one device
+    state = jax.tree.map(jnp.asarray, jax.device_get(state))
   return state
 
 
