@@ -1,4 +1,4 @@
-r"""The one-import swap: ``lvmjax.sklearn.GaussianMixture`` against ``sklearn.mixture.GaussianMixture``.
+r"""The one-import swap: lvmjax.sklearn.GaussianMixture against sklearn.mixture.GaussianMixture.
 
 Both estimators get the same float32 data and the same initial parameters (``weights_init``,
 ``means_init``, ``precisions_init``, so no K-means initialisation is timed), ``tol=0`` and
