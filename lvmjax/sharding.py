@@ -99,6 +99,8 @@ def shard_rows(x: ArrayLike, mesh: Mesh, sample_weight: ArrayLike | None = None,
   The rows are padded with zeros to ``shards * block`` rows (``block`` a multiple of
   ``multiple``), and the padding gets ``sample_weight`` 0. Each device receives only its own
   block (the host copy is split before the transfer, so no single device ever holds all of x).
+  With several processes, every process must pass the same x (each sends its devices' blocks);
+  to load only a process's own rows, use ``rows_from_processes``.
 
   Args:
     x: (N, ...) host or device array.
@@ -115,9 +117,6 @@ def shard_rows(x: ArrayLike, mesh: Mesh, sample_weight: ArrayLike | None = None,
     >>> float(w_s.sum())
     10.0
   """
-  if jax.process_count() > 1:
-    raise ValueError("shard_rows puts one process's array on the mesh; with several processes "
-                     "each loads its own rows and calls sharding.rows_from_processes.")
   x = np.asarray(x) if not isinstance(x, jax.Array) else x
   n = x.shape[0]
   layout = layout_for(n, num_shards(mesh, axis_name), multiple)
@@ -127,6 +126,10 @@ def shard_rows(x: ArrayLike, mesh: Mesh, sample_weight: ArrayLike | None = None,
   xp = _pad_rows(x, pad)
   wp = _pad_rows(w, pad)
   spec = row_sharding(mesh, axis_name)
+  if jax.process_count() > 1:  # every process holds all of x: each takes its devices' blocks
+    xp, wp = np.asarray(xp), np.asarray(wp)
+    return (jax.make_array_from_callback(xp.shape, spec, lambda i: xp[i]),
+            jax.make_array_from_callback(wp.shape, spec, lambda i: wp[i]))
   return jax.device_put(xp, spec), jax.device_put(wp, spec)
 
 

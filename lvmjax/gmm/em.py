@@ -690,6 +690,8 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
                       jnp.asarray(reg_covar, dtype), chunk_size=min(chunk, n), **static)
   else:
     x, w, shard, chunk = _place(x, sample_weight, dtype, chunk, *placement)
+    if init_params is not None:  # via the host: its leaves may be committed to one device
+      init_params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), init_params)
     result = _fit_sharded_jit(key, x, w, init_params, jnp.asarray(tol, dtype),
                               jnp.asarray(reg_covar, dtype), chunk_size=chunk,
                               mesh=placement[0], shard=shard, **static)

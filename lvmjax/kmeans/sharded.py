@@ -319,8 +319,8 @@ def fit(key, x, num_clusters: int, init="k-means++", n_init: int = 1, max_iter: 
     xs, ws = sharding.shard_rows(x if isinstance(x, jax.Array) else np.asarray(x), mesh,
                                  sample_weight, axis_name=axis_name)
     xs, ws = xs.astype(dtype), ws.astype(dtype)
-  if init_centroids is not None:
-    init_centroids = jnp.asarray(init_centroids, dtype)
+  if init_centroids is not None:  # via the host: it may be committed to one device
+    init_centroids = np.asarray(jax.device_get(init_centroids), dtype)
   return _fit_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
                   num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,
                   max_iter=max_iter, chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,

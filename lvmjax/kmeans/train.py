@@ -27,6 +27,7 @@ from lvmjax import experiment
 from lvmjax import kmeans
 from lvmjax import plotting
 from lvmjax import progress
+from lvmjax import sharding
 from lvmjax.gmm import train as gmm_train
 
 
@@ -87,6 +88,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   if k > n:
     raise ValueError(f"config.num_clusters={k} is larger than the {n} training points.")
   chunk = config.chunk_size or None
+  # With several devices (or hosts), Lloyd's iterations run data-parallel over all of them.
+  mesh = sharding.data_mesh() if jax.device_count() > 1 else None
   key = jax.random.key(config.seed)
   sweep_key, fit_key = jax.random.split(key)
 
@@ -99,7 +102,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     if config.k_values:
       inertias = [float(kmeans.fit(jax.random.fold_in(sweep_key, kk), x, kk, init=config.init,
                                    n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                                   chunk_size=chunk).inertia)
+                                   chunk_size=chunk, mesh=mesh).inertia)
                   for kk in config.k_values]
       sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
     writer = progress.MetricsWriter(workdir, enabled=primary)
@@ -120,10 +123,10 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       todo = min(block, config.max_iter - n_iter)
       if centroids is None:
         res = kmeans.fit(fit_key, x, k, init=config.init, n_init=config.n_init, max_iter=todo,
-                         tol=config.tol, chunk_size=chunk)
+                         tol=config.tol, chunk_size=chunk, mesh=mesh)
       else:
         res = kmeans.fit(fit_key, x, k, init=centroids, max_iter=todo, tol=config.tol,
-                         chunk_size=chunk)
+                         chunk_size=chunk, mesh=mesh)
       done = int(res.n_iter)
       new = [float(v) for v in np.asarray(res.inertia_history)[:done]]
       if not np.all(np.isfinite(new)):
@@ -144,6 +147,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   finally:
     ckpt.close()
 
+  if mesh is not None:  # replicated over the mesh: evaluate with a one-device copy
+    centroids = jnp.asarray(jax.device_get(centroids))
   labels = np.asarray(kmeans.predict(centroids, x, chunk_size=chunk))
   results = {"num_clusters": k, "n_iter": n_iter, "converged": converged,
              "train_inertia": float(kmeans.inertia(x, centroids, chunk_size=chunk)),
