@@ -91,3 +91,48 @@ def test_two_processes_joined_by_jax_distributed(tmp_path):
   _check_vae(res["vae"])
   _check_gmm(res["gmm_kmeans_full"])
   _check_kmeans(res["kmeans"])
+
+
+LAUNCHERS = [
+    ("fit_gmm", "configs/gmm_synthetic.py:smoke", ["--config.checkpoint_every=5"]),
+    ("fit_kmeans", "configs/kmeans_digits.py:smoke", ["--config.checkpoint_every=3"]),
+    ("train_vae", "configs/vae_digits.py:smoke", ["--config.batch_size=16",
+                                                  "--config.figures=False"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,config,extra", LAUNCHERS)
+def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, config, extra):
+  """The launchers' own multi-host flags: 2 processes x 2 devices, data-parallel, process 0
+  writes; the results equal a one-process run's."""
+  def command(workdir, *flags):
+    return [sys.executable, os.path.join("experiments", launcher + ".py"), "--config", config,
+            "--workdir", str(workdir), "--quiet", *extra, *flags]
+
+  single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen(command(tmp_path / "two", f"--coordinator_address=localhost:{port}",
+                                    "--num_processes=2", f"--process_id={i}"),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+  one = json.loads((tmp_path / "one" / "results.json").read_text())
+  two = json.loads((tmp_path / "two" / "results.json").read_text())
+  assert set(one) == set(two)
+  for name, value in one.items():
+    if "seconds" in name:
+      continue
+    if isinstance(value, float):
+      np.testing.assert_allclose(two[name], value, rtol=1e-5, err_msg=name)
+    else:
+      assert two[name] == value, name
