@@ -21,11 +21,26 @@ Three parts, each number from a fresh subprocess so that peak memory is that of 
 
 Usage::
 
-  python -m experiments.benchmark_scale                        # everything (~15 min on 2 cores)
+  python -m experiments.benchmark_scale                        # everything (~10 min on 2 cores)
   python -m experiments.benchmark_scale --memory_sizes=10000 --stream_sizes=20000 \
       --num_mixtures=200 --sklearn_fits=20 --shard_size=5000   # a smoke run, ~1-2 min
 
-Results: a table on stdout and JSON in ``--json_out``.
+Results: a table on stdout and JSON in ``--json_out``. Measured with the first command on the
+2-core CPU development machine (shared with other jobs, so times are noisy):
+
+  ========  ======  ======  ===========  ========  ============
+  N         mode    s/iter  µs/iter/row  data MiB  peak RSS MiB
+  ========  ======  ======  ===========  ========  ============
+  10^4      memory   0.011        1.11        0.6           470
+  10^5      memory   0.185        1.85        6.1           475
+  10^6      memory   1.66         1.66       61.0           575
+  10^6      stream   2.01         2.01       61.0           493
+  10^7      stream  18.4          1.84      610.4           518
+  ========  ======  ======  ===========  ========  ============
+
+  10,000 mixtures: 8.6 s in one call (+6.9 s compile) against 21.6 s for 200 scikit-learn fits,
+  extrapolated to 1078 s for 10,000: 126x. Sharded fit on 8 simulated devices (N=2·10^5):
+  largest |means difference| 9.5e-7 (float32), the same log-likelihood trajectory.
 """
 from __future__ import annotations
 

@@ -613,6 +613,10 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     tol: convergence threshold on the change in mean log-likelihood.
     reg_covar: non-negative value added to the diagonal of the covariances.
     sample_weight: optional (N,) non-negative weights; integer weights equal repeating rows.
+      Rows of weight 0 (e.g. padding of ragged data sets under ``jax.vmap``) change no EM
+      statistic; only ``init="kmeans"`` still sees them, since K-means' tolerance uses the
+      unweighted variance of all rows (as scikit-learn's does). For fits equal to those of the
+      unpadded data, use another init.
     chunk_size: rows per E-step chunk (memory O(chunk_size · K · D)).
     mesh: a ``jax.sharding.Mesh`` to split the rows of x over, along ``axis_name``: each device
       computes the statistics of its rows and one ``psum`` per iteration adds them (the whole
