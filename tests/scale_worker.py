@@ -113,6 +113,11 @@ def run_devices(out):
                         max(_diff(u, v) for u, v in zip(jax.tree.leaves(p_ref),
                                                         jax.tree.leaves(p_got))),
                         _diff(ll_ref, ll_got))
+    # Streamed exact EM with every batch split over the devices.
+    from lvmjax.gmm import streaming  # pylint: disable=g-import-not-at-top
+    a = gmm.fit(key, x, 4, "diag", init="k-means++", tol=1e-6)
+    b = streaming.fit(key, x, 4, "diag", init="k-means++", tol=1e-6, batch_size=300, mesh=mesh)
+    res["gmm_streamed_sharded"] = _gmm_case(a, b)
     a = kmeans.fit(key, x, 5, n_init=2, sample_weight=w)
     b = kmeans.fit(key, x, 5, n_init=2, sample_weight=w, mesh=mesh, chunk_size=16)
     res["kmeans"] = _kmeans_case(a, b)

@@ -2,8 +2,9 @@
 
 * Eight simulated CPU devices (``--xla_force_host_platform_device_count=8``) in one process:
   ``gmm.fit`` and ``kmeans.fit`` with ``mesh=`` (1003 rows, not a multiple of 8) and on rows
-  already sharded by ``sharding.shard_rows``, against the one-device fits in float64; five
-  data-parallel VAE steps against five one-device steps.
+  already sharded by ``sharding.shard_rows``, E-/EM steps on sharded rows (eager and jitted),
+  and streamed EM with each batch split over the devices, against the one-device results in
+  float64; five data-parallel VAE steps against five one-device steps.
 * Two processes on localhost joined by ``jax.distributed`` (gloo CPU collectives), two devices
   each; every process loads only its own rows (``sharding.rows_from_processes``).
 
@@ -63,7 +64,8 @@ def test_eight_simulated_devices(tmp_path):
   res = json.loads(out.read_text())
   assert res["num_devices"] == 8
   _check_vae(res["vae"])
-  for name in ("gmm_kmeans_full", "gmm_random_diag", "gmm_presharded_tied"):
+  for name in ("gmm_kmeans_full", "gmm_random_diag", "gmm_presharded_tied",
+               "gmm_streamed_sharded"):
     _check_gmm(res[name])
   assert res["e_step"] < 1e-9, res["e_step"]
   _check_kmeans(res["kmeans"])
