@@ -27,3 +27,6 @@ __all__ = [
     "fit", "log_joint", "log_marginal", "m_step", "map_latent", "num_parameters",
     "params_from_responsibilities", "posterior", "sample", "sample_given",
 ]
+
+# Data beyond memory: exact EM over batches, and stepwise online EM for one pass over a stream.
+from lvmjax.gmm import online, streaming  # pylint: disable=g-import-not-at-top,g-bad-import-order

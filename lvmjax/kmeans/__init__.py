@@ -30,3 +30,6 @@ __all__ = [
     "squared_distances",
     "update_centroids",
 ]
+
+# Mini-batch K-means (Sculley 2010) for one pass over a stream.
+from lvmjax.kmeans import minibatch  # pylint: disable=g-import-not-at-top,g-bad-import-order
