@@ -667,12 +667,7 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     dtype = jnp.result_type(x.dtype, float)
     w = sample_weight
   if isinstance(init, GMMParams):
-    model.check_params(init, d)
-    if init.num_components != num_components or init.covariance_type != covariance_type:
-      raise ValueError(
-          f"init has K={init.num_components} components of covariance_type "
-          f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
-          f"covariance_type={covariance_type!r}.")
+    model.check_init(init, d, num_components, covariance_type)
     init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     init_kind, n_init = "params", 1
   else:

@@ -121,6 +121,18 @@ def check_params(params: GMMParams, num_features: int | None = None, *,
           "(e.g. c + 1e-6 * np.eye(D)) or increase reg_covar.") from None
 
 
+def check_init(init: GMMParams, num_features: int | None, num_components: int,
+               covariance_type: str) -> None:
+  """Checks initial parameters given to a fit: valid values, and the fit's D, K and type."""
+  if num_features is not None:
+    check_params(init, num_features)
+  if init.num_components != num_components or init.covariance_type != covariance_type:
+    raise ValueError(
+        f"init has K={init.num_components} components of covariance_type "
+        f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
+        f"covariance_type={covariance_type!r}.")
+
+
 def cholesky(params: GMMParams) -> jax.Array:
   """Cholesky factors of the covariances: lower-triangular L for "full" (K, D, D) and "tied"
   (D, D); standard deviations for "diag" (K, D) and "spherical" (K,)."""

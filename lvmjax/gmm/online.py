@@ -200,13 +200,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   make_iter, n, d, arr = streaming._as_source(data, sample_weight, batch_size)  # pylint: disable=protected-access
   key_init, key_sub, key_perm = jax.random.split(key, 3)
   if isinstance(init, GMMParams):
-    if d is not None:
-      model.check_params(init, d)
-    if init.num_components != num_components or init.covariance_type != covariance_type:
-      raise ValueError(
-          f"init has K={init.num_components} components of covariance_type "
-          f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
-          f"covariance_type={covariance_type!r}.")
+    model.check_init(init, d, num_components, covariance_type)
     dtype = dtype or jnp.result_type(jnp.asarray(init.means).dtype, float)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
   else:

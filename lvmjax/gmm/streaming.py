@@ -347,13 +347,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     dtype = default_dtype(jnp.asarray(init.means).dtype)
   k_init = key
   if isinstance(init, GMMParams):
-    if d is not None:
-      model.check_params(init, d)
-    if init.num_components != num_components or init.covariance_type != covariance_type:
-      raise ValueError(
-          f"init has K={init.num_components} components of covariance_type "
-          f"{init.covariance_type!r}, but the fit asks for num_components={num_components}, "
-          f"covariance_type={covariance_type!r}.")
+    model.check_init(init, d, num_components, covariance_type)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
   else:
     if not isinstance(init, str) or init not in em.INITS:
