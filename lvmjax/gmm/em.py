@@ -23,7 +23,9 @@ closed-form on the sums:
   \Sigma_k = S^{(2)}_k / N_k - (\mu_k - c_k)(\mu_k - c_k)^\top + \epsilon I.
 
 The Mahalanobis terms are :math:`\|L_k^{-1}(x - \mu_k)\|^2` with the Cholesky factor's inverse
-(from a triangular solve, as scikit-learn does), laid out as K batched matrix products per chunk.
+(from a triangular solve, as scikit-learn does): one matrix product of each chunk by the stacked
+(D, K·D) inverse factors of all components. The second moments are K batched products of the
+weighted differences.
 The E-step streams over chunks of rows with ``lax.scan``, so memory is O(chunk · K · D) and never
 O(N · K · D). The convergence rule, ``tol``, ``max_iter`` and ``reg_covar`` follow scikit-learn's
 ``GaussianMixture``: iteration i records the mean log-likelihood of the parameters it starts from,
