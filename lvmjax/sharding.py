@@ -92,6 +92,36 @@ def layout_for(num_points: int, shards: int, multiple: int = 1) -> RowLayout:
   return RowLayout(int(num_points), int(shards), int(block))
 
 
+def place_rows(x: Any, sample_weight: Any, dtype: Any, mesh: Mesh, axis_name: str, *,
+               multiple: int = 1) -> tuple[jax.Array, jax.Array, RowLayout]:
+  """Puts the rows of x and their weights on ``mesh``; returns (x, weights, layout).
+
+  An x already split over the mesh along ``axis_name`` with a row count divisible by the device
+  count stays where it is (all its rows are data). Anything else is padded with weight-0 rows to
+  equal blocks of a multiple of ``multiple`` and split by :func:`shard_rows`.
+  """
+  n = x.shape[0]
+  shards = num_shards(mesh, axis_name)
+  spec = row_sharding(mesh, axis_name)
+  if mesh_of(x) == (mesh, axis_name) and n % shards == 0:
+    x = x.astype(dtype)
+    if sample_weight is None:
+      w = jax.jit(lambda: jnp.ones((n,), dtype), out_shardings=spec)()
+    else:
+      w = jax.device_put(jnp.asarray(sample_weight, dtype), spec)
+    return x, w, RowLayout(n, shards, n // shards)
+  if is_global(x):
+    raise ValueError(
+        f"x is spread over several processes but not row-sharded over the mesh axis "
+        f"{axis_name!r} with a row count divisible by {shards}; build it with "
+        "lvmjax.sharding.rows_from_processes.")
+  x = x if isinstance(x, jax.Array) else np.asarray(x)
+  x, w = shard_rows(x.astype(dtype), mesh,
+                    None if sample_weight is None else np.asarray(sample_weight, dtype),
+                    axis_name=axis_name, multiple=multiple)
+  return x, w.astype(dtype), layout_for(n, shards, multiple)
+
+
 def shard_rows(x: ArrayLike, mesh: Mesh, sample_weight: ArrayLike | None = None, *,
                axis_name: str = DATA_AXIS, multiple: int = 1) -> tuple[jax.Array, jax.Array]:
   """Pads the rows of ``x`` to a multiple of the device count and splits them over ``mesh``.

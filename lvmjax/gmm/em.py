@@ -556,34 +556,12 @@ class _ShapeOnly:
 def _place(x, sample_weight, dtype, chunk, mesh, axis_name):
   """Puts x and the weights on the mesh; returns (x, w, shard, chunk) for ``_fit_sharded_jit``.
 
-  An x already split over the mesh stays where it is (all its rows are data); anything else is
-  padded to equal blocks of a multiple of the chunk size and split by ``sharding.shard_rows``.
+  See :func:`lvmjax.sharding.place_rows`; blocks are a multiple of the (clamped) chunk size.
   """
   from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
-  n = x.shape[0]
-  shards = sharding.num_shards(mesh, axis_name)
-  spec = sharding.row_sharding(mesh, axis_name)
-  if sharding.mesh_of(x) == (mesh, axis_name) and n % shards == 0:
-    layout = sharding.RowLayout(n, shards, n // shards)
-    chunk = min(chunk, layout.block_rows)
-    x = x.astype(dtype)
-    if sample_weight is None:
-      w = jax.jit(lambda: jnp.ones((n,), dtype), out_shardings=spec)()
-    else:
-      w = jax.device_put(jnp.asarray(sample_weight, dtype), spec)
-  else:
-    if sharding.is_global(x):
-      raise ValueError(
-          f"x is spread over several processes but not row-sharded over the mesh axis "
-          f"{axis_name!r} with a row count divisible by {shards}; build it with "
-          "lvmjax.sharding.rows_from_processes.")
-    chunk = min(chunk, -(-n // shards))
-    layout = sharding.layout_for(n, shards, chunk)
-    x = x if isinstance(x, jax.Array) else np.asarray(x)
-    x, w = sharding.shard_rows(x.astype(dtype), mesh,
-                               None if sample_weight is None else np.asarray(sample_weight, dtype),
-                               axis_name=axis_name, multiple=chunk)
-  return x, w.astype(dtype), ksh.Shard(axis_name, layout), int(chunk)
+  chunk = min(chunk, -(-x.shape[0] // sharding.num_shards(mesh, axis_name)))
+  x, w, layout = sharding.place_rows(x, sample_weight, dtype, mesh, axis_name, multiple=chunk)
+  return x, w, ksh.Shard(axis_name, layout), int(chunk)
 
 
 def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str = "full",

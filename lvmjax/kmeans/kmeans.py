@@ -600,6 +600,35 @@ def _check_chunk_size(chunk_size: Any) -> None:
     _checks.check_positive_int(chunk_size, "chunk_size")
 
 
+def _check_fit_args(n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, *,
+                    stacklevel):
+  """Checks ``fit``'s arguments for N points in ``dim`` dimensions (shared with the sharded fit).
+
+  Returns (num_clusters, n_init, max_iter, tol, chunk_size, init_kind); an array ``init``
+  with ``n_init > 1`` warns and gives ``n_init = 1``.
+  """
+  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
+  if num_clusters > n:
+    raise ValueError(
+        f"num_clusters={num_clusters} is larger than the number of points N={n}; use at most "
+        f"{n} clusters.")
+  n_init = _checks.check_positive_int(n_init, "n_init")
+  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
+  tol = _checks.check_nonnegative(tol, "tol")
+  _check_chunk_size(chunk_size)
+  if chunk_size is None:
+    chunk_size = _auto_chunk_size(num_clusters)
+  if isinstance(init, str):
+    return (num_clusters, n_init, max_iter, tol, chunk_size,
+            _checks.check_choice(init, "init", INIT_METHODS))
+  _check_centroids(init, num_clusters, dim, "init")
+  if n_init != 1:
+    warnings.warn(f"An array init gives one run; n_init={n_init} is ignored.",
+                  stacklevel=stacklevel)
+    n_init = 1
+  return num_clusters, n_init, max_iter, tol, chunk_size, "array"
+
+
 def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike = "k-means++",
         n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
         sample_weight: ArrayLike | None = None, *, chunk_size: int | None = None,
@@ -669,31 +698,12 @@ def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike =
                        chunk_size=chunk_size, mesh=mesh, axis_name=axis_name)
   _checks.check_data(x)
   n, dim = np.shape(x)
-  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
-  if num_clusters > n:
-    raise ValueError(
-        f"num_clusters={num_clusters} is larger than the number of points N={n}; use at most "
-        f"{n} clusters.")
-  n_init = _checks.check_positive_int(n_init, "n_init")
-  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
-  tol = _checks.check_nonnegative(tol, "tol")
   _checks.check_sample_weight(sample_weight, n)
-  _check_chunk_size(chunk_size)
-  if chunk_size is None:
-    chunk_size = _auto_chunk_size(num_clusters)
+  num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
+      n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
   chunk_size = min(chunk_size, n)  # one compiled function for every chunk_size >= N
-  if isinstance(init, str):
-    init_kind = _checks.check_choice(init, "init", INIT_METHODS)
-    init_centroids = None
-  else:
-    _check_centroids(init, num_clusters, dim, "init")
-    init_kind = "array"
-    if n_init != 1:
-      warnings.warn(f"An array init gives one run; n_init={n_init} is ignored.", stacklevel=2)
-      n_init = 1
   xf = _as_float(x)
-  if init_kind == "array":
-    init_centroids = jnp.asarray(init, xf.dtype)
+  init_centroids = jnp.asarray(init, xf.dtype) if init_kind == "array" else None
   w = None if sample_weight is None else jnp.asarray(sample_weight, xf.dtype)
   return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype),
                   num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -273,52 +272,17 @@ def fit(key, x, num_clusters: int, init="k-means++", n_init: int = 1, max_iter: 
   else:
     _checks.check_data(x)
   n, dim = np.shape(x)
-  num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
-  if num_clusters > n:
-    raise ValueError(
-        f"num_clusters={num_clusters} is larger than the number of points N={n}; use at most "
-        f"{n} clusters.")
-  n_init = _checks.check_positive_int(n_init, "n_init")
-  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
-  tol = _checks.check_nonnegative(tol, "tol")
   if sharding.is_global(sample_weight):
     if np.shape(sample_weight) != (n,):
       raise ValueError(f"sample_weight must have shape ({n},), one weight per row of x; got "
                        f"{np.shape(sample_weight)}.")
   else:
     _checks.check_sample_weight(sample_weight, n)
-  _km._check_chunk_size(chunk_size)  # pylint: disable=protected-access
-  if chunk_size is None:
-    chunk_size = _km._auto_chunk_size(num_clusters)  # pylint: disable=protected-access
-  if isinstance(init, str):
-    init_kind = _checks.check_choice(init, "init", _km.INIT_METHODS)
-    init_centroids = None
-  else:
-    _km._check_centroids(init, num_clusters, dim, "init")  # pylint: disable=protected-access
-    init_kind, init_centroids = "array", init
-    if n_init != 1:
-      warnings.warn(f"An array init gives one run; n_init={n_init} is ignored.", stacklevel=3)
-      n_init = 1
-
-  shards = sharding.num_shards(mesh, axis_name)
+  num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _km._check_fit_args(  # pylint: disable=protected-access
+      n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=4)
+  init_centroids = init if init_kind == "array" else None
   dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-  spec = sharding.row_sharding(mesh, axis_name)
-  if sharding.mesh_of(x) == (mesh, axis_name) and n % shards == 0:
-    layout = sharding.RowLayout(n, shards, n // shards)
-    xs = x.astype(dtype)
-    if sample_weight is None:
-      ws = jax.jit(lambda: jnp.ones((n,), dtype), out_shardings=spec)()
-    else:
-      ws = jax.device_put(jnp.asarray(sample_weight, dtype), spec)
-  else:
-    if is_global:
-      raise ValueError("x is spread over several processes but not row-sharded over the "
-                       f"mesh axis {axis_name!r} with a row count divisible by {shards}; "
-                       "build it with lvmjax.sharding.rows_from_processes.")
-    layout = sharding.layout_for(n, shards)
-    xs, ws = sharding.shard_rows(x if isinstance(x, jax.Array) else np.asarray(x), mesh,
-                                 sample_weight, axis_name=axis_name)
-    xs, ws = xs.astype(dtype), ws.astype(dtype)
+  xs, ws, layout = sharding.place_rows(x, sample_weight, dtype, mesh, axis_name)
   if init_centroids is not None:  # via the host: it may be committed to one device
     init_centroids = np.asarray(jax.device_get(init_centroids), dtype)
   return _fit_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
