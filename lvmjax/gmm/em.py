@@ -22,10 +22,12 @@ closed-form on the sums:
   \mu_k = c_k + S^{(1)}_k / N_k, \qquad
   \Sigma_k = S^{(2)}_k / N_k - (\mu_k - c_k)(\mu_k - c_k)^\top + \epsilon I.
 
-The Mahalanobis terms are :math:`\|L_k^{-1}(x - \mu_k)\|^2` with the Cholesky factor's inverse
-(from a triangular solve, as scikit-learn does): one matrix product of each chunk by the stacked
-(D, K·D) inverse factors of all components. The second moments are K batched products of the
-weighted differences.
+The Mahalanobis terms are :math:`\|y_{nk}\|^2` with :math:`y_{nk} = L_k^{-1}(x_n - \mu_k)` and the
+Cholesky factor's inverse from a triangular solve (as scikit-learn does): one matrix product of each
+chunk by the stacked (K·D, D) inverse factors of all components. For "full" and "tied" the moments
+are taken from the same whitened :math:`y` (K batched (D, n)(n, D) products of the weighted
+:math:`y`) and mapped back with :math:`L_k` once per E-step, which saves forming the differences
+twice; "diag" and "spherical" use the differences directly.
 The E-step streams over chunks of rows with ``lax.scan``, so memory is O(chunk · K · D) and never
 O(N · K · D). The convergence rule, ``tol``, ``max_iter`` and ``reg_covar`` follow scikit-learn's
 ``GaussianMixture``: iteration i records the mean log-likelihood of the parameters it starts from,
@@ -188,6 +190,72 @@ def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn, shard=None):
   return out
 
 
+def _whitened_scan(x_chunks, w_chunks, params: GMMParams, shard=None) -> SuffStats:
+  r"""E-step statistics of "full" and "tied" mixtures, taken in each component's whitened frame.
+
+  Per chunk, one matrix product gives :math:`y_{nk} = L_k^{-1}(x_n - \mu_k)` for all components
+  at once, laid out (K, D, n); the log-joint needs :math:`\lVert y_{nk} \rVert^2`, and the same
+  array gives the moments :math:`\sum_n r_{nk} y_{nk}` and :math:`\sum_n r_{nk} y_{nk}
+  y_{nk}^\top` (K batched (D, n)(n, D) products), so the differences :math:`x_n - \mu_k` are never
+  formed a second time. The sums are mapped back once, after the last chunk:
+  :math:`S^{(1)}_k = L_k \sum r y`, :math:`S^{(2)}_k = L_k (\sum r y y^\top) L_k^\top`, moments
+  about :math:`c_k = \mu_k` as :class:`SuffStats` defines them (the map is linear, so the sums
+  still add over chunks, devices and batches).
+  """
+  cov_type = params.covariance_type
+  k, d = params.means.shape
+  dtype = x_chunks.dtype
+  chol = model.cholesky(params)  # (K, D, D) full, (D, D) tied
+  eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
+  chol_inv = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+  offset = (jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
+            - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
+  if cov_type == "full":
+    w_t = chol_inv.reshape(k * d, d)  # row block k: L_k^{-1}
+    b = jnp.einsum("kde,ke->kd", chol_inv, params.means)
+  else:
+    w_t = chol_inv
+    b = params.means @ chol_inv.T
+  n = x_chunks.shape[1]
+
+  def body(acc, inputs):
+    xc, wc = inputs
+    y = (w_t @ xc.T).reshape(-1, d, n) - b[:, :, None]  # (K, D, n); tied broadcasts
+    log_joint = offset[:, None] - 0.5 * jnp.sum(y * y, axis=1)  # (K, n)
+    log_px = jax.nn.logsumexp(log_joint, axis=0)
+    wr = jnp.exp(log_joint - log_px[None, :]) * wc[None, :]
+    yw = y * wr[:, None, :]
+    if cov_type == "full":
+      gram = yw @ jnp.swapaxes(y, 1, 2)
+    else:
+      gram = jnp.einsum("kdn,ken->de", yw, y)
+    stats = SuffStats(jnp.sum(wr, axis=1), jnp.sum(yw, axis=2), gram, jnp.sum(wc * log_px),
+                      jnp.sum(wc))
+    return jax.tree.map(jnp.add, acc, stats), None
+
+  gram_shape = (k, d, d) if cov_type == "full" else (d, d)
+  z = lambda shape: jnp.zeros(shape, dtype)  # pylint: disable=unnecessary-lambda-assignment
+  init = SuffStats(z((k,)), z((k, d)), z(gram_shape), z(()), z(()))
+  out, _ = jax.lax.scan(body, init, (x_chunks, w_chunks))
+  if shard is not None:
+    out = jax.lax.psum(out, shard.axis_name)
+  if cov_type == "full":
+    sum_x = jnp.einsum("kde,ke->kd", chol, out.sum_x)
+    sum_xx = chol @ out.sum_xx @ jnp.swapaxes(chol, -1, -2)
+  else:
+    sum_x = out.sum_x @ chol.T
+    sum_xx = chol @ out.sum_xx @ chol.T
+  return out._replace(sum_x=sum_x, sum_xx=sum_xx)
+
+
+def _em_stats(x_chunks, w_chunks, params: GMMParams, shard=None) -> SuffStats:
+  """The E-step's statistics of ``params`` over the chunks (psum over ``shard``'s devices)."""
+  if params.covariance_type in ("full", "tied"):
+    return _whitened_scan(x_chunks, w_chunks, params, shard)
+  return _scan(x_chunks, w_chunks, params.means, params.covariance_type, _posterior_fn(params),
+               shard)
+
+
 def _first_chunk(shard, num_local_chunks):
   """Inside ``shard_map``: global index of this device's first chunk."""
   return jax.lax.axis_index(shard.axis_name) * num_local_chunks
@@ -217,8 +285,12 @@ def _chunks(x: jax.Array, sample_weight: jax.Array, chunk_size: int):
 
 
 def default_chunk_size(num_points: int, num_components: int, num_features: int) -> int:
-  """Rows per chunk: about 2**20 floats of (K, chunk, D) intermediates, at least 64 rows."""
-  rows = (2**20 // max(1, num_components * num_features)) // 8 * 8
+  """Rows per chunk: about 2**19 floats of (K, D, chunk) intermediates, at least 64 rows.
+
+  At 2**19 floats (2 MB) a chunk's whitened differences stay in the L2/L3 caches of a CPU; on a
+  2-core EPYC, 2**19 was 1.3x faster per EM iteration than 2**20 at N=65,536, D=16, K=32.
+  """
+  rows = (2**19 // max(1, num_components * num_features)) // 8 * 8
   return int(min(num_points, max(64, rows)))
 
 
@@ -264,7 +336,7 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
   x, w = _prepare(x, sample_weight, params.means.dtype)
   chunk = chunk_size or default_chunk_size(x.shape[0], *params.means.shape)
   xs, ws = _chunks(x, w, min(chunk, x.shape[0]))
-  return _scan(xs, ws, params.means, params.covariance_type, _posterior_fn(params))
+  return _em_stats(xs, ws, params)
 
 
 def _e_step_sharded(params, x, sample_weight, chunk_size, mesh, axis_name):
@@ -281,8 +353,7 @@ def _e_step_sharded(params, x, sample_weight, chunk_size, mesh, axis_name):
 
   def local(params, x, w):
     xs, ws = _chunks(x, w, chunk)
-    stats = _scan(xs, ws, params.means, params.covariance_type, _posterior_fn(params))
-    return jax.lax.psum(stats, axis_name)
+    return jax.lax.psum(_em_stats(xs, ws, params), axis_name)
 
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=P(),
                        check_vma=False)(params, x, w)
@@ -465,8 +536,7 @@ def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar, shard=None):
     return (s.n_iter < max_iter) & ~s.converged
 
   def body(s):
-    stats = _scan(x_chunks, w_chunks, s.params.means, s.params.covariance_type,
-                  _posterior_fn(s.params), shard)
+    stats = _em_stats(x_chunks, w_chunks, s.params, shard)
     ll = stats.log_likelihood / stats.total_weight
     new_params = m_step(s.params, stats, reg_covar)
     converged = jnp.abs(ll - s.lower_bound) < tol
