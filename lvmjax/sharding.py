@@ -12,7 +12,10 @@ data on a mesh::
   result = gmm.fit(key, x, 10, mesh=mesh)            # or: gmm.fit shards x itself
 
 On several hosts (after ``jax.distributed.initialize``) each process loads only its own rows
-(``process_rows``) and ``rows_from_processes`` joins them into one global array.
+(``process_rows``; ``data.load_dataset(..., rows=...)`` reads just those from the file) and
+``rows_from_processes`` joins them into one global array. Numbers over all rows that are not
+computed on the global array come from per-process parts: ``process_sum`` adds sums (e.g. of
+log-likelihoods) and ``process_concat`` gathers small per-row values (e.g. labels).
 
 Padding rows carry ``sample_weight`` 0, so they change no statistic; the fits that take a
 ``mesh`` pad internally and also exclude the padding from the unweighted quantities (K-means'
@@ -171,20 +174,101 @@ def _pad_rows(a, pad):
 
 
 def process_rows(num_points: int, process_index: int | None = None,
-                 process_count: int | None = None) -> slice:
+                 process_count: int | None = None, *, multiple: int = 1) -> slice:
   """The contiguous block of rows that process ``process_index`` should load.
 
-  Blocks are as equal as possible; together they cover ``range(num_points)`` in order, so the
-  rows joined by ``rows_from_processes`` are the global data set in its original order.
+  Blocks hold ``multiple * ceil(N / (process_count * multiple))`` rows (the last ones fewer, or
+  none); together they cover ``range(num_points)`` in order, so the rows joined by
+  ``rows_from_processes`` are the global data set in its original order. With ``multiple`` the
+  number of devices per process (``jax.local_device_count()``) every process but the last with
+  rows fills its devices exactly, so the padding that ``rows_from_processes`` adds lies at the end
+  of the global array, where ``shard_rows`` of the whole data would put it (same layout).
 
   Examples:
     >>> process_rows(10, 1, 3)
-    slice(4, 7, None)
+    slice(4, 8, None)
+    >>> process_rows(10, 1, 2, multiple=4)
+    slice(8, 10, None)
   """
   p = jax.process_index() if process_index is None else process_index
   c = jax.process_count() if process_count is None else process_count
-  per = -(-num_points // c)
+  per = multiple * -(-num_points // (c * multiple))
   return slice(min(p * per, num_points), min((p + 1) * per, num_points))
+
+
+def process_share(rows: int | np.ndarray, *, multiple: int | None = None) -> slice | np.ndarray:
+  """This process's share of the rows of a data set, to pass to ``data.load_dataset(rows=...)``.
+
+  Args:
+    rows: the number of rows N, or a sorted array of the row indices in use (e.g. a random
+      subset from ``data.random_subset``).
+    multiple: as :func:`process_rows`; default ``jax.local_device_count()``.
+
+  Returns:
+    With one process, ``slice(0, N)`` or the whole index array; with several, this process's
+    block of them (:func:`process_rows`).
+  """
+  multiple = jax.local_device_count() if multiple is None else multiple
+  if isinstance(rows, (int, np.integer)):
+    return process_rows(int(rows), multiple=multiple)
+  rows = np.asarray(rows)
+  return rows[process_rows(len(rows), multiple=multiple)]
+
+
+def _allgather_host(a: np.ndarray) -> np.ndarray:
+  """(P, *a.shape): every process's ``a`` (same shape and dtype everywhere), bit for bit.
+
+  The values travel as raw bytes, so float64 and int64 survive without ``jax_enable_x64``.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  shape = np.shape(a)
+  a = np.ascontiguousarray(a)  # (note: at least 1-D)
+  if a.size == 0:
+    return np.zeros((jax.process_count(),) + shape, a.dtype)
+  raw = a.reshape(-1).view(np.uint8)
+  got = np.asarray(multihost_utils.process_allgather(raw))
+  return got.reshape(jax.process_count(), -1).view(a.dtype).reshape((-1,) + shape)
+
+
+def process_sum(tree: Any) -> Any:
+  """Sums a pytree of host numbers or arrays over all processes (every process must call it).
+
+  Floats are added in float64 and integers in int64, in process order, so every process gets
+  the same bits. With one process the values come back (as float64 / int64 NumPy values).
+
+  Examples:
+    >>> float(process_sum(2.5))
+    2.5
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  wide = [np.asarray(v, np.float64 if np.issubdtype(np.asarray(v).dtype, np.floating)
+                     else np.int64) for v in leaves]
+  if jax.process_count() > 1 and wide:
+    sums = {}
+    for dtype in (np.float64, np.int64):
+      part = [w.reshape(-1) for w in wide if w.dtype == dtype]
+      total = _allgather_host(np.concatenate(part or [np.zeros(0, dtype)])).sum(0)
+      sums[dtype] = iter(np.split(total, np.cumsum([q.size for q in part])[:-1]) if part else [])
+    wide = [next(sums[w.dtype.type]).reshape(w.shape) for w in wide]
+  return jax.tree.unflatten(treedef, [w[()] if w.ndim == 0 else w for w in wide])
+
+
+def process_concat(local: ArrayLike) -> np.ndarray:
+  """Joins every process's rows (any number each) along axis 0, in process order.
+
+  With blocks from :func:`process_rows`, the result is the global array in its original order
+  (e.g. the labels of all points, for a metric that is not a sum over points, such as the
+  adjusted Rand index). Every process must call it; each gets the whole result, so use it for
+  small per-point values. With one process the array comes back.
+  """
+  local = np.asarray(local)
+  if jax.process_count() == 1:
+    return local
+  counts = _allgather_host(np.asarray(local.shape[0], np.int64))
+  most = int(counts.max())
+  pad = np.zeros((most - local.shape[0],) + local.shape[1:], local.dtype)
+  got = _allgather_host(np.concatenate([local, pad]))
+  return np.concatenate([got[p, :int(counts[p])] for p in range(len(counts))])
 
 
 def rows_from_processes(local_x: ArrayLike, mesh: Mesh, local_weight: ArrayLike | None = None, *,
@@ -197,7 +281,9 @@ def rows_from_processes(local_x: ArrayLike, mesh: Mesh, local_weight: ArrayLike 
   counts), each pads its rows with weight-0 rows to that count, and
   ``jax.make_array_from_process_local_data`` assembles the global array, whose blocks stay on
   the devices of the process that loaded them. Every process must call this (it communicates).
-  With one process it equals ``shard_rows``.
+  With one process it equals ``shard_rows``. With blocks from
+  ``process_rows(N, multiple=jax.local_device_count())`` all the padding is at the end, so the
+  global array is laid out as ``shard_rows`` of the whole data would be.
 
   Args:
     local_x: (n_p, ...) this process's rows.

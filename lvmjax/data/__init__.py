@@ -9,7 +9,9 @@ Examples:
 Files: MNIST-family datasets are read as ``.npz`` files from the data directory
 (``config.data_dir``, else ``$LVMJAX_DATA_DIR``, else ``~/.cache/lvmjax/data``); a missing file is
 downloaded from the public originals and checked against published checksums when the machine is
-online (:mod:`lvmjax.data.sources`).
+online (:mod:`lvmjax.data.sources`). ``load_dataset(..., rows=...)`` reads only the given rows of
+a file (:mod:`lvmjax.data.npz`) and :func:`num_rows` a split's size from the file's header, so each
+process of a multi-host run loads only its own block of rows.
 """
 from lvmjax.data.batching import Batch
 from lvmjax.data.batching import BatchIterator
@@ -22,6 +24,8 @@ from lvmjax.data.datasets import check_dataset_name
 from lvmjax.data.datasets import Dataset
 from lvmjax.data.datasets import DATASETS
 from lvmjax.data.datasets import load_dataset
+from lvmjax.data.datasets import num_rows
+from lvmjax.data.datasets import random_subset
 from lvmjax.data.datasets import SPLITS
 from lvmjax.data.sources import ensure_file
 from lvmjax.data.sources import resolve_data_dir
@@ -32,6 +36,7 @@ from lvmjax.data.synthetic import SyntheticGMM
 
 __all__ = [
     "Batch", "BatchIterator", "epoch_permutation", "Position", "position_of", "steps_per_epoch",
-    "binarize_once", "check_dataset_name", "Dataset", "DATASETS", "load_dataset", "SPLITS",
+    "binarize_once", "check_dataset_name", "Dataset", "DATASETS", "load_dataset", "num_rows",
+    "random_subset", "SPLITS",
     "ensure_file", "resolve_data_dir", "verify_arrays", "make_gmm", "sample_gmm", "SyntheticGMM",
 ]

@@ -1,11 +1,13 @@
 """Datasets as numpy arrays: binarized MNIST, MNIST, Fashion-MNIST, scikit-learn's digits, a GMM."""
 from __future__ import annotations
 
+import inspect
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from lvmjax.data import npz
 from lvmjax.data import sources
 from lvmjax.data import synthetic
 
@@ -78,9 +80,62 @@ def digits_split_indices() -> tuple[np.ndarray, np.ndarray]:
   return np.sort(perm[DIGITS_TEST_SIZE:]), np.sort(perm[:DIGITS_TEST_SIZE])
 
 
-def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
-                 download: bool | None = None, synthetic_options: dict | None = None) -> Dataset:
-  """Loads one split of a dataset as float32 numpy arrays.
+def _split_key(name: str, split: str) -> tuple[str, ...]:
+  """The arrays of the ``.npz`` file that hold ``split`` of file dataset ``name``."""
+  if name == "binarized_mnist":
+    return (f"{split}_bits",)
+  return (f"x_{split}", f"y_{split}")
+
+
+def num_rows(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+             download: bool | None = None, synthetic_options: dict | None = None) -> int:
+  """The number of points of a split, without loading it (for files: the ``.npy`` header only).
+
+  Args:
+    name, split, data_dir, download, synthetic_options: as :func:`load_dataset`.
+
+  Returns:
+    N, the length of ``load_dataset(name, split, ...).x``.
+
+  Raises:
+    ValueError: as :func:`load_dataset`.
+
+  Examples:
+    >>> num_rows("digits", "test")
+    297
+  """
+  check_dataset_name(name, split)
+  if name == "digits":
+    return {"all": 1797, "train": 1797 - DIGITS_TEST_SIZE, "test": DIGITS_TEST_SIZE}[split]
+  if name == "synthetic_gmm":
+    default = inspect.signature(synthetic.load_split).parameters["num_points"].default
+    return int((synthetic_options or {}).get("num_points", default))
+  path = sources.ensure_file("mnist" if name == "dynamic_mnist" else name, data_dir,
+                             download=download)
+  key = _split_key(name, split)[0]
+  _require(npz.members(path), path, (key,))
+  return npz.array_info(path, key).shape[0]
+
+
+def random_subset(num_points: int, size: int, seed: Any) -> np.ndarray | None:
+  """Sorted indices of ``size`` of ``num_points`` rows drawn without replacement from ``seed``.
+
+  Returns None when ``size`` is 0 or at least ``num_points`` (all rows), so that
+  ``load_dataset(..., rows=random_subset(...))`` loads every row then.
+  """
+  if not size or size >= num_points:
+    return None
+  return np.sort(np.random.default_rng(seed).choice(num_points, size, replace=False))
+
+
+def _select(a: np.ndarray, rows: Any) -> np.ndarray:
+  return a if rows is None else a[npz.row_indices(rows, len(a))]
+
+
+def load_dataset(name: str, split: str = "train", *, rows: Any = None,
+                 data_dir: str | os.PathLike | None = None, download: bool | None = None,
+                 synthetic_options: dict | None = None) -> Dataset:
+  """Loads one split of a dataset (or some of its rows) as float32 numpy arrays.
 
   Datasets:
 
@@ -97,9 +152,18 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
     :func:`lvmjax.data.synthetic.make_gmm`); ``synthetic_options`` sets ``seed``, ``num_points``,
     ``num_components``, ``num_features``, ``separation``. Train and test are independent draws.
 
+  ``rows`` selects points: ``load_dataset(..., rows=r).x`` equals ``load_dataset(...).x[r]``. For
+  the file datasets only those rows are read (:func:`lvmjax.data.npz.read_rows`: the compressed
+  array is streamed up to the last wanted row and the rows before the first are discarded piece
+  by piece), so memory is that of the selected rows, not of the split; this is how each process
+  of a multi-host run loads its own block (``rows=lvmjax.sharding.process_rows(N)``, with N from
+  :func:`num_rows`). ``digits`` and ``synthetic_gmm`` are small and are sliced after generation.
+
   Args:
     name: one of :data:`DATASETS`.
     split: one of the dataset's :data:`SPLITS`.
+    rows: None for every point, else a ``slice``, a 1-D array of integer row indices or a boolean
+      mask (NumPy indexing semantics).
     data_dir: directory holding the ``.npz`` files (default ``$LVMJAX_DATA_DIR``, then
       ``~/.cache/lvmjax/data``).
     download: try to download a missing file (see :func:`lvmjax.data.sources.ensure_file`).
@@ -109,13 +173,15 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
     A :class:`Dataset`.
 
   Raises:
-    ValueError: unknown name or split, a missing file that cannot be downloaded, or a file whose
-      arrays do not have the documented layout.
+    ValueError: unknown name or split, a bad ``rows``, a missing file that cannot be downloaded,
+      or a file whose arrays do not have the documented layout.
 
   Examples:
     >>> ds = load_dataset("synthetic_gmm", "train", synthetic_options=dict(num_points=100))
     >>> ds.x.shape
     (100, 2)
+    >>> load_dataset("digits", "test", rows=slice(10, 20)).x.shape
+    (10, 64)
   """
   check_dataset_name(name, split)
   if name == "digits":
@@ -124,36 +190,51 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike
       train_idx, test_idx = digits_split_indices()
       idx = train_idx if split == "train" else test_idx
       x, y = x[idx], y[idx]
-    return Dataset(x, y, (8, 8), False, name)
+    return Dataset(_select(x, rows), _select(y, rows), (8, 8), False, name)
   if name == "synthetic_gmm":
     opts = dict(synthetic_options or {})
     x, y = synthetic.load_split(split, **opts)
-    return Dataset(x, y, None, False, name)
+    return Dataset(_select(x, rows), _select(y, rows), None, False, name)
   file_name = "mnist" if name == "dynamic_mnist" else name
   path = sources.ensure_file(file_name, data_dir, download=download)
-  with np.load(path) as d:
-    if name == "binarized_mnist":
-      key = f"{split}_bits"
-      _require(d, path, (key,))
-      bits = d[key]
-      if bits.ndim != 2 or bits.dtype != np.uint8:
-        raise ValueError(f"{path}: {key} must be a uint8 (N, 98) array of packed bits, got "
-                         f"{bits.dtype} {bits.shape}.")
-      x = np.unpackbits(bits, axis=1).astype(np.float32)
-      return Dataset(x, None, (28, 28), False, name)
-    _require(d, path, (f"x_{split}", f"y_{split}"))
-    images, labels = d[f"x_{split}"], d[f"y_{split}"]
-  if images.ndim != 3 or len(images) != len(labels):
-    raise ValueError(f"{path}: x_{split} must be (N, H, W) with one label per image, got "
-                     f"{images.shape} and {labels.shape}.")
-  x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+  keys = _split_key(name, split)
+  if rows is None:
+    with np.load(path) as d:
+      _require(d.files, path, keys)
+      arrays = [d[k] for k in keys]
+  else:
+    _require(npz.members(path), path, keys)
+    infos = [npz.array_info(path, k) for k in keys]
+    _check_layout(name, split, path, [i.shape for i in infos], [i.dtype for i in infos])
+    arrays = [npz.read_rows(path, k, rows) for k in keys]
+  _check_layout(name, split, path, [a.shape for a in arrays], [a.dtype for a in arrays],
+                rows is not None)
+  if name == "binarized_mnist":
+    x = np.unpackbits(arrays[0], axis=1).astype(np.float32)
+    return Dataset(x, None, (28, 28), False, name)
+  images, labels = arrays
+  x = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(np.float32) / 255.0
   return Dataset(x, labels.astype(np.int32), tuple(images.shape[1:]), name == "dynamic_mnist", name)
 
 
-def _require(d, path, keys):
-  missing = [k for k in keys if k not in d.files]
+def _check_layout(name, split, path, shapes, dtypes, selected=False):
+  """Raises ValueError unless the split's arrays have the documented shapes and dtypes."""
+  if name == "binarized_mnist":
+    (shape,), (dtype,) = shapes, dtypes
+    if len(shape) != 2 or dtype != np.uint8:
+      raise ValueError(f"{path}: {split}_bits must be a uint8 (N, 98) array of packed bits, got "
+                       f"{dtype} {shape}.")
+    return
+  (xs, ys) = shapes
+  if len(xs) != 3 or (not selected and xs[0] != ys[0]):
+    raise ValueError(f"{path}: x_{split} must be (N, H, W) with one label per image, got "
+                     f"{xs} and {ys}.")
+
+
+def _require(files, path, keys):
+  missing = [k for k in keys if k not in files]
   if missing:
-    raise ValueError(f"{path} lacks the array(s) {missing} (it has {d.files}); see the layout in "
+    raise ValueError(f"{path} lacks the array(s) {missing} (it has {files}); see the layout in "
                      "lvmjax.data.sources.")
 
 
