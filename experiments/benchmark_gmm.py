@@ -17,6 +17,11 @@ Usage::
                                       --sklearn_iters=3 --kmeans_iters=3   # seconds, a smoke run
 
 gmmx (``pip install gmmx``) is run where it is installed and skipped with a note otherwise.
+
+lvmjax is timed twice on a CPU: on one device (XLA threads only its large matrix products), and
+data-parallel over one host device per core (``jax_num_cpu_devices``; the fit's ``mesh=``
+argument): each device runs its block of rows on its own thread and one ``psum`` per iteration adds
+the statistics. scikit-learn uses every core through OpenMP and its BLAS, and gmmx one device.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvmjax import gmm, kmeans
+from lvmjax import gmm, kmeans, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["65536x16x32", "200000x16x32"], "EM sizes as NxDxK.")
@@ -47,6 +52,11 @@ flags.DEFINE_integer("repeats", 2, "Timed repeats; the fastest is reported.")
 flags.DEFINE_boolean("gmmx", True, "Also run gmmx where it is installed.")
 flags.DEFINE_string("json_out", "", "Write the results as JSON here.")
 flags.DEFINE_integer("seed", 0, "Data seed.")
+flags.DEFINE_integer("cpu_devices", 0,
+                     "Host CPU devices JAX creates (jax_num_cpu_devices); 0: one per core. With "
+                     "more than one device, lvmjax is also timed data-parallel over a mesh of "
+                     "them (lvmjax.sharding.data_mesh()), which is how JAX spreads work that is "
+                     "not one large matrix product over a CPU's cores. 1: one device only.")
 
 
 def _parse(size: str) -> tuple[int, int, int]:
@@ -123,6 +133,19 @@ def bench_em(n, d, k, rate_xla):
              lvmjax_gflops=em_flops(n, d, k) / sec / 1e9,
              lvmjax_ll=float(res.log_likelihood[-1]))
   row["lvmjax_fraction_of_matmul_peak"] = row["lvmjax_gflops"] / rate_xla
+  mesh = _cpu_mesh()
+  if mesh is not None:
+    xs, ws = sharding.shard_rows(x, mesh)
+
+    def run_mesh(iters):
+      r = gmm.fit(jax.random.key(0), xs, k, "full", init=p0, max_iter=iters, tol=0.0,
+                  sample_weight=ws)
+      return jax.block_until_ready(r)
+
+    sec, comp, res_m = per_iteration(run_mesh, FLAGS.iters, FLAGS.repeats)
+    row.update(lvmjax_mesh_devices=int(mesh.devices.size), lvmjax_mesh_s_per_iter=sec,
+               lvmjax_mesh_compile_s=comp, lvmjax_mesh_gflops=em_flops(n, d, k) / sec / 1e9,
+               lvmjax_mesh_ll_diff=abs(float(res_m.log_likelihood[-1]) - row["lvmjax_ll"]))
 
   from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
   from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
@@ -142,6 +165,8 @@ def bench_em(n, d, k, rate_xla):
   check = gmm.fit(jax.random.key(0), xj, k, "full", init=p0, max_iter=sk_iters, tol=0.0)
   row["ll_diff_vs_sklearn"] = abs(float(check.log_likelihood[-1]) - row["sklearn_ll"])
   row["speedup_vs_sklearn"] = row["sklearn_s_per_iter"] / row["lvmjax_s_per_iter"]
+  if "lvmjax_mesh_s_per_iter" in row:
+    row["mesh_speedup_vs_sklearn"] = row["sklearn_s_per_iter"] / row["lvmjax_mesh_s_per_iter"]
 
   if FLAGS.gmmx:
     try:
@@ -161,6 +186,8 @@ def bench_em(n, d, k, rate_xla):
       row.update(gmmx_s_per_iter=sec, gmmx_compile_s=comp,
                  gmmx_ll=float(gres.log_likelihood),
                  speedup_vs_gmmx=sec / row["lvmjax_s_per_iter"])
+      if "lvmjax_mesh_s_per_iter" in row:
+        row["mesh_speedup_vs_gmmx"] = sec / row["lvmjax_mesh_s_per_iter"]
   return row
 
 
@@ -178,6 +205,19 @@ def bench_kmeans(n, d, k):
   sec, comp, res = per_iteration(run_lvmjax, FLAGS.kmeans_iters, FLAGS.repeats)
   row.update(lvmjax_s_per_iter=sec, lvmjax_compile_s=comp, lvmjax_inertia=float(res.inertia),
              lvmjax_n_iter=int(res.n_iter))
+  mesh = _cpu_mesh()
+  if mesh is not None:
+    xs, ws = sharding.shard_rows(x, mesh)
+
+    def run_mesh(iters):
+      return jax.block_until_ready(kmeans.fit(jax.random.key(0), xs, k, init=jnp.asarray(c0),
+                                              max_iter=iters, tol=0.0, sample_weight=ws))
+
+    sec, comp, res_m = per_iteration(run_mesh, FLAGS.kmeans_iters, FLAGS.repeats)
+    row.update(lvmjax_mesh_devices=int(mesh.devices.size), lvmjax_mesh_s_per_iter=sec,
+               lvmjax_mesh_compile_s=comp,
+               lvmjax_mesh_inertia_rel_diff=abs(float(res_m.inertia) - row["lvmjax_inertia"])
+               / row["lvmjax_inertia"])
   from sklearn.cluster import KMeans  # pylint: disable=g-import-not-at-top
 
   def run_sklearn(iters):
@@ -189,12 +229,25 @@ def bench_kmeans(n, d, k):
   row["inertia_rel_diff"] = abs(row["lvmjax_inertia"] - row["sklearn_inertia"]) / row[
       "sklearn_inertia"]
   row["speedup_vs_sklearn"] = row["sklearn_s_per_iter"] / row["lvmjax_s_per_iter"]
+  if "lvmjax_mesh_s_per_iter" in row:
+    row["mesh_speedup_vs_sklearn"] = row["sklearn_s_per_iter"] / row["lvmjax_mesh_s_per_iter"]
   return row
+
+
+def _cpu_mesh():
+  """A data mesh over the host CPU devices when there are several (else None)."""
+  if jax.default_backend() != "cpu" or jax.device_count() < 2:
+    return None
+  return sharding.data_mesh()
 
 
 def main(argv):
   del argv
-  info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+  cores = os.cpu_count() or 1
+  devices = FLAGS.cpu_devices or cores
+  if devices > 1:  # before the first computation creates the backend
+    jax.config.update("jax_num_cpu_devices", devices)
+  info = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores",
           "jax": jax.__version__, "backend": jax.default_backend(),
           "devices": [str(dv) for dv in jax.devices()]}
   import sklearn  # pylint: disable=g-import-not-at-top
@@ -206,30 +259,46 @@ def main(argv):
   print(f"# float32 2048^3 matmul: XLA {rate_xla:.1f} GFLOP/s, NumPy {rate_np:.1f} GFLOP/s")
   rows = []
   print("\n## EM, full covariance, float32 (seconds per iteration; compile time apart)")
-  print("| N | D | K | lvmjax s/it | compile s | scikit-learn s/it | gmmx s/it | vs sklearn |"
-        " vs gmmx | lvmjax GFLOP/s (% of matmul) | |ΔLL| vs sklearn |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| N | D | K | run | lvmjax s/it | compile s | scikit-learn s/it | gmmx s/it |"
+        " vs sklearn | vs gmmx | lvmjax GFLOP/s (% of matmul) | |ΔLL| vs sklearn |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for size in FLAGS.sizes:
     row = bench_em(*_parse(size), rate_xla)
     rows.append(row)
     gm = (f"{row['gmmx_s_per_iter']:.4f}" if "gmmx_s_per_iter" in row else "n/a")
     vs_gm = (f"{row['speedup_vs_gmmx']:.1f}x" if "speedup_vs_gmmx" in row else "n/a")
-    print(f"| {row['N']:,} | {row['D']} | {row['K']} | {row['lvmjax_s_per_iter']:.4f} | "
-          f"{row['lvmjax_compile_s']:.1f} | {row['sklearn_s_per_iter']:.4f} | {gm} | "
-          f"{row['speedup_vs_sklearn']:.1f}x | {vs_gm} | {row['lvmjax_gflops']:.1f} "
-          f"({100 * row['lvmjax_fraction_of_matmul_peak']:.0f}%) | "
+    print(f"| {row['N']:,} | {row['D']} | {row['K']} | lvmjax, 1 device | "
+          f"{row['lvmjax_s_per_iter']:.4f} | {row['lvmjax_compile_s']:.1f} | "
+          f"{row['sklearn_s_per_iter']:.4f} | {gm} | {row['speedup_vs_sklearn']:.1f}x | {vs_gm} | "
+          f"{row['lvmjax_gflops']:.1f} ({100 * row['lvmjax_fraction_of_matmul_peak']:.0f}%) | "
           f"{row['ll_diff_vs_sklearn']:.1e} |", flush=True)
+    if "lvmjax_mesh_s_per_iter" in row:
+      vs_gm = (f"{row['mesh_speedup_vs_gmmx']:.1f}x" if "mesh_speedup_vs_gmmx" in row else "n/a")
+      print(f"| {row['N']:,} | {row['D']} | {row['K']} | lvmjax, mesh of "
+            f"{row['lvmjax_mesh_devices']} CPU devices | {row['lvmjax_mesh_s_per_iter']:.4f} | "
+            f"{row['lvmjax_mesh_compile_s']:.1f} | {row['sklearn_s_per_iter']:.4f} | {gm} | "
+            f"{row['mesh_speedup_vs_sklearn']:.1f}x | {vs_gm} | {row['lvmjax_mesh_gflops']:.1f} "
+            f"({100 * row['lvmjax_mesh_gflops'] / rate_xla:.0f}%) | "
+            f"{row['ll_diff_vs_sklearn']:.1e} (mesh vs 1 device {row['lvmjax_mesh_ll_diff']:.1e})"
+            " |", flush=True)
   result = {"info": info, "em": rows}
   if FLAGS.kmeans_size:
     krow = bench_kmeans(*_parse(FLAGS.kmeans_size))
     result["kmeans"] = krow
     print("\n## K-means (Lloyd), float32, same initial centroids (seconds per iteration)")
-    print("| N | D | K | lvmjax s/it | compile s | scikit-learn s/it | vs sklearn |"
+    print("| N | D | K | run | lvmjax s/it | compile s | scikit-learn s/it | vs sklearn |"
           " inertia rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {krow['N']:,} | {krow['D']} | {krow['K']} | {krow['lvmjax_s_per_iter']:.4f} | "
-          f"{krow['lvmjax_compile_s']:.1f} | {krow['sklearn_s_per_iter']:.4f} | "
-          f"{krow['speedup_vs_sklearn']:.1f}x | {krow['inertia_rel_diff']:.1e} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {krow['N']:,} | {krow['D']} | {krow['K']} | lvmjax, 1 device | "
+          f"{krow['lvmjax_s_per_iter']:.4f} | {krow['lvmjax_compile_s']:.1f} | "
+          f"{krow['sklearn_s_per_iter']:.4f} | {krow['speedup_vs_sklearn']:.2f}x | "
+          f"{krow['inertia_rel_diff']:.1e} |")
+    if "lvmjax_mesh_s_per_iter" in krow:
+      print(f"| {krow['N']:,} | {krow['D']} | {krow['K']} | lvmjax, mesh of "
+            f"{krow['lvmjax_mesh_devices']} CPU devices | {krow['lvmjax_mesh_s_per_iter']:.4f} | "
+            f"{krow['lvmjax_mesh_compile_s']:.1f} | {krow['sklearn_s_per_iter']:.4f} | "
+            f"{krow['mesh_speedup_vs_sklearn']:.2f}x | {krow['inertia_rel_diff']:.1e} (mesh vs "
+            f"1 device {krow['lvmjax_mesh_inertia_rel_diff']:.1e}) |")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(result, f, indent=2)
