@@ -7,9 +7,13 @@
   float64; five data-parallel VAE steps against five one-device steps.
 * Two processes on localhost joined by ``jax.distributed`` (gloo CPU collectives), two devices
   each; every process loads only its own rows (``sharding.rows_from_processes``).
+* Two such processes running the GMM launcher's library function on a small ``mnist.npz`` (each
+  reads only its own rows from the file; the results equal a one-process run's) and streamed EM
+  with each process streaming its own rows (equal to the in-memory fit of all rows).
 
 The subprocesses keep the simulated devices and the distributed runtime out of this process. The
-work is in ``tests/scale_worker.py``; here only the launching and the assertions.
+work is in ``tests/scale_worker.py`` and ``tests/multihost_worker.py``; here only the launching
+and the assertions.
 """
 import json
 import os
@@ -93,6 +97,114 @@ def test_two_processes_joined_by_jax_distributed(tmp_path):
   _check_vae(res["vae"])
   _check_gmm(res["gmm_kmeans_full"])
   _check_kmeans(res["kmeans"])
+
+
+def _launch(module, nproc, out_dir, *args):
+  """Runs ``python -m module PID NPROC PORT OUT_DIR *args`` for every process; returns logs."""
+  port = _free_port()
+  logs = [open(out_dir / f"log{i}.txt", "w")  # pylint: disable=consider-using-with
+          for i in range(nproc)]
+  procs = [subprocess.Popen([sys.executable, "-m", module, str(i), str(nproc), str(port),
+                             str(out_dir), *args], cwd=REPO, env=_env(), stdout=logs[i],
+                            stderr=subprocess.STDOUT) for i in range(nproc)]
+  try:
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+    for f in logs:
+      f.close()
+  tails = "\n".join((out_dir / f"log{i}.txt").read_text()[-3000:] for i in range(nproc))
+  assert codes == [0] * nproc, tails
+
+
+def _small_mnist(data_dir):
+  """An mnist.npz in the documented layout: 402 train and 101 test 4x4 images of 3 blobs."""
+  rng = np.random.default_rng(0)
+  centres = rng.uniform(40, 215, (3, 16))
+  arrays = {}
+  for split, n in (("train", 402), ("test", 101)):
+    y = rng.integers(0, 3, n)
+    x = np.clip(centres[y] + rng.normal(0, 12, (n, 16)), 0, 255).round().astype(np.uint8)
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = x.reshape(n, 4, 4), y.astype(np.uint8)
+  data_dir.mkdir()
+  np.savez_compressed(data_dir / "mnist.npz", **arrays)
+
+
+def _gmm_config(data_dir):
+  from configs import gmm_digits  # pylint: disable=g-import-not-at-top
+  config = gmm_digits.get_config("smoke")
+  config.update(dict(dataset="mnist", data_dir=str(data_dir), num_train_points=0,
+                     num_components=3, covariance_type="diag", init="k-means++", max_iter=30,
+                     tol=1e-5, k_values=(), checkpoint_every=4))
+  return config
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory):
+  """Two processes (2 devices each) run tests/multihost_worker.py; returns its output folder."""
+  out = tmp_path_factory.mktemp("hosts")
+  _small_mnist(out / "data")
+  (out / "config.json").write_text(_gmm_config(out / "data").to_json())
+  rng = np.random.default_rng(3)
+  means = np.array([[0., 0., 0.], [5., 5., 0.], [0., 6., 6.], [7., 0., 7.]])
+  x = means[rng.integers(0, 4, 1003)] + rng.normal(size=(1003, 3))
+  np.savez(out / "stream.npz", x=x, w=rng.uniform(0.5, 2.0, 1003))
+  _launch("tests.multihost_worker", 2, out)
+  return out
+
+
+def test_fit_gmm_on_two_processes_reads_only_its_rows_and_matches_one_process(two_hosts,
+                                                                             tmp_path):
+  """fit_and_evaluate on 2 processes x 2 devices: each process reads only its block of each
+  split (numpy.load of the file is forbidden there), and the parameters, metrics and
+  results.json equal those of one process (one device) on the whole data."""
+  from lvmjax import data  # pylint: disable=g-import-not-at-top
+  from lvmjax.gmm import train as gmm_train  # pylint: disable=g-import-not-at-top
+  from lvmjax.sharding import process_rows  # pylint: disable=g-import-not-at-top
+  for pid in range(2):
+    calls = json.loads((two_hosts / f"p{pid}.json").read_text())["load_calls"]
+    assert [c["split"] for c in calls] == ["train", "test"], calls
+    for c, n in zip(calls, (402, 101)):
+      block = process_rows(n, pid, 2, multiple=2)
+      assert c["rows"] == [block.start, block.stop], (pid, c)
+      assert c["num_points"] == block.stop - block.start < n, (pid, c)
+  config = _gmm_config(two_hosts / "data")
+  config.figures = False  # (only the two-process run draws them)
+  one = gmm_train.fit_and_evaluate(config, tmp_path, quiet=True)
+  two = json.loads((two_hosts / "gmm" / "results.json").read_text())
+  assert set(two) == set(one.results)
+  for name, value in one.results.items():
+    if isinstance(value, float):
+      np.testing.assert_allclose(two[name], value, rtol=1e-5, err_msg=name)
+    else:
+      assert two[name] == value, name
+  assert two["num_train_points"] == 402 and 0 < two["train_ari"] <= 1
+  params = np.load(two_hosts / "gmm_params.npz")
+  for name in ("weights", "means", "covariances"):
+    np.testing.assert_allclose(params[name], getattr(one.params, name), rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+  np.testing.assert_allclose(params["log_likelihood"], one.log_likelihood, rtol=1e-5)
+  # Process 0 wrote the files (figures from its own rows).
+  metrics = [json.loads(line) for line in (two_hosts / "gmm" / "metrics.jsonl").open()]
+  assert len(metrics) == two["n_iter"]
+  assert (two_hosts / "gmm" / "gmm_components.png").stat().st_size > 5000
+  assert data.num_rows("mnist", "train", data_dir=two_hosts / "data") == 402
+
+
+def test_streamed_em_on_two_processes_equals_the_in_memory_fit(two_hosts):
+  """Each process streams only its rows (a memmap with weights split over its devices, or a
+  callable of (x, w) batches); statistics summed over processes give the in-memory fit of all
+  rows (float64), and a NaN on one process stops every process with a ValueError."""
+  for pid in range(2):
+    res = json.loads((two_hosts / f"p{pid}.json").read_text())
+    c = res["stream_kpp"]
+    assert c["n_iter"][0] == c["n_iter"][1] and c["n_iter"][0] > 2, (pid, c)
+    assert c["params"] < 1e-9 and c["log_likelihood"] < 1e-12, (pid, c)  # relative
+    assert res["stream_stats"] < 1e-9, res["stream_stats"]
+    expected = "NaN" if pid == 1 else "other process"  # process 1 holds the NaN
+    assert res["nan_error"] is not None and expected in res["nan_error"], res
 
 
 LAUNCHERS = [

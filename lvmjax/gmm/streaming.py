@@ -17,6 +17,17 @@ reading shards from disk or a database).
 The initial parameters are either given or computed by :func:`lvmjax.gmm.fit`'s initialisation
 on a random subsample of ``init_size`` rows (all rows, in order, when ``init_size >= N``, which
 makes the streaming fit equal the in-memory ``fit`` with the same key).
+
+Several processes (after ``jax.distributed.initialize``): every process calls :func:`fit` (or
+:func:`streamed_stats`) with its own source, e.g. a memmap of its own rows or an iterator over
+its own files, and the same other arguments. Each iteration, each process sums the statistics of
+its own batches on its own devices, the sums are added over the processes
+(:func:`lvmjax.sharding.process_sum`: one small all-gather of the (K, D, D) statistics, no data
+moves), and every process takes the same M-step. The result is the fit on the concatenation of
+the processes' rows in process order, up to float rounding::
+
+  x_mine = np.load("x.npy", mmap_mode="r")[sharding.process_rows(N)]   # or any source
+  result = streaming.fit(key, x_mine, 10, batch_size=65536)            # on every process
 """
 from __future__ import annotations
 
@@ -168,6 +179,9 @@ def streamed_stats(params: GMMParams, data: Any, sample_weight: ArrayLike | None
                    check: bool = True) -> SuffStats:
   r"""E-step statistics of all the data, summed over batches: :math:`\sum_b S_b(\theta)`.
 
+  With several processes, ``data`` is this process's own source and the result is summed over
+  the batches of all processes (every process must call this, with the same ``params``).
+
   Args:
     params: the E-step's parameters (the same for every batch).
     data: (N, D) array or memmap, a ``.npy`` path, or a callable returning an iterable of
@@ -176,7 +190,8 @@ def streamed_stats(params: GMMParams, data: Any, sample_weight: ArrayLike | None
     batch_size: rows sent to the device at a time (the last batch is padded with weight 0, so
       one compiled function serves every batch).
     chunk_size: rows per E-step chunk on the device.
-    mesh: optional device mesh: each batch is split over its ``axis_name`` axis.
+    mesh: optional device mesh: each batch is split over its ``axis_name`` axis (with several
+      processes: a mesh of this process's devices).
     axis_name: the mesh's data axis.
     check: check every batch for NaN, shape and weights.
 
@@ -184,12 +199,14 @@ def streamed_stats(params: GMMParams, data: Any, sample_weight: ArrayLike | None
     The summed ``SuffStats`` (moments about ``params.means``).
   """
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  _check_mesh(mesh)
   make_iter, _, d, _ = _as_source(data, sample_weight, batch_size)
   return _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
                params.means.dtype)
 
 
-def _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, dtype):
+def _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, dtype):
+  """(statistics of this process's batches, number of rows read)."""
   k, dd = params.means.shape
   placement = None if mesh is None else sharding.mesh_of(None, mesh, axis_name)
   if placement is None:
@@ -214,9 +231,58 @@ def _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, 
     else:
       acc = _accumulate_sharded(acc, params, jax.device_put(xp, spec), jax.device_put(wp, spec),
                                 chunk_size=chunk, mesh=placement[0], axis_name=placement[1])
+  return acc, seen
+
+
+def _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, dtype):
+  """Statistics of all batches: this process's, or with several processes, all processes'."""
+  if jax.process_count() == 1:
+    acc, seen = _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
+                            dtype)
+    if seen == 0:
+      raise ValueError("The data source yielded no rows.")
+    return acc
+  # Several processes: a bad batch on one process must stop all of them (not leave the others
+  # waiting in the all-gather), so the error travels as a flag with the statistics.
+  error = None
+  try:
+    acc, seen = _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
+                            dtype)
+  except Exception as e:  # pylint: disable=broad-except
+    error, seen = e, 0
+    k, dd = params.means.shape
+    acc = em._zero_stats(k, dd, params.covariance_type, dtype)  # pylint: disable=protected-access
+  stats, seen, failed = sharding.process_sum((tuple(np.asarray(v) for v in jax.device_get(acc)),
+                                              seen, int(error is not None)))
+  if error is not None:
+    raise error
+  if failed:
+    raise ValueError(f"{failed} other process(es) found bad data in their batches (see their "
+                     "errors); this process's batches were fine.")
   if seen == 0:
-    raise ValueError("The data source yielded no rows.")
-  return acc
+    raise ValueError("The data sources of all processes yielded no rows.")
+  return SuffStats(*(jnp.asarray(v, dtype) for v in stats))
+
+
+def _check_mesh(mesh: Mesh | None) -> None:
+  if mesh is None or jax.process_count() == 1:
+    return
+  me = jax.process_index()
+  if any(dev.process_index != me for dev in mesh.devices.flat):
+    raise ValueError("With several processes each one streams its own batches on its own "
+                     "devices, so the mesh must hold only this process's devices, e.g. "
+                     "mesh=lvmjax.sharding.data_mesh(jax.local_devices()) (or mesh=None).")
+
+
+def _check_same_on_all_processes(params: GMMParams) -> None:
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  leaves = [np.asarray(jax.device_get(a)) for a in jax.tree.leaves(params)]
+  try:
+    multihost_utils.assert_equal(leaves, "")
+  except AssertionError as e:
+    raise ValueError("init (the initial GMMParams) differs between the processes; every process "
+                     "must start from the same parameters (e.g. computed from the same key)."
+                     ) from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,28 +316,79 @@ def subsample(key: jax.Array, data: Any, size: int, sample_weight: ArrayLike | N
     idx = np.sort(rng.choice(n, size, replace=False))
     xs = np.asarray(arr[idx])
     return xs, None if sample_weight is None else np.asarray(sample_weight)[idx]
+  xs, ws, _ = _reservoir(make_iter, size, rng)
+  if xs is None:
+    raise ValueError("The data source yielded no rows.")
+  return xs, ws
+
+
+def _reservoir(make_iter, size, rng):
+  """One pass keeping the rows of the ``size`` smallest uniform priorities, in their order.
+
+  Returns ``(x, w or None, priorities)``, or ``(None, None, None)`` when there were no batches.
+  """
   keep_x, keep_w, keep_p = [], [], []
-  offset = 0
   for xb, wb in make_iter():
-    p = rng.random(xb.shape[0])
     keep_x.append(np.asarray(xb))
     keep_w.append(None if wb is None else np.asarray(wb))
-    keep_p.append(p)
-    rows = np.concatenate([np.arange(len(q)) for q in keep_p])
-    if rows.size > 2 * size:  # prune to the size smallest priorities
+    keep_p.append(rng.random(xb.shape[0]))
+    if sum(len(q) for q in keep_p) > 2 * size:  # prune to the size smallest priorities
       allp = np.concatenate(keep_p)
       sel = np.sort(np.argpartition(allp, size)[:size])
       keep_x = [np.concatenate(keep_x)[sel]]
       keep_w = [None if keep_w[0] is None else np.concatenate(keep_w)[sel]]
       keep_p = [allp[sel]]
-    offset += xb.shape[0]
+  if not keep_x:
+    return None, None, None
   allp = np.concatenate(keep_p)
   xs = np.concatenate(keep_x)
   ws = None if keep_w[0] is None else np.concatenate(keep_w)
   if allp.size > size:
     sel = np.sort(np.argpartition(allp, size)[:size])
-    xs, ws = xs[sel], None if ws is None else ws[sel]
-  return xs, ws
+    xs, ws, allp = xs[sel], None if ws is None else ws[sel], allp[sel]
+  return xs, ws, allp
+
+
+def subsample_processes(key: jax.Array, data: Any, size: int,
+                        sample_weight: ArrayLike | None = None, *,
+                        batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray | None]:
+  """:func:`subsample` of the union of every process's ``data`` (each process passes its own).
+
+  Each process reads its source once, giving every row a uniform random priority (drawn from
+  ``key`` and the process index) and keeping its ``size`` smallest; the ``size`` smallest of all
+  processes' priorities pick the rows, so the subsample is uniform over all rows. Every process
+  gets the same rows, in process order and then in their order within the process. With
+  ``size >=`` the total number of rows that is all rows, in order: the concatenation of the
+  processes' data. Every process must call this.
+
+  Returns:
+    ``(x_sub, w_sub)``; ``w_sub`` is None when no process has weights.
+  """
+  size = _checks.check_positive_int(size, "size")
+  make_iter, _, _, _ = _as_source(data, sample_weight, batch_size)
+  xs, ws, pr = _reservoir(make_iter, size,
+                          _rng(jax.random.fold_in(key, jax.process_index())))
+  if xs is not None and xs.ndim != 2:
+    raise ValueError(f"Every batch must have shape (n, D); got rows of shape {xs.shape[1:]}.")
+  # What each process holds: rows, features, dtype, weights (so that empty ones can join in).
+  info = sharding.process_concat(np.array([[
+      0 if xs is None else len(xs), -1 if xs is None else xs.shape[1],
+      0 if xs is None else ord(xs.dtype.char), int(ws is not None)]], np.int64))
+  if info[:, 0].sum() == 0:
+    raise ValueError("The data sources of all processes yielded no rows.")
+  first = info[int(np.argmax(info[:, 0] > 0))]
+  dim, dtype, weighted = int(first[1]), np.dtype(chr(int(first[2]))), bool(info[:, 3].any())
+  if xs is None:
+    xs, pr = np.zeros((0, dim), dtype), np.zeros(0)
+  if weighted and ws is None:
+    ws = np.ones(len(xs))
+  keep = np.ones(len(pr), bool)
+  everyone = sharding.process_concat(pr)
+  if everyone.size > size:
+    keep = pr <= np.partition(everyone, size - 1)[size - 1]
+  x_sub = sharding.process_concat(np.asarray(xs[keep], dtype))
+  w_sub = sharding.process_concat(np.asarray(ws[keep], np.float64)) if weighted else None
+  return x_sub, w_sub
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +411,15 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   host loop sends batch after batch to the device (JAX's asynchronous dispatch overlaps the
   reading of the next batch with the device's work on the current one).
 
+  With several processes (``jax.process_count() > 1``) every process calls this with its own
+  ``data`` (and ``sample_weight``) and the same other arguments; the statistics of each pass are
+  summed over the processes and every process takes the same M-step, so all return the fit on
+  the concatenation of the processes' rows in process order (with ``init_size`` at least the total
+  number of rows, exactly the in-memory ``gmm.fit`` of that concatenation, up to float rounding).
+  The initial subsample is drawn from all processes' rows (:func:`subsample_processes`: one extra
+  pass over the data) and the same on every process; a given ``init`` must be the same on every
+  process. A bad batch on any process raises ValueError on all of them.
+
   Args:
     key: PRNG key (subsample and initialisation).
     data: (N, D) NumPy array or ``numpy.memmap``, a ``.npy`` path, or a callable returning a
@@ -304,13 +430,16 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     n_init: restarts of the subsample fit (needs ``init_max_iter >= 1`` to compare them).
     sample_weight: optional (N,) weights (array data only).
     batch_size: rows per batch sent to the device.
-    init_size: rows of the subsample for the initialisation (all rows when >= N).
+    init_size: rows of the subsample for the initialisation (all rows when >= N; N counts the
+      rows of all processes).
     init_max_iter: EM iterations on the subsample before streaming (0: its initialisation only,
       as ``gmm.fit`` starts from).
     chunk_size: rows per E-step chunk on the device.
     dtype: float dtype of the computation (default: float32, float64 when x64 is enabled and the
       data are float64).
     mesh: optional device mesh: each batch is split over its data axis (multi-device streaming).
+      With several processes, a mesh of this process's own devices
+      (``sharding.data_mesh(jax.local_devices())``).
     axis_name: the mesh's data axis.
     callback: optional ``callback(iteration, mean_log_likelihood)`` after each pass.
 
@@ -336,7 +465,9 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   init_size = _checks.check_positive_int(init_size, "init_size")
   init_max_iter = _checks.check_positive_int(init_max_iter, "init_max_iter", minimum=0)
-  make_iter, n, d, arr = _as_source(data, sample_weight, batch_size)
+  _check_mesh(mesh)
+  make_iter, _, d, arr = _as_source(data, sample_weight, batch_size)
+
   def default_dtype(a):
     a = jnp.dtype(a)
     return jnp.result_type(a if jnp.issubdtype(a, jnp.floating) else float)
@@ -349,6 +480,8 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   if isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
+    if jax.process_count() > 1:
+      _check_same_on_all_processes(params)
   else:
     if not isinstance(init, str) or init not in em.INITS:
       raise ValueError(f"Unknown init {init!r}; expected one of "
@@ -356,8 +489,9 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     if n_init > 1 and init_max_iter == 0:
       raise ValueError("n_init > 1 compares the restarts by their log-likelihood on the "
                        "subsample after init_max_iter EM iterations; set init_max_iter >= 1.")
-    xs, ws = subsample(jax.random.fold_in(key, 1), data, init_size, sample_weight,
-                       batch_size=batch_size)
+    draw = subsample if jax.process_count() == 1 else subsample_processes
+    xs, ws = draw(jax.random.fold_in(key, 1), data, init_size, sample_weight,
+                  batch_size=batch_size)
     dtype = default_dtype(xs.dtype) if dtype is None else dtype
     params = em.fit(k_init, jnp.asarray(xs, dtype), num_components, covariance_type, init=init,
                     n_init=n_init, max_iter=init_max_iter, tol=tol, reg_covar=reg_covar,

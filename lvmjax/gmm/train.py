@@ -12,11 +12,21 @@ loop that carries the previous log-likelihood, so the stopping rule (scikit-lear
 mean log-likelihood below ``tol``) is exactly that of one uninterrupted fit. With ``n_init > 1``
 the restarts are compared after the first block (set ``checkpoint_every >= max_iter`` to compare
 them at convergence, as scikit-learn does).
+
+Several processes (``jax.distributed``, the launchers' ``--coordinator_address``,
+``--num_processes``, ``--process_id`` flags): each process reads only its own block of the rows
+of each split (:func:`load_data`), EM runs over the rows of all processes
+(:func:`lvmjax.sharding.rows_from_processes`), and every number written (log-likelihoods,
+BIC/AIC, ARI) is over all rows: the one-process numbers up to float rounding. When N is not a
+multiple of the device count the last devices hold weight-0 padding rows, which change no EM
+statistic but are seen by the K-means tolerance of ``init="kmeans"`` (as on several devices of
+one process). Only process 0 writes files; its figures show its own rows.
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 from typing import Any, NamedTuple
 
@@ -75,17 +85,53 @@ def validate_config(config: Any) -> None:
 
 
 def load_data(config: Any) -> tuple[data.Dataset, data.Dataset | None]:
-  """The training and (when the dataset has one) test split named by the config."""
+  """The training and (when the dataset has one) test split named by the config.
+
+  With one process: all rows (of the training split, a fixed random subset of
+  ``config.num_train_points`` rows when that is set). With several processes
+  (``jax.process_count() > 1``): only this process's block of those rows
+  (:func:`lvmjax.sharding.process_share`), read from the file without loading the rest; the
+  blocks of all processes, in process order, are the one-process data.
+  """
   synthetic = config.synthetic.to_dict() if config.dataset == "synthetic_gmm" else None
   kwargs = dict(data_dir=config.data_dir or None, synthetic_options=synthetic)
-  train = data.load_dataset(config.dataset, "train", **kwargs)
-  test = data.load_dataset(config.dataset, "test", **kwargs) if "test" in data.SPLITS[
-      config.dataset] else None
-  if config.num_train_points and config.num_train_points < train.num_points:
-    idx = np.sort(np.random.default_rng([config.seed, 7]).choice(
-        train.num_points, config.num_train_points, replace=False))
-    train = train._replace(x=train.x[idx], y=None if train.y is None else train.y[idx])
+
+  def split(name, subset=0):
+    n = data.num_rows(config.dataset, name, **kwargs)
+    rows = data.random_subset(n, subset, [config.seed, 7])
+    if jax.process_count() > 1:
+      rows = sharding.process_share(n if rows is None else rows)
+    return data.load_dataset(config.dataset, name, rows=rows, **kwargs)
+
+  train = split("train", config.num_train_points)
+  test = split("test") if "test" in data.SPLITS[config.dataset] else None
   return train, test
+
+
+def _total_log_likelihood(params: gmm.GMMParams, x: Any) -> tuple[float, int]:
+  """(sum of log p(x) over the rows of every process, number of those rows)."""
+  ll = np.asarray(gmm.log_marginal(params, jnp.asarray(x)), np.float64)
+  total, n = sharding.process_sum((ll.sum(), ll.shape[0]))
+  return float(total), int(n)
+
+
+def _scores(params: gmm.GMMParams, x: Any) -> dict:
+  """Mean log-likelihood, BIC and AIC over the rows of every process (``x``: this process's)."""
+  total, n = _total_log_likelihood(params, x)
+  p = gmm.num_parameters(params)
+  return {"log_likelihood": total / n, "bic": -2.0 * total + p * math.log(n),
+          "aic": -2.0 * total + 2.0 * p, "num_points": n}
+
+
+def _ari(params: gmm.GMMParams, x: Any, y: np.ndarray) -> float:
+  """ARI of the MAP components against the labels, over the rows of every process."""
+  pred = np.asarray(gmm.map_latent(params, jnp.asarray(x)))
+  return experiment.adjusted_rand_index(sharding.process_concat(y), sharding.process_concat(pred))
+
+
+def _on_host(params: gmm.GMMParams) -> gmm.GMMParams:
+  """A one-device copy of (possibly mesh-replicated, multi-process) parameters."""
+  return jax.tree.map(jnp.asarray, jax.device_get(params))
 
 
 class _BlockState(NamedTuple):
@@ -136,8 +182,10 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
                           fit_data: tuple[jax.Array, jax.Array | None] | None = None) -> dict:
   """Fits one mixture per K in ``config.k_values`` and scores it by BIC and AIC on the train data.
 
-  Results are saved to ``<workdir>/model_selection.json`` after each K, and a restarted run reuses
-  the Ks already done.
+  Results are saved to ``<workdir>/model_selection.json`` after each K (by process 0), and a
+  restarted run reuses the Ks already done. With several processes, ``x`` and ``x_test`` are this
+  process's rows, ``fit_data`` the global (row-sharded) training rows and weights, and the
+  scores are over the rows of all processes; every process must call this.
 
   Returns:
     ``{"k": [...], "bic": [...], "aic": [...], "train_log_likelihood": [...],
@@ -153,33 +201,38 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
               for i, k in enumerate(old.get("k", []))}
     except (ValueError, KeyError, IndexError):
       done = {}
+  primary = distributed.is_primary()
+  n = int(sharding.process_sum(x.shape[0]))
   rows = []
   for k in config.k_values:
     if k in done:
       rows.append(done[k])
       continue
-    if k > x.shape[0]:
-      raise ValueError(f"config.k_values has K={k} but the training data has only {x.shape[0]} "
-                       "points.")
+    if k > n:
+      raise ValueError(f"config.k_values has K={k} but the training data has only {n} points.")
     fx, fw = fit_data if fit_data is not None else (x, None)
     res = gmm.fit(jax.random.fold_in(key, k), fx, k, config.covariance_type, init=config.init,
                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
                   reg_covar=config.reg_covar, chunk_size=config.chunk_size or None,
                   sample_weight=fw)
-    row = {"k": int(k), "bic": float(gmm.bic(res.params, x)), "aic": float(gmm.aic(res.params, x)),
-           "train_log_likelihood": float(jnp.mean(gmm.log_marginal(res.params, x))),
+    params = _on_host(res.params)
+    scores = _scores(params, x)
+    row = {"k": int(k), "bic": scores["bic"], "aic": scores["aic"],
+           "train_log_likelihood": scores["log_likelihood"],
            "n_iter": int(res.n_iter), "converged": bool(res.converged)}
     if x_test is not None:
-      row["test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(res.params, x_test)))
+      row["test_log_likelihood"] = _scores(params, x_test)["log_likelihood"]
     logging.info("model selection: K=%d BIC %.1f AIC %.1f (%d iterations)", k, row["bic"],
                  row["aic"], row["n_iter"])
     rows.append(row)
     table = {name: [r.get(name) for r in rows] for name in row}
-    experiment.write_results(workdir, table, "model_selection.json")
+    if primary:
+      experiment.write_results(workdir, table, "model_selection.json")
   table = {name: [r.get(name) for r in rows] for name in rows[0]}
   table["best_bic"] = int(table["k"][int(np.argmin(table["bic"]))])
   table["best_aic"] = int(table["k"][int(np.argmin(table["aic"]))])
-  experiment.write_results(workdir, table, "model_selection.json")
+  if primary:
+    experiment.write_results(workdir, table, "model_selection.json")
   return table
 
 
@@ -209,15 +262,15 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   validate_config(config)
   workdir = experiment.prepare_workdir(workdir)
   primary = distributed.is_primary()
-  train, test = load_data(config)
+  train, test = load_data(config)  # with several processes: this process's rows only
   x = jnp.asarray(train.x)
   x_test = None if test is None else jnp.asarray(test.x)
   # With several devices (or hosts), EM runs data-parallel: each process puts its own block of
-  # rows on its devices (padding rows get weight 0); evaluation uses the host copy.
+  # rows on its devices (padding rows, at the end, get weight 0); the evaluation sums over the
+  # processes' rows.
   mesh = sharding.data_mesh() if jax.device_count() > 1 else None
-  fit_x, fit_w = (x, None) if mesh is None else sharding.rows_from_processes(
-      train.x[sharding.process_rows(len(train.x))], mesh)
-  n, d = x.shape
+  fit_x, fit_w = (x, None) if mesh is None else sharding.rows_from_processes(train.x, mesh)
+  n, d = int(sharding.process_sum(x.shape[0])), train.num_features
   if config.select_k == "none" and config.num_components > n:
     raise ValueError(f"config.num_components={config.num_components} is larger than the {n} "
                      "training points.")
@@ -302,6 +355,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   finally:
     ckpt.close()
 
+  params = _on_host(params)
   results = evaluate(params, train, test, config)
   results.update(num_components=k, n_iter=n_iter, converged=converged)
   if selection is not None:
@@ -316,22 +370,26 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
 
 def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | None,
              config: Any) -> dict:
-  """Mean log-likelihoods, BIC/AIC, and agreement of MAP components with the labels (ARI)."""
+  """Mean log-likelihoods, BIC/AIC, and agreement of MAP components with the labels (ARI).
+
+  With several processes ``train`` and ``test`` hold this process's rows; every number is over
+  the rows of all processes (sums of log-likelihoods added over processes, labels gathered for
+  the ARI), so it equals the one-process number. Every process must call this.
+  """
   x = jnp.asarray(train.x)
+  scores = _scores(params, x)
   results = {
-      "train_log_likelihood": float(jnp.mean(gmm.log_marginal(params, x))),
-      "bic": float(gmm.bic(params, x)), "aic": float(gmm.aic(params, x)),
-      "num_parameters": gmm.num_parameters(params), "num_train_points": int(x.shape[0]),
+      "train_log_likelihood": scores["log_likelihood"], "bic": scores["bic"],
+      "aic": scores["aic"], "num_parameters": gmm.num_parameters(params),
+      "num_train_points": scores["num_points"],
   }
   if train.y is not None:
-    results["train_ari"] = experiment.adjusted_rand_index(train.y, np.asarray(
-        gmm.map_latent(params, x)))
+    results["train_ari"] = _ari(params, x, train.y)
   if test is not None:
     xt = jnp.asarray(test.x)
-    results["test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(params, xt)))
+    results["test_log_likelihood"] = _scores(params, xt)["log_likelihood"]
     if test.y is not None:
-      results["test_ari"] = experiment.adjusted_rand_index(test.y, np.asarray(
-          gmm.map_latent(params, xt)))
+      results["test_ari"] = _ari(params, xt, test.y)
   if config.dataset == "synthetic_gmm":
     s = config.synthetic
     truth = data.make_gmm(s.seed, s.num_components, s.num_features, s.separation)
@@ -339,17 +397,21 @@ def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | No
                                 jnp.asarray(truth.means, x.dtype),
                                 jnp.asarray(truth.covariances, x.dtype), "full")
     results["true_num_components"] = int(s.num_components)
-    results["true_train_log_likelihood"] = float(jnp.mean(gmm.log_marginal(true_params, x)))
+    results["true_train_log_likelihood"] = _scores(true_params, x)["log_likelihood"]
     if test is not None:
-      results["true_test_log_likelihood"] = float(jnp.mean(gmm.log_marginal(
-          true_params, jnp.asarray(test.x))))
+      results["true_test_log_likelihood"] = _scores(true_params,
+                                                    jnp.asarray(test.x))["log_likelihood"]
   return results
 
 
 def write_figures(workdir: pathlib.Path, params: gmm.GMMParams, train: data.Dataset,
                   history: list[float], selection: dict | None, results: dict,
                   config: Any) -> list[pathlib.Path]:
-  """Writes gmm_components.png, gmm_log_likelihood.png and (with selection) gmm_model_selection.png."""
+  """Writes gmm_components.png, gmm_log_likelihood.png and (with selection) gmm_model_selection.png.
+
+  The scatter plot shows the points of ``train``: with several processes, process 0 calls this
+  with its own rows only (the first block of the training set).
+  """
   x = jnp.asarray(train.x)
   assignments = np.asarray(gmm.map_latent(params, x))
   paths = []
