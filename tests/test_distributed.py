@@ -218,8 +218,10 @@ LAUNCHERS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher,config,extra", LAUNCHERS)
 def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, config, extra):
-  """The launchers' own multi-host flags: 2 processes x 2 devices, data-parallel, process 0
-  writes; the results equal a one-process run's."""
+  """The launchers' own multi-host flags: 2 processes x 2 devices, data-parallel, each process
+  reading its own rows, process 0 writes. GMM and K-means give the one-process results; the VAE
+  draws each process's share of every batch from its own rows, so its batches (and numbers)
+  differ from one process's: there the run must finish with the same steps and finite results."""
   def command(workdir, *flags):
     return [sys.executable, os.path.join("experiments", launcher + ".py"), "--config", config,
             "--workdir", str(workdir), "--quiet", *extra, *flags]
@@ -246,7 +248,10 @@ def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, confi
   for name, value in one.items():
     if "seconds" in name:
       continue
-    if isinstance(value, float):
+    if launcher == "train_vae" and name not in ("step", "epochs", "num_points", "eval_split",
+                                                "num_importance_samples", "num_parameters"):
+      assert np.all(np.isfinite(two[name])), name  # other batches: other (finite) numbers
+    elif isinstance(value, float):
       np.testing.assert_allclose(two[name], value, rtol=1e-5, err_msg=name)
     else:
       assert two[name] == value, name

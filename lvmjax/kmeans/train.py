@@ -36,7 +36,7 @@ class KMeansRun(NamedTuple):
 
   Attributes:
     centroids: (K, D) final centroids.
-    labels: (N,) cluster of each training point.
+    labels: (N,) cluster of each training point (of all processes' points, in order).
     results: the numbers written to ``results.json``.
     inertia_history: inertia per Lloyd iteration.
     sweep: ``{"k": [...], "inertia": [...]}`` when ``config.k_values`` is set, else None.
@@ -67,6 +67,11 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   ``results.json``, and ``kmeans_clusters.png`` (points coloured by cluster, PCA plane above 2-D)
   and ``kmeans_inertia.png`` (inertia against K, when ``config.k_values``).
 
+  With several processes (``jax.process_count() > 1``) each process reads only its own block of
+  the rows (:func:`lvmjax.gmm.train.load_data`), Lloyd's iterations run over the rows of all
+  processes, and the results are over all rows, as with one process; only process 0 writes
+  files, and its ``kmeans_clusters.png`` shows its own rows.
+
   Args:
     config: an ``ml_collections.ConfigDict`` like ``configs/kmeans_digits.py``'s.
     workdir: the run's directory.
@@ -81,15 +86,20 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   validate_config(config)
   workdir = experiment.prepare_workdir(workdir)
   primary = distributed.is_primary()
-  train, test = gmm_train.load_data(config)
+  train, test = gmm_train.load_data(config)  # with several processes: this process's rows only
   x = jnp.asarray(train.x)
-  n, d = x.shape
+  n, d = int(sharding.process_sum(x.shape[0])), train.num_features
   k = config.num_clusters
   if k > n:
     raise ValueError(f"config.num_clusters={k} is larger than the {n} training points.")
   chunk = config.chunk_size or None
-  # With several devices (or hosts), Lloyd's iterations run data-parallel over all of them.
+  # With several devices (or hosts), Lloyd's iterations run data-parallel over all of them. One
+  # process pads its rows inside the fit; several processes each put their own rows on their
+  # devices (padding rows, at the end, get weight 0).
   mesh = sharding.data_mesh() if jax.device_count() > 1 else None
+  fit_x, fit_w = x, None
+  if jax.process_count() > 1:
+    fit_x, fit_w = sharding.rows_from_processes(train.x, mesh)
   key = jax.random.key(config.seed)
   sweep_key, fit_key = jax.random.split(key)
 
@@ -100,9 +110,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       progress.write_config_json(workdir, config)
     sweep = None
     if config.k_values:
-      inertias = [float(kmeans.fit(jax.random.fold_in(sweep_key, kk), x, kk, init=config.init,
+      inertias = [float(kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, kk, init=config.init,
                                    n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                                   chunk_size=chunk, mesh=mesh).inertia)
+                                   sample_weight=fit_w, chunk_size=chunk, mesh=mesh).inertia)
                   for kk in config.k_values]
       sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
     writer = progress.MetricsWriter(workdir, enabled=primary)
@@ -122,11 +132,12 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     while (centroids is None) or (not converged and n_iter < config.max_iter):
       todo = min(block, config.max_iter - n_iter)
       if centroids is None:
-        res = kmeans.fit(fit_key, x, k, init=config.init, n_init=config.n_init, max_iter=todo,
-                         tol=config.tol, chunk_size=chunk, mesh=mesh)
+        res = kmeans.fit(fit_key, fit_x, k, init=config.init, n_init=config.n_init,
+                         max_iter=todo, tol=config.tol, sample_weight=fit_w, chunk_size=chunk,
+                         mesh=mesh)
       else:
-        res = kmeans.fit(fit_key, x, k, init=centroids, max_iter=todo, tol=config.tol,
-                         chunk_size=chunk, mesh=mesh)
+        res = kmeans.fit(fit_key, fit_x, k, init=centroids, max_iter=todo, tol=config.tol,
+                         sample_weight=fit_w, chunk_size=chunk, mesh=mesh)
       done = int(res.n_iter)
       new = [float(v) for v in np.asarray(res.inertia_history)[:done]]
       if not np.all(np.isfinite(new)):
@@ -149,23 +160,28 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
 
   if mesh is not None:  # replicated over the mesh: evaluate with a one-device copy
     centroids = jnp.asarray(jax.device_get(centroids))
-  labels = np.asarray(kmeans.predict(centroids, x, chunk_size=chunk))
+  # Every number is over the rows of all processes: inertias added, labels gathered for the ARI.
+  local_labels = np.asarray(kmeans.predict(centroids, x, chunk_size=chunk))
+  labels = sharding.process_concat(local_labels)
   results = {"num_clusters": k, "n_iter": n_iter, "converged": converged,
-             "train_inertia": float(kmeans.inertia(x, centroids, chunk_size=chunk)),
+             "train_inertia": float(sharding.process_sum(
+                 float(kmeans.inertia(x, centroids, chunk_size=chunk)))),
              "num_train_points": n}
   results["train_mean_squared_distance"] = results["train_inertia"] / n
   if train.y is not None:
-    results["train_ari"] = experiment.adjusted_rand_index(train.y, labels)
+    results["train_ari"] = experiment.adjusted_rand_index(sharding.process_concat(train.y), labels)
   if test is not None:
     xt = jnp.asarray(test.x)
-    results["test_mean_squared_distance"] = float(kmeans.inertia(xt, centroids)) / xt.shape[0]
+    inertia_t, n_t = sharding.process_sum((float(kmeans.inertia(xt, centroids)), xt.shape[0]))
+    results["test_mean_squared_distance"] = float(inertia_t) / int(n_t)
     if test.y is not None:
       results["test_ari"] = experiment.adjusted_rand_index(
-          test.y, np.asarray(kmeans.predict(centroids, xt)))
+          sharding.process_concat(test.y),
+          sharding.process_concat(np.asarray(kmeans.predict(centroids, xt))))
   if primary:
     experiment.write_results(workdir, results)
     if config.figures:
-      fig = plotting.plot_clusters(train.x, np.asarray(centroids), labels,
+      fig = plotting.plot_clusters(train.x, np.asarray(centroids), local_labels,
                                    title=f"K-means on {config.dataset}: K={k}"
                                    + ("" if d <= 2 else " (first two principal components)"))
       plotting.save_figure(fig, workdir / "kmeans_clusters.png")

@@ -13,6 +13,13 @@ epoch from ``config.seed``, dynamic binarization drawn from (seed, epoch, step))
 train state (params, optimizer state, step), the RNG key, the data position and the config. A run
 started on a workdir with a checkpoint resumes from it and, on the same machine, ends with exactly
 the parameters of an uninterrupted run.
+
+Several processes (``jax.distributed``): each process reads only its own block of the training
+rows (:func:`load_data`) and draws ``batch_size / num_processes`` rows of every global batch from
+it, in its own shuffled order; the step is data-parallel over the devices of all processes. So the
+batches, and hence the trajectory, differ from a one-process run's (the same algorithm, not the
+same numbers). The evaluation split is read whole by every process and each computes the same
+evaluation; process 0 writes metrics, results and figures.
 """
 from __future__ import annotations
 
@@ -138,34 +145,40 @@ class _Data(NamedTuple):
   eval_x: np.ndarray
   eval_y: np.ndarray | None
   image_shape: tuple[int, ...] | None
+  num_train_points: int  # of all processes together (train.x holds this process's rows)
 
 
 def load_data(config: Any) -> _Data:
-  """The training split and the evaluation points (binarized once when training is dynamic)."""
+  """The training split and the evaluation points (binarized once when training is dynamic).
+
+  With several processes (``jax.process_count() > 1``) ``train`` holds only this process's block
+  of the training rows (:func:`lvmjax.sharding.process_share`), read from the file without
+  loading the rest; ``num_train_points`` counts the rows of all processes. The evaluation points
+  are read whole by every process.
+  """
   kwargs = dict(data_dir=config.data_dir or None)
   if config.dataset == "synthetic_gmm":
     kwargs["synthetic_options"] = config.synthetic.to_dict()
-  train = data.load_dataset(config.dataset, "train", **kwargs)
+  n = data.num_rows(config.dataset, "train", **kwargs)
+  rows = data.random_subset(n, config.num_train_points, [config.seed, 7])
+  num_train = n if rows is None else len(rows)
+  if jax.process_count() > 1:
+    rows = sharding.process_share(n if rows is None else rows, multiple=1)
+  train = data.load_dataset(config.dataset, "train", rows=rows, **kwargs)
   if config.dynamic_binarization:
     train = train._replace(binarize=True)
-  if config.num_train_points and config.num_train_points < train.num_points:
-    idx = np.sort(np.random.default_rng([config.seed, 7]).choice(
-        train.num_points, config.num_train_points, replace=False))
-    train = train._replace(x=train.x[idx], y=None if train.y is None else train.y[idx])
   split = config.eval_split
   if split not in data.SPLITS[config.dataset]:
     raise ValueError(f"config.eval_split={split!r}: dataset {config.dataset!r} has splits "
                      f"{data.SPLITS[config.dataset]}.")
-  test = data.load_dataset(config.dataset, split, **kwargs)
+  # A fixed random subset of num_eval_points: binarized MNIST's test split is sorted by class.
+  eval_rows = data.random_subset(data.num_rows(config.dataset, split, **kwargs),
+                                 config.num_eval_points, [config.seed, 11])
+  test = data.load_dataset(config.dataset, split, rows=eval_rows, **kwargs)
   x, y = test.x, test.y
-  if config.num_eval_points and config.num_eval_points < len(x):
-    # A fixed random subset: binarized MNIST's test split is sorted by class.
-    idx = np.sort(np.random.default_rng([config.seed, 11]).choice(
-        len(x), config.num_eval_points, replace=False))
-    x, y = x[idx], None if y is None else y[idx]
   if train.binarize:
     x = data.binarize_once(x, config.seed)
-  return _Data(train, x, y, train.image_shape)
+  return _Data(train, x, y, train.image_shape, num_train)
 
 
 def _reshape(x: np.ndarray, data_shape: tuple[int, ...]) -> np.ndarray:
@@ -217,10 +230,10 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
   d = load_data(config)
   train = d.train
   data_shape = data_shape_of(config, train)
-  batches_per_epoch = data.steps_per_epoch(train.num_points, config.batch_size)
+  batches_per_epoch = data.steps_per_epoch(d.num_train_points, config.batch_size)
   if batches_per_epoch == 0:
     raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set "
-                     f"({train.num_points} points).")
+                     f"({d.num_train_points} points).")
   num_steps = _num_steps(config, batches_per_epoch)
   model = build_model(config, train.num_features)
   optimizer = build_optimizer(config, batches_per_epoch)
@@ -274,7 +287,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
   to_device, mesh = jnp.asarray, None
   if jax.device_count() > 1:
     # Data-parallel over all devices (of all hosts): batch split, state replicated, gradients
-    # averaged by XLA; every process reads the same global batch and sends only its own rows.
+    # averaged by XLA.
     mesh = sharding.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     train_step = parallel.make_parallel_train_step(model, optimizer, mesh, **step_kwargs)
@@ -282,9 +295,19 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     to_device = lambda xb: parallel.shard_batch(xb, mesh)  # pylint: disable=unnecessary-lambda-assignment
   else:
     train_step = training.jit_train_step(model, optimizer, **step_kwargs)
-  batches = data.BatchIterator(train.x, config.batch_size, seed=config.seed,
-                               binarize=train.binarize, position=position)
   step = int(state.step)
+  batch_size, seed = config.batch_size, config.seed
+  if jax.process_count() > 1:
+    # Each process draws its share of every global batch from its own rows, in its own shuffled
+    # order (seeded by seed and process), and sends it to its devices; the position follows
+    # from the step. Statistically the same training as one process, not the same batches.
+    batch_size, seed, position = _local_batches(config, d.num_train_points, step)
+
+    def to_device(xb):
+      return parallel.shard_batch(xb, mesh, local=True)
+
+  batches = data.BatchIterator(train.x, batch_size, seed=seed, binarize=train.binarize,
+                               position=position)
   bar = progress.Progress(num_steps, initial=step, desc=config.model, quiet=quiet)
   delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
   last_finite = step if step else None
@@ -337,6 +360,24 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
   if mesh is not None:  # hand back an ordinary (one-device) state, as on one device
     state = jax.tree.map(jnp.asarray, jax.device_get(state))
   return state
+
+
+def _local_batches(config: Any, num_points: int, step: int) -> tuple[int, int, data.Position]:
+  """(rows per batch, shuffling seed, position) of this process's share of the global batches."""
+  count, index = jax.process_count(), jax.process_index()
+  if config.batch_size % count:
+    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the {count} "
+                     "processes (each draws an equal share of every batch).")
+  batch_size = config.batch_size // count
+  smallest = min(len(range(num_points)[sharding.process_rows(num_points, p, count)])
+                 for p in range(count))
+  if smallest < batch_size:
+    raise ValueError(f"With {count} processes each holds at least {smallest} training points, "
+                     f"fewer than its {batch_size} rows of every batch of {config.batch_size}; "
+                     "lower config.batch_size or use fewer processes.")
+  seed = int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
+  mine = len(range(num_points)[sharding.process_rows(num_points, index, count)])
+  return batch_size, seed, data.position_of(step, mine, batch_size)
 
 
 def evaluate_model(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
@@ -439,7 +480,7 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
     d = load_data(config)
     data_shape = data_shape_of(config, d.train)
     model = build_model(config, d.train.num_features)
-    optimizer = build_optimizer(config, data.steps_per_epoch(d.train.num_points,
+    optimizer = build_optimizer(config, data.steps_per_epoch(d.num_train_points,
                                                              config.batch_size))
     init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
     template = training.create_train_state(
