@@ -368,12 +368,15 @@ def subsample_processes(key: jax.Array, data: Any, size: int,
   make_iter, _, _, _ = _as_source(data, sample_weight, batch_size)
   xs, ws, pr = _reservoir(make_iter, size,
                           _rng(jax.random.fold_in(key, jax.process_index())))
-  if xs is not None and xs.ndim != 2:
-    raise ValueError(f"Every batch must have shape (n, D); got rows of shape {xs.shape[1:]}.")
-  # What each process holds: rows, features, dtype, weights (so that empty ones can join in).
+  bad = xs is not None and xs.ndim != 2
+  # What each process holds: rows, features, dtype, weights (so that empty ones can join in),
+  # and whether its batches have the wrong shape (all processes raise then, none waits).
   info = sharding.process_concat(np.array([[
-      0 if xs is None else len(xs), -1 if xs is None else xs.shape[1],
-      0 if xs is None else ord(xs.dtype.char), int(ws is not None)]], np.int64))
+      0 if xs is None else len(xs), -1 if xs is None or bad else xs.shape[1],
+      0 if xs is None else ord(xs.dtype.char), int(ws is not None), int(bad)]], np.int64))
+  if info[:, 4].any():
+    raise ValueError("Every batch must have shape (n, D); the batches of process(es) "
+                     f"{np.flatnonzero(info[:, 4]).tolist()} do not.")
   if info[:, 0].sum() == 0:
     raise ValueError("The data sources of all processes yielded no rows.")
   first = info[int(np.argmax(info[:, 0] > 0))]
