@@ -151,7 +151,7 @@ def _pad_batch(xb, wb, batch_size, dtype):
 @functools.partial(jax.jit, static_argnames=("chunk_size",), donate_argnums=(0,))
 def _accumulate(acc: SuffStats, params: GMMParams, x, w, *, chunk_size):
   xs, ws = em._chunks(x, w, chunk_size)  # pylint: disable=protected-access
-  stats = em._scan(xs, ws, params.means, params.covariance_type, em._posterior_fn(params))  # pylint: disable=protected-access
+  stats = em._em_stats(xs, ws, params)  # pylint: disable=protected-access
   return jax.tree.map(jnp.add, acc, stats)
 
 
@@ -162,7 +162,7 @@ def _accumulate_sharded(acc: SuffStats, params: GMMParams, x, w, *, chunk_size, 
 
   def local(params, x, w):
     xs, ws = em._chunks(x, w, chunk_size)  # pylint: disable=protected-access
-    stats = em._scan(xs, ws, params.means, params.covariance_type, em._posterior_fn(params))  # pylint: disable=protected-access
+    stats = em._em_stats(xs, ws, params)  # pylint: disable=protected-access
     return jax.lax.psum(stats, axis_name)
 
   stats = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=P(),
