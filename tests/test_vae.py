@@ -196,6 +196,31 @@ def test_bernoulli_likelihood_matches_scipy(x64):
   np.testing.assert_allclose(dist.mean(), special.expit(logits), rtol=1e-10)
 
 
+def test_softplus_and_its_derivatives(x64):
+  from lvmjax.vae.likelihoods import softplus  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  x = np.concatenate([rng.normal(size=200) * 30, [-800.0, -40.0, -1e-9, 0.0, 1e-9, 40.0, 800.0]])
+  for dtype, rtol in ((jnp.float32, 1e-5), (jnp.float64, 1e-13)):
+    xd = jnp.asarray(x, dtype)
+    xr = np.asarray(xd, np.float64)  # the rounded input, so that only the function's error counts
+    # log(1 + e^x), its derivative sigmoid(x) and its second derivative sigmoid(x) sigmoid(-x)
+    expected = [np.logaddexp(0.0, xr), special.expit(xr), special.expit(xr) * special.expit(-xr)]
+    f = softplus
+    for order in range(3):
+      # float32 loses nothing to underflow above ~1e-38 (jax.nn.softplus's second derivative
+      # flushes to 0 much earlier, so it is not the reference here)
+      np.testing.assert_allclose(jax.vmap(f)(xd), expected[order].astype(dtype), rtol=rtol,
+                                 atol=1e-37 if dtype == jnp.float32 else 0)
+      f = jax.grad(f)
+    np.testing.assert_allclose(softplus(xd), jax.nn.softplus(xd), rtol=rtol)
+    np.testing.assert_allclose(jax.vmap(jax.grad(softplus))(xd),
+                               jax.vmap(jax.grad(jax.nn.softplus))(xd), rtol=rtol)
+  special_values = jnp.asarray([-np.inf, np.inf, np.nan], jnp.float32)
+  np.testing.assert_array_equal(softplus(special_values), jax.nn.softplus(special_values))
+  np.testing.assert_array_equal(jax.vmap(jax.grad(softplus))(special_values),
+                                jax.vmap(jax.grad(jax.nn.softplus))(special_values))
+
+
 @pytest.mark.parametrize("scale", [None, 0.7])
 def test_gaussian_likelihood_matches_scipy(x64, scale):
   rng = np.random.default_rng(10)

@@ -16,6 +16,33 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+  r"""``log(1 + exp(x))``, with one exponential shared by the value and the derivative.
+
+  .. math::
+     \operatorname{softplus}(x) = \max(x, 0) + \log(1 + e^{-|x|}),
+     \qquad \operatorname{softplus}'(x) = \sigma(x)
+       = \frac{[x \ge 0] + [x < 0]\, e^{-|x|}}{1 + e^{-|x|}}
+
+  Equal to ``jax.nn.softplus`` (to float rounding; the same at +-inf and NaN) and its gradient,
+  and cheaper on CPU: ``jax.nn.softplus`` is ``logaddexp(x, 0)``, whose value guards against
+  infinities and whose derivative evaluates a second exponential, and the Bernoulli
+  log-likelihood of a 784-pixel batch spends a noticeable part of a small VAE's training step
+  here.
+  """
+  return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  e = jnp.exp(-jnp.abs(x))
+  value = jnp.maximum(x, 0) + jnp.log1p(e)
+  sigmoid = jnp.where(x >= 0, jnp.ones_like(e), e) / (1 + e)
+  return value, sigmoid * dx
+
+
 class BernoulliLogits(distrax.Bernoulli):
   r"""``distrax.Bernoulli`` from logits with a one-softplus log-probability.
 
@@ -23,6 +50,7 @@ class BernoulliLogits(distrax.Bernoulli):
 
   Equal to distrax's own formula for x in {0, 1} and finite logits, and cheaper (distrax
   evaluates two softplus terms and two masked products), which matters in the training step.
+  The softplus is :func:`softplus` (one exponential for value and gradient).
   """
 
   def __init__(self, logits: jax.Array):
@@ -30,7 +58,7 @@ class BernoulliLogits(distrax.Bernoulli):
 
   def log_prob(self, value: jax.Array) -> jax.Array:
     logits = self.logits
-    return value * logits - jax.nn.softplus(logits)
+    return value * logits - softplus(logits)
 
 
 class BernoulliLikelihood(nn.Module):
