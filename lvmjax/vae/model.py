@@ -9,8 +9,8 @@ returns one value per data point, e.g.
    \qquad p(z) = \mathcal{N}(0, I),\quad q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x)).
 
 Each function is the one-point formula applied to every point and latent sample: the networks run
-on the whole ``(N, S)`` batch at once (flax modules broadcast over leading axes), which is what
-``jax.vmap`` of the one-point formula computes, written batched because XLA:CPU runs the plain
+on the whole ``(N, S)`` batch at once (the decoder on the N * S latents as one batch axis), which is
+what ``jax.vmap`` of the one-point formula computes, written batched because XLA:CPU runs the plain
 matrix products faster. Point n's noise comes from its own key ``jax.random.split(key, N)[n]``.
 The functions are not jitted, so they compose with a user's own ``jit``, ``vmap`` and ``grad``. ``x`` always has a leading batch
 axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
@@ -144,21 +144,23 @@ def _encode(model, params, x, compute_dtype):
 def _log_px_given_z(model, params, z, x, compute_dtype):
   """log p(x_n | z_ns) for x (N, *data_shape) and z (N, S, L): (N, S).
 
-  The networks run on the whole (N, S) batch at once (a flax module broadcasts over leading
-  axes); this is the vmap of the one-point formula, written batched because XLA:CPU runs the
-  plain matrix products faster than their vmapped form.
+  The decoder runs on the N * S latents at once, as one batch axis (the vmap of the one-point
+  formula, written batched because XLA:CPU runs plain 2-d matrix products faster than vmapped or
+  3-d ones; flattening (N, S) is free, a bitcast).
   """
+  n, s = z.shape[:2]
   zc = z if compute_dtype is None else z.astype(compute_dtype)
+  zc = zc.reshape((n * s,) + z.shape[2:])
   data_ndim = x.ndim - 1
   dist = _apply(model, params, zc, data_ndim, method="decode", what="decoder")
   if tuple(dist.event_shape) != tuple(x.shape[1:]):
     raise ValueError(
         f"The decoder produces data of shape {tuple(dist.event_shape)} but x has per-point shape "
         f"{tuple(x.shape[1:])}; set the decoder's output shape to match the data.")
-  value = x[:, None]
+  value = jnp.broadcast_to(x[:, None], (n, s) + x.shape[1:]).reshape((n * s,) + x.shape[1:])
   if jnp.issubdtype(dist.dtype, jnp.floating):
     value = value.astype(dist.dtype)
-  return dist.log_prob(value)
+  return dist.log_prob(value).reshape(n, s)
 
 
 def _std_normal_log_prob(z: jax.Array) -> jax.Array:
