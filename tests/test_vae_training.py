@@ -68,6 +68,24 @@ def test_resumed_run_draws_the_same_numbers():
   assert float(m_other["loss"]) != float(m_run["loss"])
 
 
+def test_jit_train_step_options_change_no_value():
+  # jit_train_step adds an XLA:CPU option (copy insertion by region analysis): same numbers as a
+  # plain jit; and grad_norm is optax's global norm of the gradient
+  x = _binary_data(n=32)
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  key = jax.random.key(1)
+  step = vae.make_train_step(model, opt)
+  a, m_a = vae.jit_train_step(model, opt)(_copy(state), x, key)
+  b, m_b = jax.jit(step, donate_argnums=0)(_copy(state), x, key)
+  for u, v in zip(jax.tree_util.tree_leaves((a, m_a)), jax.tree_util.tree_leaves((b, m_b))):
+    np.testing.assert_array_equal(u, v)
+  loss_fn = lambda p: -jnp.mean(vae.elbo(model, p, jax.random.fold_in(key, 0), x))
+  grads = jax.grad(loss_fn)(state.params)
+  np.testing.assert_allclose(m_a["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
+
+
 @pytest.mark.parametrize("objective", ["elbo", "iwae", "autoencoder"])
 def test_training_raises_the_objective(objective):
   x = _binary_data()
