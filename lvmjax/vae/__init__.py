@@ -31,8 +31,10 @@ Training (``lvmjax.vae.training``)
   ``TrainState(step, params, opt_state)``, ``create_train_state(key, model, example_x, optimizer)``,
   ``make_train_step(model, optimizer, objective="elbo"|"iwae"|"autoencoder", num_samples=1,
   beta=1.0, compute_dtype=jnp.float32) -> train_step(state, x, key) -> (state, metrics)``,
-  ``jit_train_step(...)``, ``evaluate(model, params, key, x, batch_size, num_samples_ll=5000,
-  iwae_k=()) -> dict``.
+  ``jit_train_step(...)``, ``make_multi_train_step(model, optimizer, unroll=1, **step_kwargs)
+  -> multi_train_step(state, xs, key, indices=None) -> (state, stacked metrics)`` (S steps in one
+  ``lax.scan``, equal to S one-step calls), ``jit_multi_train_step(...)``,
+  ``evaluate(model, params, key, x, batch_size, num_samples_ll=5000, iwae_k=()) -> dict``.
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax
@@ -55,7 +57,8 @@ from lvmjax.vae.model import (VAE, ElboTerms, active_units, autoencoder_log_like
 from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
                                  MLPDecoder, MLPEncoder, get_activation)
 from lvmjax.vae.training import (OBJECTIVES, TrainState, create_train_state, evaluate,
-                                 jit_train_step, make_train_step)
+                                 jit_multi_train_step, jit_train_step, make_multi_train_step,
+                                 make_train_step)
 
 __all__ = [
     "VAE", "ElboTerms", "init", "encode", "decode", "reconstruct", "sample", "sample_given",
@@ -63,5 +66,6 @@ __all__ = [
     "log_likelihood", "autoencoder_log_likelihood", "gaussian_kl", "cast_params",
     "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
-    "create_train_state", "make_train_step", "jit_train_step", "evaluate", "OBJECTIVES",
+    "create_train_state", "make_train_step", "jit_train_step", "make_multi_train_step",
+    "jit_multi_train_step", "evaluate", "OBJECTIVES",
 ]

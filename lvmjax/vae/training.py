@@ -8,6 +8,12 @@ can build its own loop the same way::
   for i, batch in enumerate(batches):
     state, metrics = step(state, batch, key)     # randomness: fold_in(key, state.step)
   results = evaluate(model, state.params, key, x_test, batch_size=100)
+
+Small models on CPU can run several steps per jitted call (one dispatch from Python for S
+steps; the same numbers as S calls of the one-step function)::
+
+  steps = jit_multi_train_step(model, optax.adam(1e-3))
+  state, metrics = steps(state, batches, key)    # batches (S, B, ...); metrics[name] is (S,)
 """
 from __future__ import annotations
 
@@ -160,6 +166,55 @@ def jit_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation
   copies of donated parameters; it changes no value.
   """
   return jax.jit(make_train_step(model, optimizer, **kwargs), donate_argnums=0,
+                 compiler_options=_cpu_compiler_options())
+
+
+def make_multi_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation,
+                          unroll: int | bool = 1, **kwargs
+                          ) -> Callable[..., tuple[TrainState, dict]]:
+  """Returns a pure ``multi_train_step(state, xs, key, indices=None) -> (state, metrics)``.
+
+  It runs ``S`` steps of :func:`make_train_step` (same keyword arguments) in one
+  ``jax.lax.scan``: step ``s`` trains on batch ``xs[s]``, or, with ``indices`` of shape
+  ``(S, B)``, on ``xs[indices[s]]`` (``xs`` then being a whole data set, e.g. kept on the
+  device, so that only the indices travel; indices out of range are clipped). Every step draws
+  its randomness from ``fold_in(key, state.step)`` as the one-step function does, so the result
+  is that of ``S`` calls of ``train_step`` (bit for bit, in tests), and a run may mix the two
+  (e.g. a last, shorter call). Jitted (:func:`jit_multi_train_step`), the ``S`` steps cost one
+  dispatch from Python instead of ``S``, which matters for small models on CPU, where a step
+  takes a few milliseconds (the Burda et al. MLP at batch 100 on 2 cores: ~10% more examples
+  per second with 20 steps per call).
+
+  Args:
+    model: the :class:`~lvmjax.vae.VAE`.
+    optimizer: an optax gradient transformation.
+    unroll: ``jax.lax.scan``'s ``unroll`` (steps per loop iteration; ``True``: no loop).
+    **kwargs: ``objective``, ``num_samples``, ``beta``, ``compute_dtype``, ``analytic_kl`` of
+      :func:`make_train_step`.
+
+  Returns:
+    ``multi_train_step``; its metrics are those of ``train_step`` stacked: each ``(S,)``.
+  """
+  step = make_train_step(model, optimizer, **kwargs)
+
+  def multi_train_step(state: TrainState, xs: jax.Array, key: jax.Array,
+                       indices: Optional[jax.Array] = None):
+    if indices is None:
+      return jax.lax.scan(lambda s, x: step(s, x, key), state, xs, unroll=unroll)
+    return jax.lax.scan(lambda s, i: step(s, jnp.take(xs, i, axis=0, mode="clip"), key), state,
+                        jnp.asarray(indices), unroll=unroll)
+
+  return multi_train_step
+
+
+def jit_multi_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation,
+                         unroll: int | bool = 1, **kwargs):
+  """``jax.jit(make_multi_train_step(model, optimizer, unroll, **kwargs), donate_argnums=0)``.
+
+  With the CPU option of :func:`jit_train_step`. ``S`` (the length of ``xs``, or of
+  ``indices``) is part of the compiled shape: a different ``S`` compiles again.
+  """
+  return jax.jit(make_multi_train_step(model, optimizer, unroll, **kwargs), donate_argnums=0,
                  compiler_options=_cpu_compiler_options())
 
 
