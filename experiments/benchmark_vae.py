@@ -14,16 +14,26 @@ comes first. With the static data the parameters with the best validation ELBO (
 (5000), ELBO, KL, reconstruction, IWAE bounds and active units (Var_x E_q[z_u|x] > 0.01).
 
 With ``--torch``, a PyTorch implementation of the same model, objective, optimizer and batch size
-runs in the same process first (``torch`` is not a dependency of lvmjax; it is imported only
-here), and both are timed for ``--throughput_s`` seconds each on the same batches, after warm-up;
-compile (first-step) time is reported apart. ``--time_budget_s=0 --epochs=0`` times only.
+runs in the same process (``torch`` is not a dependency of lvmjax; it is imported only
+here). lvmjax is timed twice: one step per jitted call (``vae.jit_train_step``), and
+``--steps_per_call`` steps per jitted call (``vae.jit_multi_train_step``: a ``lax.scan`` over a
+stack of that many batches, unrolled ``--scan_unroll`` steps per loop iteration; the same steps,
+one Adam update per batch of 100, the same numbers as the one-step calls, with one dispatch from
+Python per call). PyTorch is the plain eager loop, one Python-level step per batch, timed at 1
+and ``os.cpu_count()`` threads. Every timed function runs on the same batches, after warm-up, for
+``--throughput_s`` seconds in all, split into ``--throughput_rounds`` rounds taken in turns (so
+that a busy spell of the machine falls on all of them); the median round is reported, and
+compile (first-call) time apart. ``--time_budget_s=0 --epochs=0`` times only.
+``--steps_per_call`` also sets how the training run steps (stacks of that many batches per call,
+single steps for an epoch's remainder).
 
 Commands (from the repository root)::
 
   # one hour of VAE training on static binarized MNIST, then the k=5000 test NLL
   python experiments/benchmark_vae.py --dataset=static --objective=vae --time_budget_s=3600 \
       --output_json=/tmp/vae_1h.json
-  # throughput against PyTorch only, 60 s each
+  # throughput against PyTorch only, 60 s each (3 rounds of 20 s), lvmjax with 1 and with 20
+  # steps per jitted call
   python experiments/benchmark_vae.py --torch --time_budget_s=0 --epochs=0 --throughput_s=60
   # IWAE, k=5, on dynamically binarized MNIST
   python experiments/benchmark_vae.py --dataset=dynamic --objective=iwae --k=5
@@ -65,7 +75,17 @@ flags.DEFINE_integer("epochs", None, "Maximum number of epochs (None: until the 
 flags.DEFINE_string("data_dir", _DEFAULT_DATA_DIR,
                     "Directory with binarized_mnist.npz / mnist.npz (env LVMJAX_DATA_DIR).")
 flags.DEFINE_bool("torch", False, "Also time a PyTorch implementation (pip install torch).")
-flags.DEFINE_float("throughput_s", 60.0, "Seconds of timed steps per framework with --torch.")
+flags.DEFINE_float("throughput_s", 60.0,
+                   "Seconds of timed steps per timed function (lvmjax one step per call, lvmjax "
+                   "several steps per call, PyTorch per thread count) with --torch.")
+flags.DEFINE_integer("steps_per_call", 20,
+                     "Training steps per jitted call in lvmjax's multi-step mode "
+                     "(vae.jit_multi_train_step), timed next to one step per call; also used by "
+                     "the training run (1: one step per call).")
+flags.DEFINE_integer("scan_unroll", 2, "Steps per loop iteration of the multi-step lax.scan.")
+flags.DEFINE_integer("throughput_rounds", 3,
+                     "With --torch, every timed function runs this many times in turn, "
+                     "--throughput_s / rounds seconds each; the median round is reported.")
 flags.DEFINE_list("torch_threads", None,
                   "torch.set_num_threads values to time PyTorch with (default: 1 and "
                   "os.cpu_count(), the latter being the threads XLA:CPU uses).")
@@ -181,15 +201,22 @@ def make_torch_trainer(objective: str, k: int, latent_dim: int, hidden, lr: floa
   return step
 
 
-def time_steps(step, batches, seconds: float, sync) -> dict:
-  """Runs ``step`` over ``batches`` (cycled): first call timed apart, then 5 warm-up steps,
-  then as many steps as fit in ``seconds``. ``sync(out)`` waits for the result."""
-  t0 = time.perf_counter()
-  sync(step(batches[0]))
-  first = time.perf_counter() - t0
-  for i in range(1, 6):
-    out = step(batches[i % len(batches)])
-  sync(out)
+def time_steps(step, batches, seconds: float, sync, steps_per_call: int = 1,
+               warm: bool = False) -> dict:
+  """Runs ``step`` over ``batches`` (cycled): first call timed apart, then 5 warm-up calls,
+  then as many calls as fit in ``seconds``. ``sync(out)`` waits for the result. Each call
+  takes ``steps_per_call`` training steps: ``batches[i]`` is one batch ``(B, D)`` or, for
+  several steps per call, a stack ``(steps_per_call, B, D)``. ``warm``: skip the first call
+  and the warm-up (a later round of the same ``step``)."""
+  first = None
+  if not warm:
+    t0 = time.perf_counter()
+    sync(step(batches[0]))
+    first = time.perf_counter() - t0
+    for i in range(1, 6):
+      out = step(batches[i % len(batches)])
+    sync(out)
+  sync_every = max(1, 20 // steps_per_call)
   n, i = 0, 6
   t0 = time.perf_counter()
   c0 = time.process_time()
@@ -197,16 +224,19 @@ def time_steps(step, batches, seconds: float, sync) -> dict:
     out = step(batches[i % len(batches)])
     n += 1
     i += 1
-    if n % 20 == 0:
+    if n % sync_every == 0:
       sync(out)
       if time.perf_counter() - t0 >= seconds:
         break
   sync(out)
   elapsed = time.perf_counter() - t0
   cpu = time.process_time() - c0
-  return {"first_step_s": first, "steps": n, "seconds": elapsed, "cpu_seconds": cpu,
-          "examples_per_s": n * batches[0].shape[0] / elapsed,
-          "examples_per_cpu_s": n * batches[0].shape[0] / cpu}
+  batch_size = batches[0].shape[-2]
+  steps = n * steps_per_call
+  return {"first_step_s": first, "steps": steps, "steps_per_call": steps_per_call,
+          "seconds": elapsed, "cpu_seconds": cpu,
+          "examples_per_s": steps * batch_size / elapsed,
+          "examples_per_cpu_s": steps * batch_size / cpu}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,10 +259,15 @@ def main(argv):
   init_key, step_key, eval_key = jax.random.split(key, 3)
   state = vae.create_train_state(init_key, model, test[:bs], optimizer)
   train_step = vae.jit_train_step(model, optimizer, objective=objective, num_samples=FLAGS.k)
+  spc = FLAGS.steps_per_call
+  if spc < 1:
+    raise app.UsageError(f"--steps_per_call must be >= 1, got {spc}")
+  multi_step = None if spc == 1 else vae.jit_multi_train_step(
+      model, optimizer, unroll=FLAGS.scan_unroll, objective=objective, num_samples=FLAGS.k)
   results = {"flags": {name: FLAGS[name].value for name in (
       "dataset", "objective", "k", "time_budget_s", "epochs", "batch_size", "learning_rate",
       "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
-      "throughput_s")},
+      "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll")},
              "jax_version": jax.__version__, "backend": jax.default_backend(),
              "cpu_count": os.cpu_count()}
 
@@ -240,36 +275,84 @@ def main(argv):
   if FLAGS.torch:
     import torch  # pylint: disable=g-import-not-at-top
     thread_counts = sorted({int(t) for t in (FLAGS.torch_threads or [1, os.cpu_count()])})
-    batches = [b for b in epoch_data(train, FLAGS.dataset, rng)[:200 * bs].reshape(-1, bs, 784)]
+    num_batches = max(200, spc)
+    batches = [b for b in epoch_data(train, FLAGS.dataset, rng)[:num_batches * bs].reshape(
+        -1, bs, 784)]
+    # each timed function: (label, step(batch) -> output to sync on, its batches, sync,
+    # steps per call); all are timed in turns, --throughput_rounds times each
+    timed = {}
     jax_state = [jax.tree_util.tree_map(jnp.copy, state)]
 
     def jax_step(xb):
       jax_state[0], metrics = train_step(jax_state[0], xb, step_key)
       return metrics["loss"]
 
-    t_jax = time_steps(jax_step, batches, FLAGS.throughput_s, jax.block_until_ready)
-    print(f"throughput (batch {bs}, {FLAGS.objective} k={FLAGS.k}): lvmjax "
-          f"{t_jax['examples_per_s']:.0f} examples/s, {t_jax['examples_per_cpu_s']:.0f} per "
-          f"CPU-second (first step incl. compile {t_jax['first_step_s']:.2f} s)", flush=True)
-    t_torch = {}
+    timed["lvmjax"] = ("lvmjax, 1 step per jitted call", jax_step, batches,
+                       jax.block_until_ready, 1)
+    if multi_step is not None:
+      stacks = [np.stack(batches[i:i + spc]) for i in range(0, len(batches) - spc + 1, spc)]
+      multi_state = [jax.tree_util.tree_map(jnp.copy, state)]
+
+      def jax_multi_step(xs):
+        multi_state[0], metrics = multi_step(multi_state[0], xs, step_key)
+        return metrics["loss"]
+
+      timed["lvmjax_multi"] = (f"lvmjax, {spc} steps per jitted call", jax_multi_step, stacks,
+                               jax.block_until_ready, spc)
     for threads in thread_counts:
       torch.set_num_threads(threads)
       torch_step = make_torch_trainer(FLAGS.objective, FLAGS.k, FLAGS.latent_dim, hidden,
                                       FLAGS.learning_rate, FLAGS.adam_eps, FLAGS.seed)
-      t = time_steps(torch_step, batches, FLAGS.throughput_s, lambda out: out.item())
+      timed[f"torch_{threads}"] = (f"PyTorch {torch.__version__}, {threads} thread(s), eager",
+                                   torch_step, batches, lambda out: out.item(), 1)
+    rounds = max(1, FLAGS.throughput_rounds)
+    per_round = {name: [] for name in timed}
+    for r in range(rounds):
+      for name, (_, step, xs, sync, steps_per_call) in timed.items():
+        if name.startswith("torch_"):
+          torch.set_num_threads(int(name.split("_")[1]))
+        per_round[name].append(time_steps(step, xs, FLAGS.throughput_s / rounds, sync,
+                                          steps_per_call, warm=r > 0))
+    t_all = {}
+    for name, runs in per_round.items():
+      t = dict(runs[0])
+      t["examples_per_s_rounds"] = [u["examples_per_s"] for u in runs]
+      t["examples_per_s"] = float(np.median(t["examples_per_s_rounds"]))
+      t["examples_per_cpu_s"] = float(np.median([u["examples_per_cpu_s"] for u in runs]))
+      t["steps"] = sum(u["steps"] for u in runs)
+      t["seconds"] = sum(u["seconds"] for u in runs)
+      t_all[name] = t
+    t_jax = t_all["lvmjax"]
+    t_multi = t_all.get("lvmjax_multi")
+    t_torch = {name.split("_")[1]: t for name, t in t_all.items() if name.startswith("torch_")}
+    for t in t_torch.values():
       t["ratio"] = t_jax["examples_per_s"] / t["examples_per_s"]
-      t_torch[str(threads)] = t
-      print(f"  PyTorch {torch.__version__}, {threads} thread(s): {t['examples_per_s']:.0f} "
-            f"examples/s, {t['examples_per_cpu_s']:.0f} per CPU-second (first step "
-            f"{t['first_step_s']:.2f} s); lvmjax / PyTorch = "
-            f"{t['ratio']:.2f}x", flush=True)
+      if t_multi is not None:
+        t["ratio_multi"] = t_multi["examples_per_s"] / t["examples_per_s"]
+    print(f"throughput (batch {bs}, {FLAGS.objective} k={FLAGS.k}, one Adam step per batch; "
+          f"median of {rounds} interleaved rounds of {FLAGS.throughput_s / rounds:.0f} s):",
+          flush=True)
+    for name, t in t_all.items():
+      first = "first call incl. compile" if name.startswith("lvmjax") else "first step"
+      line = (f"  {timed[name][0]}: {t['examples_per_s']:.0f} examples/s, "
+              f"{t['examples_per_cpu_s']:.0f} per CPU-second ({first} {t['first_step_s']:.2f} s; "
+              f"rounds " + ", ".join(f"{v:.0f}" for v in t["examples_per_s_rounds"]) + ")")
+      if name.startswith("torch_"):
+        line += f"; lvmjax / PyTorch = {t['ratio']:.2f}x"
+        if t_multi is not None:
+          line += f", with {spc} steps per call {t['ratio_multi']:.2f}x"
+      print(line, flush=True)
     same = t_torch.get(str(os.cpu_count()), next(iter(t_torch.values())))
     best = max(t_torch.values(), key=lambda t: t["examples_per_s"])
-    results["throughput"] = {"lvmjax": t_jax, "torch": t_torch, "batch_size": bs,
+    results["throughput"] = {"lvmjax": t_jax, "lvmjax_multi": t_multi, "torch": t_torch,
+                             "batch_size": bs, "steps_per_call": spc, "rounds": rounds,
                              "torch_version": torch.__version__,
                              "ratio_same_threads": same["ratio"],
                              "ratio_vs_fastest_torch": best["ratio"]}
-    del jax_state
+    if t_multi is not None:
+      results["throughput"]["ratio_multi_same_threads"] = same["ratio_multi"]
+      results["throughput"]["ratio_multi_vs_fastest_torch"] = best["ratio_multi"]
+    del jax_state, timed
 
   # --- training ----------------------------------------------------------------------------------
   max_epochs = FLAGS.epochs if FLAGS.epochs is not None else 10 ** 9
@@ -281,10 +364,15 @@ def main(argv):
     state, m = train_step(state, train[:bs] if FLAGS.dataset == "static"
                           else (train[:bs] > 0.5).astype(np.uint8), step_key)
     jax.block_until_ready(m)
+    multi_compiled = None  # compiled ahead, so that compiling it trains no step
+    if multi_step is not None:
+      multi_compiled = multi_step.lower(
+          state, np.zeros((spc, bs, 784), np.uint8), step_key).compile()
     compile_s = time.perf_counter() - t0
     best = {"valid_elbo": -math.inf, "params": None, "epoch": 0}
     history = []
     steps, epoch, step_time, last_log = 1, 0, 0.0, time.perf_counter()
+    next_check = 100
     loss_sum, loss_n = 0.0, 0
     t_start = time.perf_counter()
     stop = False
@@ -296,11 +384,18 @@ def main(argv):
         hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
         state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
       data = epoch_data(train, FLAGS.dataset, rng)
-      for start in range(0, data.shape[0] - bs + 1, bs):
-        state, m = train_step(state, data[start:start + bs], step_key)
-        steps += 1
-        if steps % 100 == 0:
-          loss = float(m["loss"])
+      num_batches, i = data.shape[0] // bs, 0
+      while i < num_batches:  # stacks of spc batches per call while they last, then single steps
+        if multi_compiled is not None and num_batches - i >= spc:
+          xs = data[i * bs:(i + spc) * bs].reshape(spc, bs, -1)
+          state, m = multi_compiled(state, xs, step_key)
+          i, steps = i + spc, steps + spc
+        else:
+          state, m = train_step(state, data[i * bs:(i + 1) * bs], step_key)
+          i, steps = i + 1, steps + 1
+        if steps >= next_check:
+          next_check += 100 * (1 + (steps - next_check) // 100)
+          loss = float(np.asarray(m["loss"]).reshape(-1)[-1])
           if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss} at step {steps}")
           loss_sum, loss_n = loss_sum + loss, loss_n + 1
@@ -365,11 +460,17 @@ def main(argv):
 
   if "throughput" in results:
     t = results["throughput"]
-    print(f"examples/s: lvmjax {t['lvmjax']['examples_per_s']:.0f}; PyTorch "
-          + ", ".join(f"{n} thread(s) {v['examples_per_s']:.0f} ({v['ratio']:.2f}x)"
+    multi = t["lvmjax_multi"]
+    print(f"examples/s: lvmjax {t['lvmjax']['examples_per_s']:.0f}"
+          + (f", {spc} steps per jitted call {multi['examples_per_s']:.0f}" if multi else "")
+          + "; PyTorch "
+          + ", ".join(f"{n} thread(s) {v['examples_per_s']:.0f} ({v['ratio']:.2f}x"
+                      + (f", {v['ratio_multi']:.2f}x" if multi else "") + ")"
                       for n, v in t["torch"].items())
-          + f"; ratio at equal threads {t['ratio_same_threads']:.2f}x, against the fastest "
-          f"PyTorch setting {t['ratio_vs_fastest_torch']:.2f}x", flush=True)
+          + f"; ratio at equal threads {t['ratio_same_threads']:.2f}x"
+          + (f" ({t['ratio_multi_same_threads']:.2f}x with {spc} steps per call)" if multi else "")
+          + f", against the fastest PyTorch setting {t['ratio_vs_fastest_torch']:.2f}x"
+          + (f" ({t['ratio_multi_vs_fastest_torch']:.2f}x)" if multi else ""), flush=True)
   if FLAGS.output_json:
     with open(FLAGS.output_json, "w") as f:
       json.dump(results, f, indent=1, default=float)
