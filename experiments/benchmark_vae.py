@@ -25,7 +25,8 @@ and ``os.cpu_count()`` threads. Every timed function runs on the same batches, a
 that a busy spell of the machine falls on all of them); the median round is reported, and
 compile (first-call) time apart. ``--time_budget_s=0 --epochs=0`` times only.
 ``--steps_per_call`` also sets how the training run steps (stacks of that many batches per call,
-single steps for an epoch's remainder).
+single steps for an epoch's remainder). ``--torch_compile`` adds PyTorch with ``torch.compile``
+(loss, gradient and Adam step compiled; needs a C++ compiler) at ``os.cpu_count()`` threads.
 
 Commands (from the repository root)::
 
@@ -86,6 +87,9 @@ flags.DEFINE_integer("scan_unroll", 2, "Steps per loop iteration of the multi-st
 flags.DEFINE_integer("throughput_rounds", 3,
                      "With --torch, every timed function runs this many times in turn, "
                      "--throughput_s / rounds seconds each; the median round is reported.")
+flags.DEFINE_bool("torch_compile", False,
+                  "With --torch, also time PyTorch with torch.compile (loss, gradient and Adam "
+                  "step; needs a C++ compiler) at os.cpu_count() threads.")
 flags.DEFINE_list("torch_threads", None,
                   "torch.set_num_threads values to time PyTorch with (default: 1 and "
                   "os.cpu_count(), the latter being the threads XLA:CPU uses).")
@@ -153,8 +157,12 @@ def make_model(latent_dim: int, hidden: tuple[int, ...]) -> vae.VAE:
 
 
 def make_torch_trainer(objective: str, k: int, latent_dim: int, hidden, lr: float, eps: float,
-                       seed: int):
-  """Returns ``step(x_uint8_numpy) -> loss`` for the same model in PyTorch."""
+                       seed: int, compile_: bool = False):
+  """Returns ``step(x_uint8_numpy) -> loss`` for the same model in PyTorch.
+
+  With ``compile_``, the loss (and so its gradient) and the Adam step go through
+  ``torch.compile``; the loop stays one Python-level step per batch.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
@@ -190,12 +198,17 @@ def make_torch_trainer(objective: str, k: int, latent_dim: int, hidden, lr: floa
     log_w = log_px + log_pz - log_q
     return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
 
+  opt_step = opt.step
+  if compile_:
+    loss_fn = torch.compile(loss_fn)
+    opt_step = torch.compile(opt.step)
+
   def step(x_np):
     x = torch.from_numpy(x_np).float()
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(x)
     loss.backward()
-    opt.step()
+    opt_step()
     return loss
 
   return step
@@ -305,11 +318,20 @@ def main(argv):
                                       FLAGS.learning_rate, FLAGS.adam_eps, FLAGS.seed)
       timed[f"torch_{threads}"] = (f"PyTorch {torch.__version__}, {threads} thread(s), eager",
                                    torch_step, batches, lambda out: out.item(), 1)
+    if FLAGS.torch_compile:
+      threads = os.cpu_count()
+      torch.set_num_threads(threads)
+      torch_step = make_torch_trainer(FLAGS.objective, FLAGS.k, FLAGS.latent_dim, hidden,
+                                      FLAGS.learning_rate, FLAGS.adam_eps, FLAGS.seed,
+                                      compile_=True)
+      timed[f"torchcompile_{threads}"] = (
+          f"PyTorch {torch.__version__}, {threads} thread(s), torch.compile (loss, gradient, "
+          "Adam step)", torch_step, batches, lambda out: out.item(), 1)
     rounds = max(1, FLAGS.throughput_rounds)
     per_round = {name: [] for name in timed}
     for r in range(rounds):
       for name, (_, step, xs, sync, steps_per_call) in timed.items():
-        if name.startswith("torch_"):
+        if name.startswith("torch"):
           torch.set_num_threads(int(name.split("_")[1]))
         per_round[name].append(time_steps(step, xs, FLAGS.throughput_s / rounds, sync,
                                           steps_per_call, warm=r > 0))
@@ -325,7 +347,9 @@ def main(argv):
     t_jax = t_all["lvmjax"]
     t_multi = t_all.get("lvmjax_multi")
     t_torch = {name.split("_")[1]: t for name, t in t_all.items() if name.startswith("torch_")}
-    for t in t_torch.values():
+    t_compiled = {name.split("_")[1]: t for name, t in t_all.items()
+                  if name.startswith("torchcompile_")}
+    for t in list(t_torch.values()) + list(t_compiled.values()):
       t["ratio"] = t_jax["examples_per_s"] / t["examples_per_s"]
       if t_multi is not None:
         t["ratio_multi"] = t_multi["examples_per_s"] / t["examples_per_s"]
@@ -337,7 +361,7 @@ def main(argv):
       line = (f"  {timed[name][0]}: {t['examples_per_s']:.0f} examples/s, "
               f"{t['examples_per_cpu_s']:.0f} per CPU-second ({first} {t['first_step_s']:.2f} s; "
               f"rounds " + ", ".join(f"{v:.0f}" for v in t["examples_per_s_rounds"]) + ")")
-      if name.startswith("torch_"):
+      if name.startswith("torch"):
         line += f"; lvmjax / PyTorch = {t['ratio']:.2f}x"
         if t_multi is not None:
           line += f", with {spc} steps per call {t['ratio_multi']:.2f}x"
@@ -345,6 +369,7 @@ def main(argv):
     same = t_torch.get(str(os.cpu_count()), next(iter(t_torch.values())))
     best = max(t_torch.values(), key=lambda t: t["examples_per_s"])
     results["throughput"] = {"lvmjax": t_jax, "lvmjax_multi": t_multi, "torch": t_torch,
+                             "torch_compile": t_compiled or None,
                              "batch_size": bs, "steps_per_call": spc, "rounds": rounds,
                              "torch_version": torch.__version__,
                              "ratio_same_threads": same["ratio"],
@@ -469,8 +494,11 @@ def main(argv):
                       for n, v in t["torch"].items())
           + f"; ratio at equal threads {t['ratio_same_threads']:.2f}x"
           + (f" ({t['ratio_multi_same_threads']:.2f}x with {spc} steps per call)" if multi else "")
-          + f", against the fastest PyTorch setting {t['ratio_vs_fastest_torch']:.2f}x"
-          + (f" ({t['ratio_multi_vs_fastest_torch']:.2f}x)" if multi else ""), flush=True)
+          + f", against the fastest eager PyTorch setting {t['ratio_vs_fastest_torch']:.2f}x"
+          + (f" ({t['ratio_multi_vs_fastest_torch']:.2f}x)" if multi else "")
+          + "".join(f"; PyTorch torch.compile, {n} thread(s) {v['examples_per_s']:.0f} "
+                    f"({v['ratio']:.2f}x" + (f", {v['ratio_multi']:.2f}x" if multi else "") + ")"
+                    for n, v in (t["torch_compile"] or {}).items()), flush=True)
   if FLAGS.output_json:
     with open(FLAGS.output_json, "w") as f:
       json.dump(results, f, indent=1, default=float)
