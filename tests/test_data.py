@@ -242,6 +242,13 @@ def test_dynamic_binarization():
   once = data.binarize_once(x, 0)
   np.testing.assert_array_equal(once, data.binarize_once(x, 0))
   assert abs(once.mean() - 0.3) < 0.01
+  # In pieces (as processes do with their blocks of an evaluation set): the same bits.
+  big = np.full((2500, 5), 0.5, np.float32)
+  whole = data.binarize_once(big, 3)
+  for start, stop in ((0, 1), (1000, 1100), (1023, 2049), (2400, 2500), (7, 7)):
+    np.testing.assert_array_equal(data.binarize_once(big[start:stop], 3, first_row=start),
+                                  whole[start:stop])
+  assert not np.array_equal(whole[:1024], whole[1024:2048])  # blocks draw different numbers
 
 
 def test_batch_iterator_errors():

@@ -255,3 +255,16 @@ def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, confi
       np.testing.assert_allclose(two[name], value, rtol=1e-5, err_msg=name)
     else:
       assert two[name] == value, name
+  if launcher == "train_vae":
+    # The two processes evaluated the trained parameters on their own blocks of the evaluation
+    # points; one process evaluating the same checkpoint on all of them gets the same figures.
+    k = two["num_importance_samples"]
+    alone = subprocess.run([sys.executable, os.path.join("experiments", "evaluate_vae.py"),
+                            "--workdir", str(tmp_path / "two"), f"--num_importance_samples={k}",
+                            "--figures=False", "--quiet"], cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ev = json.loads((tmp_path / "two" / "evaluation" / f"eval_{two['step']}_k{k}.json")
+                    .read_text())
+    for name in ("elbo", "kl", "reconstruction", "log_likelihood", "active_units", "num_points"):
+      np.testing.assert_allclose(ev[name], two[name], rtol=1e-5, err_msg=name)

@@ -194,6 +194,24 @@ def test_evaluate_on_exact_model(x64):
   assert res["active_units"] == 2
 
 
+def test_evaluate_in_blocks_of_batches_adds_up_to_the_whole(x64):
+  """What each process does with its block of evaluation batches: batch first_batch + i draws
+  from fold_in(key, first_batch + i), so the blocks' sums are the whole set's."""
+  model = _small_model()
+  x = (np.random.default_rng(0).random((50, 16)) < 0.5).astype(np.float64)
+  params = vae.init(jax.random.key(0), model, x[:2])
+  key = jax.random.key(4)
+  kw = dict(batch_size=10, num_samples_ll=7, iwae_k=(3,), chunk_size=4)
+  whole = vae.evaluate(model, params, key, x, **kw)
+  first = vae.evaluate(model, params, key, x[:30], first_batch=0, **kw)
+  rest = vae.evaluate(model, params, key, x[30:], first_batch=3, **kw)
+  for name in ("elbo", "kl", "iwae_3", "log_likelihood"):
+    np.testing.assert_allclose((30 * first[name] + 20 * rest[name]) / 50, whole[name],
+                               rtol=1e-12, err_msg=name)
+  shifted = vae.evaluate(model, params, key, x[30:], first_batch=0, **kw)
+  assert shifted["log_likelihood"] != rest["log_likelihood"]  # the keys follow the batch index
+
+
 def test_bad_arguments_raise():
   model = _small_model()
   opt = optax.sgd(0.1)

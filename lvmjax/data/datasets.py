@@ -238,7 +238,34 @@ def _require(files, path, keys):
                      "lvmjax.data.sources.")
 
 
-def binarize_once(x: np.ndarray, seed: int) -> np.ndarray:
-  """One fixed stochastic binarization, pixel ~ Bernoulli(x), as float32 (for evaluation sets)."""
-  rng = np.random.default_rng([seed, 0xB1])
-  return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
+#: Rows per block of :func:`binarize_once`'s random numbers.
+BINARIZE_BLOCK = 1024
+
+
+def binarize_once(x: np.ndarray, seed: int, first_row: int = 0) -> np.ndarray:
+  """One fixed stochastic binarization, pixel ~ Bernoulli(x), as float32 (for evaluation sets).
+
+  The uniforms come in blocks of ``BINARIZE_BLOCK`` rows, block b from its own generator
+  ``[seed, 0xB1, b]``, so row i of a set gets the same draws whether the set is binarized whole
+  or in pieces: pass a piece's position in the set as ``first_row`` (as each process does with
+  its block of the evaluation points).
+
+  Args:
+    x: (N, ...) probabilities in [0, 1].
+    seed: the binarization's seed.
+    first_row: position of ``x[0]`` in the whole set.
+
+  Returns:
+    float32 array of 0/1 like x.
+  """
+  x = np.asarray(x)
+  n = x.shape[0]
+  if n == 0:
+    return x.astype(np.float32)
+  first_block, last_block = first_row // BINARIZE_BLOCK, (first_row + n - 1) // BINARIZE_BLOCK
+  u = np.concatenate([
+      np.random.default_rng([seed, 0xB1, b]).random((BINARIZE_BLOCK,) + x.shape[1:],
+                                                     dtype=np.float32)
+      for b in range(first_block, last_block + 1)])
+  offset = first_row - first_block * BINARIZE_BLOCK
+  return (u[offset:offset + n] < x).astype(np.float32)

@@ -18,8 +18,10 @@ Several processes (``jax.distributed``): each process reads only its own block o
 rows (:func:`load_data`) and draws ``batch_size / num_processes`` rows of every global batch from
 it, in its own shuffled order; the step is data-parallel over the devices of all processes. So the
 batches, and hence the trajectory, differ from a one-process run's (the same algorithm, not the
-same numbers). The evaluation split is read whole by every process and each computes the same
-evaluation; process 0 writes metrics, results and figures.
+same numbers). The evaluation points are split too: each process reads its block of whole
+evaluation batches and the sums are added over processes (:func:`lvmjax.vae.evaluate` with
+``across_processes``), which gives the one-process figures; process 0 writes metrics, results and
+figures (the figures from its own evaluation points).
 """
 from __future__ import annotations
 
@@ -146,6 +148,7 @@ class _Data(NamedTuple):
   eval_y: np.ndarray | None
   image_shape: tuple[int, ...] | None
   num_train_points: int  # of all processes together (train.x holds this process's rows)
+  eval_first_batch: int = 0  # global index of eval_x's first evaluation batch
 
 
 def load_data(config: Any) -> _Data:
@@ -153,8 +156,9 @@ def load_data(config: Any) -> _Data:
 
   With several processes (``jax.process_count() > 1``) ``train`` holds only this process's block
   of the training rows (:func:`lvmjax.sharding.process_share`), read from the file without
-  loading the rest; ``num_train_points`` counts the rows of all processes. The evaluation points
-  are read whole by every process.
+  loading the rest; ``num_train_points`` counts the rows of all processes. Likewise each process
+  reads only its block of whole evaluation batches (``config.eval_batch_size`` points each);
+  ``eval_first_batch`` is the global index of its first batch.
   """
   kwargs = dict(data_dir=config.data_dir or None)
   if config.dataset == "synthetic_gmm":
@@ -172,13 +176,25 @@ def load_data(config: Any) -> _Data:
     raise ValueError(f"config.eval_split={split!r}: dataset {config.dataset!r} has splits "
                      f"{data.SPLITS[config.dataset]}.")
   # A fixed random subset of num_eval_points: binarized MNIST's test split is sorted by class.
-  eval_rows = data.random_subset(data.num_rows(config.dataset, split, **kwargs),
-                                 config.num_eval_points, [config.seed, 11])
+  num_eval_rows = data.num_rows(config.dataset, split, **kwargs)
+  eval_rows = data.random_subset(num_eval_rows, config.num_eval_points, [config.seed, 11])
+  first_batch, first_row = 0, 0
+  if jax.process_count() > 1:
+    num_eval = num_eval_rows if eval_rows is None else len(eval_rows)
+    bs = config.eval_batch_size
+    batches = sharding.process_rows(-(-num_eval // bs), multiple=1)
+    first_batch, first_row = batches.start, min(batches.start * bs, num_eval)
+    mine = slice(first_row, min(batches.stop * bs, num_eval))
+    eval_rows = mine if eval_rows is None else eval_rows[mine]
+    if mine.stop <= mine.start:
+      raise ValueError(f"{num_eval} evaluation points make fewer than one batch of "
+                       f"config.eval_batch_size={bs} per process ({jax.process_count()} processes); "
+                       "lower config.eval_batch_size or evaluate on more points.")
   test = data.load_dataset(config.dataset, split, rows=eval_rows, **kwargs)
   x, y = test.x, test.y
   if train.binarize:
-    x = data.binarize_once(x, config.seed)
-  return _Data(train, x, y, train.image_shape, num_train)
+    x = data.binarize_once(x, config.seed, first_row=first_row)
+  return _Data(train, x, y, train.image_shape, num_train, first_batch)
 
 
 def _reshape(x: np.ndarray, data_shape: tuple[int, ...]) -> np.ndarray:
@@ -267,7 +283,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
 
   results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
                            num_importance_samples=config.num_importance_samples,
-                           quiet=quiet or not primary)
+                           quiet=quiet or not primary, first_batch=d.eval_first_batch)
   results.update(step=int(state.step), epochs=int(state.step) / batches_per_epoch,
                  num_parameters=int(sum(np.size(a) for a in jax.tree.leaves(state.params))))
   if primary:
@@ -347,7 +363,8 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
           params = state.params if mesh is None else jax.device_get(state.params)
           ev = training.evaluate(model, params, jax.random.fold_in(eval_key, step),
                                  _reshape(d.eval_x, data_shape), config.eval_batch_size,
-                                 num_samples_ll=0)
+                                 num_samples_ll=0, first_batch=d.eval_first_batch,
+                                 across_processes=True)
           m["eval_elbo"] = ev["elbo"]
           m["eval_active_units"] = ev["active_units"]
         writer.write(step, m)
@@ -382,8 +399,12 @@ def _local_batches(config: Any, num_points: int, step: int) -> tuple[int, int, d
 
 def evaluate_model(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
                    data_shape: tuple[int, ...], *, num_importance_samples: int,
-                   quiet: bool = True) -> dict:
+                   quiet: bool = True, first_batch: int = 0) -> dict:
   """ELBO, importance-sampled log-likelihood, IWAE bounds and active units on ``x``.
+
+  With several processes, ``x`` is this process's block of whole evaluation batches, starting at
+  global batch ``first_batch`` (:func:`load_data`), and the figures are those of all processes'
+  points together.
 
   For the autoencoder (``config.model == "ae"``) the ELBO and log-likelihood have no meaning
   (its encoder variance is not trained); it reports ``reconstruction_log_likelihood`` (log p(x|z)
@@ -392,16 +413,25 @@ def evaluate_model(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: 
   xs = _reshape(np.asarray(x), data_shape)
   t0 = time.perf_counter()
   if config.model == "ae":
-    rec = float(np.mean(np.asarray(vae.autoencoder_log_likelihood(model, params, jnp.asarray(xs)))))
-    count, _ = vae.active_units(model, params, xs)
-    results = {"reconstruction_log_likelihood": rec, "active_units": int(count),
-               "num_points": int(len(xs))}
+    rec = np.asarray(vae.autoencoder_log_likelihood(model, params, jnp.asarray(xs)), np.float64)
+    if jax.process_count() > 1:  # sums of the reconstruction and of the code's moments
+      codes = np.asarray(vae.encode(model, params, xs)[0], np.float64)
+      total, rec_sum, m1, m2 = sharding.process_sum(
+          (len(xs), rec.sum(), codes.sum(0), np.square(codes).sum(0)))
+      variances = m2 / total - np.square(m1 / total)
+      results = {"reconstruction_log_likelihood": float(rec_sum / total),
+                 "active_units": int(np.sum(variances > 0.01)), "num_points": int(total)}
+    else:
+      count, _ = vae.active_units(model, params, xs)
+      results = {"reconstruction_log_likelihood": float(np.mean(rec)),
+                 "active_units": int(count), "num_points": int(len(xs))}
   else:
     bar = progress.Progress(len(xs), desc=f"evaluate (k={num_importance_samples})", quiet=quiet)
     results = training.evaluate(
         model, params, key, xs, config.eval_batch_size, num_samples_ll=num_importance_samples,
         iwae_k=tuple(int(k) for k in config.iwae_k),
-        progress=lambda done, total: bar.update(done))
+        progress=lambda done, total: bar.update(done), first_batch=first_batch,
+        across_processes=True)
     bar.close()
     results["num_importance_samples"] = int(num_importance_samples)
   results["eval_seconds"] = time.perf_counter() - t0
@@ -529,7 +559,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
   data_shape = data_shape_of(config, d.train)
   eval_key = jax.random.split(jax.random.key(config.seed), 3)[2]
   results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
-                           num_importance_samples=num_importance_samples, quiet=quiet)
+                           num_importance_samples=num_importance_samples,
+                           quiet=quiet or not distributed.is_primary(),
+                           first_batch=d.eval_first_batch)
   results["step"] = int(state.step)
   out = workdir / "evaluation"
   if distributed.is_primary():

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from lvmjax import _checks
+from lvmjax import sharding
 from lvmjax.vae import model as vae_model
 
 OBJECTIVES = ("elbo", "iwae", "autoencoder")
@@ -234,8 +235,17 @@ def _eval_batch(model, params, key, x, num_samples_ll, iwae_k, chunk_size):
 def evaluate(model: vae_model.VAE, params: Any, key: jax.Array, x: jax.typing.ArrayLike,
              batch_size: int = 100, num_samples_ll: int = 5000, iwae_k: Sequence[int] = (),
              chunk_size: int = 500, active_units_threshold: float = 0.01,
-             progress: Optional[Callable[[int, int], None]] = None) -> dict:
+             progress: Optional[Callable[[int, int], None]] = None, *, first_batch: int = 0,
+             across_processes: bool = False) -> dict:
   """Test-set figures of a trained VAE, computed batch by batch (memory independent of N).
+
+  Several processes (``jax.distributed``) can share one evaluation: each passes its own block of
+  whole batches of the evaluation set (``x``, the global batch index of its first batch as
+  ``first_batch``) and ``across_processes=True``; batch ``first_batch + i`` draws from
+  ``fold_in(key, first_batch + i)`` as it would in one process, and the sums are added over the
+  processes, so every process returns the figures of the whole set (equal to one process up to
+  float rounding; the active units come from summed first and second moments of the posterior
+  means).
 
   Args:
     model, params: the VAE.
@@ -247,6 +257,8 @@ def evaluate(model: vae_model.VAE, params: Any, key: jax.Array, x: jax.typing.Ar
     chunk_size: samples per chunk in :func:`~lvmjax.vae.log_likelihood`.
     active_units_threshold: threshold of :func:`~lvmjax.vae.active_units`.
     progress: optional callback ``progress(points_done, num_points)``.
+    first_batch: global index of this call's first batch (see above).
+    across_processes: add the sums over all processes (every process must call it).
 
   Returns:
     dict of Python floats (means over x): ``elbo``, ``reconstruction``, ``kl``, ``iwae_<k>`` for
@@ -269,17 +281,28 @@ def evaluate(model: vae_model.VAE, params: Any, key: jax.Array, x: jax.typing.Ar
     m = xb.shape[0]
     if m < batch_size:
       xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
-    out = _eval_batch(model, params, jax.random.fold_in(key, i), jnp.asarray(xb),
+    out = _eval_batch(model, params, jax.random.fold_in(key, first_batch + i), jnp.asarray(xb),
                       int(num_samples_ll), iwae_k, int(chunk_size))
     for name, v in jax.device_get(out).items():
       sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
     if progress is not None:
       progress(start + m, n)
-  results = {name: s / n for name, s in sums.items()}
+  if across_processes and jax.process_count() > 1:
+    encode_batch = max(batch_size, 1000)
+    means = np.concatenate([np.asarray(vae_model.encode(model, params, x[i:i + encode_batch])[0],
+                                       np.float64) for i in range(0, n, encode_batch)])
+    sums, total, m1, m2 = sharding.process_sum(
+        (sums, n, means.sum(axis=0), np.square(means).sum(axis=0)))
+    results = {name: float(v) / total for name, v in sums.items()}
+    variances = m2 / total - np.square(m1 / total)
+    results["active_units"] = int(np.sum(variances > active_units_threshold))
+    n = int(total)
+  else:
+    results = {name: v / n for name, v in sums.items()}
+    count, _ = vae_model.active_units(model, params, x, active_units_threshold,
+                                      batch_size=max(batch_size, 1000))
+    results["active_units"] = int(count)
   if "log_likelihood" in results:
     results["nll"] = -results["log_likelihood"]
-  count, _ = vae_model.active_units(model, params, x, active_units_threshold,
-                                    batch_size=max(batch_size, 1000))
-  results["active_units"] = int(count)
   results["num_points"] = n
   return results
