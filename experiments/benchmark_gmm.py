@@ -246,7 +246,7 @@ def main(argv):
   cores = os.cpu_count() or 1
   devices = FLAGS.cpu_devices or cores
   if devices > 1:  # before the first computation creates the backend
-    jax.config.update("jax_num_cpu_devices", devices)
+    sharding.use_cpu_cores(devices)
   info = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores",
           "jax": jax.__version__, "backend": jax.default_backend(),
           "devices": [str(dv) for dv in jax.devices()]}

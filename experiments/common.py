@@ -3,7 +3,8 @@
 Every launcher takes ``--config`` (an ``ml_collections`` config file, with ``--config.key=value``
 overrides), ``--workdir``, ``--quiet`` and the multi-host flags ``--coordinator_address``,
 ``--num_processes``, ``--process_id`` (passed to ``jax.distributed.initialize``; omit them on one
-machine) or ``--distributed_auto`` (let JAX detect a Cloud TPU / SLURM cluster).
+machine) or ``--distributed_auto`` (let JAX detect a Cloud TPU / SLURM cluster), and
+``--cpu_devices`` (0: one JAX device per CPU core, so that a fit uses every core).
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def define_flags(default_config: str):
   flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
   flags.DEFINE_bool("distributed_auto", False,
                     "Multi-host: let jax.distributed.initialize() detect the cluster.")
+  flags.DEFINE_integer("cpu_devices", 1,
+                       "Host CPU devices for JAX (lvmjax.sharding.use_cpu_cores); 0: one per core. "
+                       "With more than one device the fit runs data-parallel over them, which "
+                       "uses every core of a CPU for EM and K-means (1: one device).")
   return holder
 
 
@@ -53,6 +58,12 @@ def start() -> None:
   if not f.workdir:
     raise flags.IllegalFlagValueError("--workdir is required, e.g. --workdir /tmp/lvmjax_run")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  cpu_devices = f["cpu_devices"].value if "cpu_devices" in f else 1
+  if cpu_devices < 0:
+    raise flags.IllegalFlagValueError(f"--cpu_devices must be >= 0, got {cpu_devices}.")
+  if cpu_devices != 1:
+    from lvmjax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.use_cpu_cores(cpu_devices or None)
   distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id,
                                auto=f.distributed_auto)
 

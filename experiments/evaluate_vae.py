@@ -34,6 +34,7 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
 flags.DEFINE_integer("num_processes", None, "Multi-host: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.DEFINE_bool("distributed_auto", False, "Multi-host: let JAX detect the cluster.")
+flags.DEFINE_integer("cpu_devices", 1, "Host CPU devices for JAX; 0: one per core.")
 
 
 def main(argv):

@@ -17,12 +17,22 @@ On several hosts (after ``jax.distributed.initialize``) each process loads only 
 computed on the global array come from per-process parts: ``process_sum`` adds sums (e.g. of
 log-likelihoods) and ``process_concat`` gathers small per-row values (e.g. labels).
 
+On a multi-core CPU, JAX's one CPU device threads only large matrix products; the rest of an EM or
+Lloyd iteration runs on one core. :func:`use_cpu_cores` (called first thing, before any JAX
+computation) gives JAX one host device per core, and a fit over ``data_mesh()`` then runs each
+core's rows on its own thread: on a 2-core CPU, 1.7x the one-device EM speed and 1.55x K-means'
+(``python -m experiments.benchmark_gmm``)::
+
+  sharding.use_cpu_cores()                           # before the first JAX computation
+  result = gmm.fit(key, x, 10, mesh=sharding.data_mesh())
+
 Padding rows carry ``sample_weight`` 0, so they change no statistic; the fits that take a
 ``mesh`` pad internally and also exclude the padding from the unweighted quantities (K-means'
 centring and tolerance), so a sharded fit equals the fit on one device up to float rounding.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +42,35 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 DATA_AXIS = "data"
+
+
+def use_cpu_cores(num_devices: int | None = None) -> int:
+  """Makes JAX create ``num_devices`` host CPU devices (default: one per core).
+
+  Sets ``jax_num_cpu_devices``, which JAX reads when it creates its CPU backend, so call it right
+  after ``import jax``, before any JAX computation. Fits over ``data_mesh()`` then run each
+  device's rows on its own thread (see the module docstring); with one device per core nothing
+  else changes, and arrays not put on the mesh stay on device 0.
+
+  Args:
+    num_devices: number of CPU devices; None: ``os.cpu_count()``.
+
+  Returns:
+    The number of CPU devices requested.
+
+  Raises:
+    ValueError: ``num_devices < 1``, or JAX has already run a computation (too late to change
+      the number of CPU devices; call this first thing in the program).
+  """
+  n = (os.cpu_count() or 1) if num_devices is None else int(num_devices)
+  if n < 1:
+    raise ValueError(f"num_devices must be >= 1, got {num_devices}.")
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError as e:
+    raise ValueError("use_cpu_cores() must run before the first JAX computation (JAX has created "
+                     "its CPU backend already); call it right after `import jax`.") from e
+  return n
 
 
 def data_mesh(devices: Any = None, axis_name: str = DATA_AXIS) -> Mesh:

@@ -342,3 +342,19 @@ def test_streamed_em_peak_memory_is_flat_in_n(tmp_path):
     peaks.append(int(out.stdout.split()[-1]) / 1024)  # ru_maxrss is in KiB on Linux: MiB
   # Holding the 1e6-row array would add 29 MB over the small run; streaming adds (almost) none.
   assert peaks[1] - peaks[0] < 12, peaks
+
+
+def test_use_cpu_cores_before_and_after_the_backend_starts():
+  """One host device per requested core in a fresh process; a clear error once JAX has run."""
+  code = ("import jax\nfrom lvmjax import sharding\nsharding.use_cpu_cores(3)\n"
+          "assert jax.device_count() == 3, jax.devices()\n"
+          "try:\n  sharding.use_cpu_cores(2)\nexcept ValueError as e:\n"
+          "  assert 'before the first JAX computation' in str(e)\nelse:\n  raise SystemExit(1)\n"
+          "print('ok')\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+  with pytest.raises(ValueError, match="num_devices"):
+    sharding.use_cpu_cores(0)
