@@ -101,36 +101,14 @@ class GMMFitResult(NamedTuple):
 
 
 def _log_joint_fn(params: GMMParams):
-  """A function of (x (n, D), x - mu_k (K, n, D)) giving log w_k + log N(x; mu_k, Sigma_k), (n, K).
-
-  Full and tied: the Mahalanobis term is ||x L_k^{-T} - mu_k L_k^{-T}||^2, one matrix product of
-  the chunk by the stacked (D, K·D) inverse factors for all components at once (scikit-learn's
-  formulation; its error grows like eps·|x|·|L^{-1}|). Diag and spherical: from the differences.
-  """
-  cov_type = params.covariance_type
+  """For "diag" and "spherical": a function of (x (n, D), x - mu_k (K, n, D)) giving
+  log w_k + log N(x; mu_k, Sigma_k), (n, K), from the differences ("full" and "tied" take the
+  whitened path of :func:`_whitened_scan`)."""
   k, d = params.means.shape
-  dtype = params.means.dtype
   chol = model.cholesky(params)
   const = jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
-  if cov_type in ("full", "tied"):
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
-    chol_inv_t = jnp.swapaxes(
-        jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True), -1, -2)
-    offset = const - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    if cov_type == "full":
-      w = jnp.transpose(chol_inv_t, (1, 0, 2)).reshape(d, k * d)  # column block k: L_k^{-T}
-      b = jnp.einsum("kd,kde->ke", params.means, chol_inv_t)
-    else:
-      w, b = chol_inv_t, params.means @ chol_inv_t
-
-    def log_joint_rows(xc, diff):
-      del diff
-      y = (xc @ w).reshape(xc.shape[0], -1, d) - b[None]  # (n, K, D); tied broadcasts
-      return offset[None, :] - 0.5 * jnp.sum(y * y, axis=-1)
-    return log_joint_rows
-
   var = jnp.square(chol)
-  if cov_type == "spherical":
+  if params.covariance_type == "spherical":
     var = jnp.broadcast_to(var[:, None], (k, d))
   offset = const - 0.5 * jnp.sum(jnp.log(var), axis=1)
   inv_var = 1.0 / var
@@ -594,6 +572,21 @@ def _fit_sharded_jit(key, x, w, init_params, tol, reg_covar, *, mesh, shard, **s
                        out_specs=P(), check_vma=False)(key, x, w, init_params, tol, reg_covar)
 
 
+def check_fit_options(num_components, covariance_type, n_init, max_iter, tol, reg_covar):
+  """The checks every EM fit makes of its options (``fit``, ``streaming.fit``); ValueError if bad.
+
+  Returns:
+    ``(num_components, n_init, max_iter, tol, reg_covar)`` as checked.
+  """
+  num_components = _checks.check_positive_int(num_components, "num_components")
+  _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
+  n_init = _checks.check_positive_int(n_init, "n_init")
+  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
+  tol = _checks.check_nonnegative(tol, "tol")
+  reg_covar = _checks.check_nonnegative(reg_covar, "reg_covar")
+  return num_components, n_init, max_iter, tol, reg_covar
+
+
 def _check_x(x):
   """``check_data``; for a global multi-host array, its shape and this process's values."""
   if sharding.is_global(x):
@@ -712,12 +705,8 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
   placement = sharding.mesh_of(x, mesh, axis_name)
   _check_x(x)
   n, d = np.shape(x)
-  num_components = _checks.check_positive_int(num_components, "num_components")
-  _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
-  n_init = _checks.check_positive_int(n_init, "n_init")
-  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
-  tol = _checks.check_nonnegative(tol, "tol")
-  reg_covar = _checks.check_nonnegative(reg_covar, "reg_covar")
+  num_components, n_init, max_iter, tol, reg_covar = check_fit_options(
+      num_components, covariance_type, n_init, max_iter, tol, reg_covar)
   if n < num_components:
     raise ValueError(
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "

@@ -459,12 +459,8 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     >>> r.params.means.shape
     (2, 2)
   """
-  num_components = _checks.check_positive_int(num_components, "num_components")
-  _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
-  n_init = _checks.check_positive_int(n_init, "n_init")
-  max_iter = _checks.check_positive_int(max_iter, "max_iter", minimum=0)
-  tol = _checks.check_nonnegative(tol, "tol")
-  reg_covar = _checks.check_nonnegative(reg_covar, "reg_covar")
+  num_components, n_init, max_iter, tol, reg_covar = em.check_fit_options(
+      num_components, covariance_type, n_init, max_iter, tol, reg_covar)
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   init_size = _checks.check_positive_int(init_size, "init_size")
   init_max_iter = _checks.check_positive_int(init_max_iter, "init_max_iter", minimum=0)
