@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax import lax
@@ -507,9 +507,20 @@ def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int):
   return labels, min_d, sums, weights
 
 
+def _identity(value):
+  return value
+
+
 def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_clusters: int,
-           max_iter: int, num_chunks: int) -> KMeansResult:
-  """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``."""
+           max_iter: int, num_chunks: int, total: Callable[[Any], Any] = _identity,
+           relocate: Callable[..., tuple[jax.Array, jax.Array]] | None = None) -> KMeansResult:
+  """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``.
+
+  With rows split over devices (``lvmjax.kmeans.sharded``), ``total`` adds a value over the
+  devices (a ``psum``) and ``relocate`` is the collective relocation of empty clusters; on one
+  device they are the identity and :func:`_relocate_empty`.
+  """
+  relocate = relocate or _relocate_empty
   n_pad = data.x.shape[0]
   dtype = data.x.dtype
 
@@ -520,10 +531,11 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
   def body(state):
     i, c, labels_old, _, _, history = state
     labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks)
-    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights)
+    sums, weights = total((sums, weights))
+    sums, weights = relocate(data.x, data.w, labels, data.valid, c, sums, weights)
     c_new = _average(sums, weights)
-    history = history.at[i].set(jnp.sum(data.w * min_d))
-    strict = jnp.all((labels == labels_old) | ~data.valid)
+    history = history.at[i].set(total(jnp.sum(data.w * min_d)))
+    strict = total(jnp.sum((labels != labels_old) & data.valid)) == 0
     shift = jnp.sum((c_new - c) ** 2)
     done = strict | (shift <= tol_abs)
     return i + 1, c_new, labels, strict, done, history
@@ -535,7 +547,7 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
   n_iter, c, labels, strict, done, history = state
   # Unless the labels were already stable, re-assign so that labels match the final centroids.
   labels = lax.cond(strict, lambda: labels, lambda: _assign_chunks(data, c, num_chunks)[0])
-  value = _direct_inertia(data.x, data.w, c, labels)
+  value = total(_direct_inertia(data.x, data.w, c, labels))
   return KMeansResult(c, labels, value, n_iter, done, history)
 
 

@@ -147,40 +147,6 @@ def _relocate_empty(x, w, labels, valid, old_centroids, sums, weights, shard: Sh
   return lax.cond(jnp.any(weights == 0), relocate, lambda s: s, (sums, weights))
 
 
-def _lloyd(data: _km._Data, centroids, tol_abs, shard: Shard, *, num_clusters: int,  # pylint: disable=protected-access
-           max_iter: int, num_chunks: int) -> _km.KMeansResult:
-  """``kmeans._lloyd`` with the statistics added over devices."""
-  n_pad = data.x.shape[0]
-  dtype = data.x.dtype
-
-  def cond(state):
-    i, _, _, _, done, _ = state
-    return (i < max_iter) & ~done
-
-  def body(state):
-    i, c, labels_old, _, _, history = state
-    labels, min_d, sums, weights = _km._e_and_sums(data, c, num_clusters, num_chunks)  # pylint: disable=protected-access
-    sums, weights = _psum((sums, weights), shard)
-    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard)
-    c_new = _km._average(sums, weights)  # pylint: disable=protected-access
-    history = history.at[i].set(_psum(jnp.sum(data.w * min_d), shard))
-    changed = _psum(jnp.sum((labels != labels_old) & data.valid), shard)
-    strict = changed == 0
-    shift = jnp.sum((c_new - c) ** 2)
-    done = strict | (shift <= tol_abs)
-    return i + 1, c_new, labels, strict, done, history
-
-  state = (jnp.int32(0), centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False),
-           jnp.bool_(False), jnp.full((max_iter,), jnp.nan, dtype))
-  if max_iter > 0:
-    state = lax.while_loop(cond, body, state)
-  n_iter, c, labels, strict, done, history = state
-  labels = lax.cond(strict, lambda: labels,
-                    lambda: _km._assign_chunks(data, c, num_chunks)[0])  # pylint: disable=protected-access
-  value = _psum(_km._direct_inertia(data.x, data.w, c, labels), shard)  # pylint: disable=protected-access
-  return _km.KMeansResult(c, labels, value, n_iter, done, history)
-
-
 def fit_local(key, x, w, valid, init_centroids, tol, shard: Shard, *, num_clusters: int,
               init_kind: str, n_init: int, max_iter: int, chunk_size: int) -> _km.KMeansResult:
   """The per-device body of a sharded K-means fit (call inside ``shard_map``).
@@ -213,7 +179,9 @@ def fit_local(key, x, w, valid, init_centroids, tol, shard: Shard, *, num_cluste
   w_pad = _km._pad_rows(w, n_pad)  # pylint: disable=protected-access
   valid_pad = _km._pad_rows(valid, n_pad)  # pylint: disable=protected-access
   data = _km._Data(x_pad, _km._sq_norms(x_pad), w_pad, x_pad * w_pad[:, None], valid_pad)  # pylint: disable=protected-access
-  run = functools.partial(_lloyd, data, tol_abs=tol_abs, shard=shard, num_clusters=num_clusters,
+  run = functools.partial(_km._lloyd, data, tol_abs=tol_abs, num_clusters=num_clusters,  # pylint: disable=protected-access
+                          total=functools.partial(_psum, shard=shard),
+                          relocate=functools.partial(_relocate_empty, shard=shard),
                           max_iter=max_iter, num_chunks=num_chunks)
 
   def one(k):
