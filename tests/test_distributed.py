@@ -78,20 +78,8 @@ def test_eight_simulated_devices(tmp_path):
 
 def test_two_processes_joined_by_jax_distributed(tmp_path):
   port = _free_port()
-  logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]  # pylint: disable=consider-using-with
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.scale_worker", "process", str(i), "2",
-                             str(port), str(tmp_path)], cwd=REPO, env=_env(), stdout=logs[i],
-                            stderr=subprocess.STDOUT) for i in range(2)]
-  try:
-    codes = [p.wait(timeout=TIMEOUT) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-    for f in logs:
-      f.close()
-  tails = "\n".join((tmp_path / f"p{i}.log").read_text()[-3000:] for i in range(2))
-  assert codes == [0, 0], tails
+  _run_all([[sys.executable, "-m", "tests.scale_worker", "process", str(i), "2", str(port),
+             str(tmp_path)] for i in range(2)], tmp_path)
   res = json.loads((tmp_path / "result.json").read_text())
   assert res["process_count"] == 2 and res["device_count"] == 4
   _check_vae(res["vae"])
@@ -100,13 +88,19 @@ def test_two_processes_joined_by_jax_distributed(tmp_path):
 
 
 def _launch(module, nproc, out_dir, *args):
-  """Runs ``python -m module PID NPROC PORT OUT_DIR *args`` for every process; returns logs."""
+  """Runs ``python -m module PID NPROC PORT OUT_DIR *args`` for every process (see _run_all)."""
   port = _free_port()
+  _run_all([[sys.executable, "-m", module, str(i), str(nproc), str(port), str(out_dir), *args]
+            for i in range(nproc)], out_dir)
+
+
+def _run_all(commands, out_dir):
+  """Runs the commands at once (one process each, logs in out_dir/log<i>.txt); all must exit 0."""
+  nproc = len(commands)
   logs = [open(out_dir / f"log{i}.txt", "w")  # pylint: disable=consider-using-with
           for i in range(nproc)]
-  procs = [subprocess.Popen([sys.executable, "-m", module, str(i), str(nproc), str(port),
-                             str(out_dir), *args], cwd=REPO, env=_env(), stdout=logs[i],
-                            stderr=subprocess.STDOUT) for i in range(nproc)]
+  procs = [subprocess.Popen(command, cwd=REPO, env=_env(), stdout=logs[i],
+                            stderr=subprocess.STDOUT) for i, command in enumerate(commands)]
   try:
     codes = [p.wait(timeout=TIMEOUT) for p in procs]
   finally:

@@ -344,6 +344,15 @@ def test_streamed_em_peak_memory_is_flat_in_n(tmp_path):
   assert peaks[1] - peaks[0] < 12, peaks
 
 
+def _run_fresh_python(code):
+  """Runs ``code`` in a new CPU-only Python (its own JAX start-up); it must print "ok"."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 def test_use_cpu_cores_before_and_after_the_backend_starts():
   """One host device per requested core in a fresh process; a clear error once JAX has run."""
   code = ("import jax\nfrom lvmjax import sharding\nsharding.use_cpu_cores(3)\n"
@@ -351,11 +360,7 @@ def test_use_cpu_cores_before_and_after_the_backend_starts():
           "try:\n  sharding.use_cpu_cores(2)\nexcept ValueError as e:\n"
           "  assert 'before the first JAX computation' in str(e)\nelse:\n  raise SystemExit(1)\n"
           "print('ok')\n")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+  _run_fresh_python(code)
   with pytest.raises(ValueError, match="num_devices"):
     sharding.use_cpu_cores(0)
 
@@ -370,8 +375,4 @@ def test_full_covariance_at_64_features_on_an_in_process_cpu_mesh_is_refused_not
           "  raise SystemExit(1)\n"
           "r = gmm.fit(jax.random.key(0), x, 2, 'tied', mesh=sharding.data_mesh(), max_iter=3)\n"
           "print('ok')\n")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+  _run_fresh_python(code)
