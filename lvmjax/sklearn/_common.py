@@ -98,3 +98,11 @@ def row_blocks(fn, x: jax.Array, block: int):
   xp = jnp.pad(x, ((0, num * block - n), (0, 0)))
   outs = [fn(xp[i * block:(i + 1) * block]) for i in range(num)]
   return jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *outs)
+
+
+def check_n_samples(n_samples) -> None:
+  """scikit-learn's ValueError for a ``sample(n_samples)`` that is not a positive integer."""
+  if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
+      n_samples < 1):
+    raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at "
+                     "least one sample.")

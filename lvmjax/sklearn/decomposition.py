@@ -178,10 +178,7 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
   def sample(self, n_samples=1):
     """Draws points x ~ p(x) (key from ``random_state``), (n_samples, D)."""
     check_is_fitted(self)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
-        n_samples < 1):
-      raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at "
-                       "least one sample.")
+    _common.check_n_samples(n_samples)
     key = _common.key_from_random_state(self.random_state)
     return _common.to_numpy(_sample(key, self._params(), int(n_samples)))
 

@@ -365,10 +365,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
       (X (n_samples, D), y (n_samples,) int64 components).
     """
     check_is_fitted(self)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
-        n_samples < 1):
-      raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at "
-                       "least one sample.")
+    _common.check_n_samples(n_samples)
     key = _common.key_from_random_state(self.random_state)
     x, z = gmm.sample(key, self._get_gmm_params(), int(n_samples))
     z = _common.to_numpy(z).astype(np.int64)
