@@ -30,12 +30,90 @@ def check_data(x: Any, name: str = "x", *, ndim: int = 2) -> None:
   if is_concrete(x):
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-      raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.")
+      hint = f" Convert it: {name}.astype(np.float32)." if arr.dtype.name == "bfloat16" else ""
+      raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.{hint}")
     if not np.all(np.isfinite(arr)):
       bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
       raise ValueError(
           f"{name} contains {bad} NaN or infinite value(s). Remove or impute them before fitting "
           "(e.g. x = x[np.isfinite(x).all(axis=1)]).")
+
+
+def check_key(key: Any, name: str = "key", *, allow_none: bool = False) -> None:
+  """Checks that ``key`` is one JAX PRNG key, before anything is traced.
+
+  Accepted: a new-style typed key (``jax.random.key(seed)``: dtype ``key<impl>``, shape ``()``) or
+  a legacy raw key (``jax.random.PRNGKey(seed)``: uint32 of shape ``(2,)``, or ``(4,)`` for the
+  "rbg" implementations). Tracers are checked by shape and dtype too, so the check also applies
+  under ``jit`` and ``vmap``.
+
+  Args:
+    key: the object passed where a key belongs.
+    name: the argument's name, for the message.
+    allow_none: accept None (for functions whose key is optional).
+
+  Raises:
+    ValueError: ``key`` is an int, None (unless allowed), a batch of keys, or another array; the
+      message names ``jax.random.key(0)``.
+  """
+  if key is None and allow_none:
+    return
+  fix = (f"Pass a PRNG key, e.g. {name}=jax.random.key(0) (or jax.random.split(key)[0] to "
+         "derive one); keys are explicit in lvmjax and never defaulted.")
+  if key is None or isinstance(key, (bool, int, float, np.integer, np.floating)):
+    raise ValueError(f"{name} must be a JAX PRNG key, got {type(key).__name__} {key!r}. {fix}")
+  dtype, shape = getattr(key, "dtype", None), np.shape(key) if hasattr(key, "shape") else None
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape != ():
+      raise ValueError(f"{name} must be one PRNG key, got an array of keys of shape {shape}. "
+                       f"Pass one of them, e.g. {name}[0].")
+    return
+  if dtype is not None and np.dtype(dtype) == np.uint32 and shape in ((2,), (4,)):
+    return  # a legacy raw key from jax.random.PRNGKey
+  what = (f"an array of dtype {np.dtype(dtype)} and shape {shape}" if dtype is not None
+          else type(key).__name__)
+  raise ValueError(f"{name} must be a JAX PRNG key, got {what}. {fix}")
+
+
+#: Data dtypes the fits compute in as given; integers and bools are converted (see below).
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
+  """Checks the dtype of data given to a fit and returns the dtype the fit computes in.
+
+  * float32 and float64 are kept (float64 needs ``jax_enable_x64``; without it JAX computes in
+    float32).
+  * Integers and bools are converted to JAX's default float dtype (float32, or float64 with
+    ``jax_enable_x64``), as ``jnp.asarray(x, float)`` does; e.g. uint8 pixels in 0..255 are used
+    as the numbers 0.0..255.0 (scale them yourself if you want [0, 1]).
+  * float16 and bfloat16 are refused: the covariances, Cholesky factors and sums of squares of
+    the fits lose their digits (or overflow above 65504) in 16 bits, and XLA's linear algebra
+    has no half-precision kernels on CPU. Convert with ``x.astype(np.float32)``.
+
+  Args:
+    x: the data (an array, or anything with a ``dtype``).
+    name: the argument's name, for the message.
+
+  Returns:
+    The float dtype the fit computes in.
+
+  Raises:
+    ValueError: a 16-bit float, complex or non-numeric dtype.
+  """
+  dtype = getattr(x, "dtype", None)
+  dtype = np.dtype(np.asarray(x).dtype if dtype is None else dtype)
+  if dtype in FLOAT_DTYPES:
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  if dtype == bool or np.issubdtype(dtype, np.integer):
+    return np.dtype(jax.dtypes.canonicalize_dtype(float))
+  if dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16"):
+    raise ValueError(
+        f"{name} has dtype {dtype.name}; lvmjax fits need float32 or float64 data (16-bit floats "
+        f"lose the digits of covariances and sums of squares). Convert it: "
+        f"{name}.astype(np.float32).")
+  raise ValueError(f"{name} must hold real numbers (float32, float64, integers or bools), got "
+                   f"dtype {dtype.name}.")
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
