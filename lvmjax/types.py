@@ -20,7 +20,7 @@ __all__ = [
     "Key", "PRNGKey", "Scalar", "ScalarLike", "IntScalar", "BoolScalar",
     "Data", "DataLike", "Point", "Points", "Weights", "WeightsLike", "Labels",
     "LogJoint", "Responsibilities", "Centroids", "Means", "ComponentWeights", "LogDensity",
-    "Latents", "History",
+    "Latents", "History", "LatentBatch", "DataBatch", "DataBatchLike",
 ]
 
 #: A PRNG key: ``jax.random.key(0)`` (typed) or a legacy ``jax.random.PRNGKey(0)``.
@@ -66,3 +66,9 @@ ComponentWeights = Float[Array, "k"]
 Latents = Float[Array, "n l"]
 #: (max_iter,) a per-iteration history, NaN past ``n_iter``.
 History = Float[Array, "iter"]
+#: (..., L) latents, or posterior means / log-variances, with any leading batch shape.
+LatentBatch = Float[Array, "*batch l"]
+#: (N, *data_shape) a batch of points of any shape (a VAE's images, vectors).
+DataBatch = Float[Array, "n *data"]
+#: (N, *data_shape) such a batch as given by a user (floats, or integer / bool bits).
+DataBatchLike = Union[Num[ArrayLike, "n *data"], np.ndarray]
