@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
-
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -29,15 +27,7 @@ from lvmjax import sharding
 from lvmjax.kmeans import kmeans as _km
 
 
-class Shard(NamedTuple):
-  """Static description of the row sharding inside ``shard_map``.
-
-  Attributes:
-    axis_name: the mesh axis the rows are split over.
-    layout: a :class:`lvmjax.sharding.RowLayout` (real rows, devices, rows per device).
-  """
-  axis_name: str
-  layout: sharding.RowLayout
+Shard = sharding.Shard  # moved to lvmjax.sharding; this name stays importable
 
 
 def _psum(x, shard: Shard):
@@ -235,7 +225,7 @@ def fit(key, x, num_clusters: int, init="k-means++", n_init: int = 1, max_iter: 
   mesh, axis_name = sharding.mesh_of(x, mesh, axis_name)
   is_global = sharding.is_global(x)
   if is_global:
-    _checks.check_data(_Shape(x.shape))
+    _checks.check_data(sharding.ShapeOnly(x.shape))
     sharding.check_local_values(x)
   else:
     _checks.check_data(x)
@@ -257,13 +247,3 @@ def fit(key, x, num_clusters: int, init="k-means++", n_init: int = 1, max_iter: 
                   num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,
                   max_iter=max_iter, chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
                   layout=layout)
-
-
-class _Shape:
-  """Stands in for a global array in the shape checks (its values live on other processes)."""
-
-  def __init__(self, shape):
-    self.shape = tuple(shape)
-
-  def __array__(self, dtype=None, copy=None):
-    return np.zeros((1,) * len(self.shape), dtype or np.float32)
