@@ -260,8 +260,77 @@ def test_launcher_runs_as_a_script(tmp_path):
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Results:" in out.stdout and "test_log_likelihood" in out.stdout
+  assert (out.stdout + out.stderr).count("test_log_likelihood") == 1  # results shown once
   assert _json(tmp_path / "config.json")["max_iter"] == 5
   assert _json(tmp_path / "results.json")["n_iter"] <= 5
   bad = subprocess.run(cmd[:2] + ["--workdir", str(tmp_path / "b"), "--config.nonexistent=1"],
                        cwd="/", capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "nonexistent" in bad.stderr
+
+
+def _launch(module, *args, cwd=REPO, env=None, timeout=300):
+  """Runs ``python -m experiments.<module> args`` (CPU) and returns the CompletedProcess."""
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+@pytest.mark.parametrize("module", ["fit_gmm", "fit_kmeans", "train_vae"])
+def test_typo_in_a_config_field_names_the_closest_field_without_a_traceback(tmp_path, module):
+  field = {"fit_gmm": "num_components", "fit_kmeans": "num_clusters",
+           "train_vae": "learning_rate"}[module]
+  typo = field[:-3] + field[-2] + field[-3] + field[-1]  # two letters swapped
+  out = _launch(module, "--workdir", str(tmp_path / "run"), f"--config.{typo}=3")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"Unknown config field '{typo}'" in out.stderr
+  assert f"Did you mean --config.{field}?" in out.stderr
+  assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) <= 3
+  assert not (tmp_path / "run").exists()
+  debug = _launch(module, "--workdir", str(tmp_path / "run"), f"--config.{typo}=3", "--debug")
+  assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_config_field_check_unit():
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  default = str(REPO / "configs" / "gmm_synthetic.py")
+  assert common.config_argument_problem(["--config.num_components=3"], default) is None
+  assert common.config_argument_problem(["--config.synthetic.seed", "3"], default) is None
+  msg = common.config_argument_problem(["--workdir=x", "--config.synthetic.sed=3"], default)
+  assert "Unknown config field 'synthetic.sed'" in msg and "--config.synthetic.seed?" in msg
+  msg = common.config_argument_problem(["--config", default + ":smok"], default)
+  assert "could not be loaded" in msg and "Unknown variant 'smok'" in msg
+  assert "k_values" in common.config_fields(gmm_synthetic.get_config())
+  assert "synthetic.num_points" in common.config_fields(gmm_synthetic.get_config())
+
+
+def test_launcher_errors_of_the_user_are_one_message(tmp_path):
+  """Missing data and a workdir that is a file: one message, non-zero exit, no empty workdir."""
+  smoke = ["--config", str(REPO / "configs" / "gmm_digits.py") + ":smoke"]
+  out = _launch("fit_gmm", "--workdir", str(tmp_path / "new" / "run"), *smoke,
+                "--config.dataset=mnist", f"--config.data_dir={tmp_path / 'nowhere'}",
+                env={"LVMJAX_NO_DOWNLOAD": "1"})
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "mnist.npz does not exist" in out.stderr and "Traceback" not in out.stderr
+  assert "--debug" in out.stderr
+  assert not (tmp_path / "new").exists()  # the failed start removed the directories it made
+  (tmp_path / "file").write_text("x")
+  out = _launch("fit_kmeans", "--workdir", str(tmp_path / "file"),
+                "--config", str(REPO / "configs" / "kmeans_digits.py") + ":smoke")
+  assert out.returncode == 1 and "exists and is not a directory" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = _launch("fit_kmeans", "--workdir", str(tmp_path / "km"), *smoke)  # a GMM config
+  assert out.returncode == 1 and "config has no field 'num_clusters'" in out.stderr
+  assert "configs/kmeans_digits.py" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "km").exists()
+  out = _launch("fit_gmm", *smoke)
+  assert out.returncode == 1 and "--workdir is required" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("module", ["fit_gmm", "fit_kmeans", "train_vae", "evaluate_vae"])
+def test_helpshort_shows_workdir_and_config(module):
+  out = _launch(module, "--helpshort", timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "--workdir" in out.stdout and "--debug" in out.stdout
+  if module != "evaluate_vae":  # evaluate_vae reads the config stored with the checkpoint
+    assert "--config" in out.stdout

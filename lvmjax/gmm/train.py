@@ -370,7 +370,6 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     experiment.write_results(workdir, results)
     if config.figures:
       write_figures(workdir, params, train, history, selection, results, config)
-  logging.info("GMM results: %s", results)
   return GMMRun(params, results, np.asarray(history), selection)
 
 

@@ -110,10 +110,14 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       progress.write_config_json(workdir, config)
     sweep = None
     if config.k_values:
-      inertias = [float(kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, kk, init=config.init,
-                                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                                   sample_weight=fit_w, chunk_size=chunk, mesh=mesh).inertia)
-                  for kk in config.k_values]
+      inertias = []
+      for kk in config.k_values:
+        res = kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, kk, init=config.init,
+                         n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
+                         sample_weight=fit_w, chunk_size=chunk, mesh=mesh)
+        inertias.append(float(res.inertia))
+        logging.info("inertia sweep: K=%d inertia %.1f (%d iterations)", kk, inertias[-1],
+                     int(res.n_iter))
       sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
     writer = progress.MetricsWriter(workdir, enabled=primary)
     bar = progress.Progress(config.max_iter, desc=f"K-means K={k}", quiet=quiet or not primary)
@@ -188,5 +192,4 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       if sweep is not None:
         plotting.save_figure(plotting.plot_inertia(sweep["k"], sweep["inertia"]),
                              workdir / "kmeans_inertia.png")
-  logging.info("K-means results: %s", results)
   return KMeansRun(np.asarray(centroids), labels, results, np.asarray(history), sweep)
