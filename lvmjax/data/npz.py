@@ -13,9 +13,11 @@ This is how each process of a multi-host run loads only its own block of rows
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
-from typing import Any, NamedTuple
+import zlib
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -36,9 +38,45 @@ class ArrayInfo(NamedTuple):
   fortran_order: bool
 
 
+def corrupt_file_message(path: str | os.PathLike, error: BaseException) -> str:
+  """The text of the error for an ``.npz`` file that cannot be read as a zip of ``.npy`` arrays."""
+  return (f"{os.fspath(path)} is not a readable .npz file ({type(error).__name__}: {error}); it is "
+          "probably truncated (an interrupted download or copy) or corrupt. Delete it and run "
+          "again: a dataset file of lvmjax.data is then downloaded and converted afresh where the "
+          "machine is online; otherwise copy a good file there (for a file of your own, write it "
+          "again with numpy.savez_compressed).")
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+  """Turns the errors of reading a broken ``.npz`` inside the block into one ``ValueError``.
+
+  ``zipfile.BadZipFile`` (truncated file, bad CRC), ``zlib.error`` and ``EOFError`` (empty or
+  cut-off member) become a ``ValueError`` naming ``path`` and the fix (:func:`corrupt_file_message`).
+
+  Examples:
+    >>> import numpy as np, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "bad.npz"
+    >>> np.savez(p, x=np.zeros(100))
+    >>> _ = p.write_bytes(p.read_bytes()[:200])  # cut off, as by an interrupted download
+    >>> with reading(p), np.load(p) as d:
+    ...   d.files
+    Traceback (most recent call last):
+    ValueError: ...bad.npz is not a readable .npz file (BadZipFile: File is not a zip file); ...
+  """
+  try:
+    yield
+  except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    raise ValueError(corrupt_file_message(path, e)) from e
+
+
 def members(path: str | os.PathLike) -> list[str]:
-  """The names of the arrays in an ``.npz`` file (``np.load(path).files``), without reading them."""
-  with zipfile.ZipFile(path) as zf:
+  """The names of the arrays in an ``.npz`` file (``np.load(path).files``), without reading them.
+
+  Raises:
+    ValueError: the file is not a readable zip (truncated or corrupt), naming the file and the fix.
+  """
+  with reading(path), zipfile.ZipFile(path) as zf:
     return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
 
 
@@ -74,9 +112,9 @@ def array_info(path: str | os.PathLike, key: str) -> ArrayInfo:
     An :class:`ArrayInfo`.
 
   Raises:
-    ValueError: the file has no such array, or it holds Python objects.
+    ValueError: the file has no such array, it holds Python objects, or it is not a readable zip.
   """
-  with zipfile.ZipFile(path) as zf, _open(zf, path, key) as f:
+  with reading(path), zipfile.ZipFile(path) as zf, _open(zf, path, key) as f:
     return _read_header(f, path, key)
 
 
@@ -182,7 +220,7 @@ def read_rows(path: str | os.PathLike, key: str, rows: Any = None) -> np.ndarray
     order of the selection (repeats allowed).
 
   Raises:
-    ValueError: no such array, an object array, a bad selection, or a truncated file.
+    ValueError: no such array, an object array, a bad selection, or a truncated or corrupt file.
 
   Examples:
     >>> import tempfile, pathlib
@@ -191,7 +229,7 @@ def read_rows(path: str | os.PathLike, key: str, rows: Any = None) -> np.ndarray
     >>> read_rows(p, "x", slice(4, None)).tolist()
     [[8, 9], [10, 11]]
   """
-  with zipfile.ZipFile(path) as zf, _open(zf, path, key) as f:
+  with reading(path), zipfile.ZipFile(path) as zf, _open(zf, path, key) as f:
     info = _read_header(f, path, key)
     if not info.shape:
       raise ValueError(f"{path}: array {key!r} is a scalar; it has no rows.")
