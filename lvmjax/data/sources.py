@@ -1,7 +1,6 @@
 """Where the benchmark files come from, and how the public originals become lvmjax's ``.npz`` layout.
 
-The project reads one ``.npz`` file per dataset from a data directory (layout in
-``/work/shared/data/README.md``):
+The project reads one ``.npz`` file per dataset from a data directory, in this layout:
 
 * ``binarized_mnist.npz``: ``train_bits`` (50000, 98), ``valid_bits`` (10000, 98), ``test_bits``
   (10000, 98), uint8, the 784 binary pixels of each image packed with ``np.packbits(x, axis=1)``.
@@ -17,8 +16,8 @@ and where to put it.
 References for the checksums of the originals: the TensorFlow Datasets registry
 (``tensorflow_datasets/url_checksums/{mnist,fashion_mnist,binarized_mnist}.txt``: size and sha256 of
 each URL), which agree with the md5 values published by torchvision and the Fashion-MNIST repository.
-The per-array sha256 of the converted arrays are those of the project's reference copies
-(``/work/shared/data/SOURCES.md``).
+The per-array sha256 of the converted arrays (:data:`ARRAY_SHA256`) are those of the project's
+reference copies.
 """
 from __future__ import annotations
 
@@ -169,7 +168,7 @@ def missing_file_message(name: str, data_dir: pathlib.Path, reason: str = "") ->
   originals = ", ".join(r.urls[0] for r in REMOTES.get(name, ()))
   msg = (f"Dataset file {path} does not exist" + (f" and could not be downloaded ({reason})" if reason
                                                    else "") + ". "
-         f"Put {name}.npz (the layout of lvmjax.data's README: numpy.savez_compressed arrays) in "
+         f"Put {name}.npz (numpy.savez_compressed arrays, layout in help(lvmjax.data.sources)) in "
          f"{data_dir}, or point the data directory elsewhere with --config.data_dir=DIR or "
          f"the environment variable {DATA_DIR_ENV}=DIR.")
   if originals:
@@ -300,7 +299,8 @@ def ensure_file(name: str, data_dir: str | os.PathLike | None = None, *,
                   if k in arrays):
     if not ok:
       logging.warning("%s.npz: array %s differs from the project's reference copy (per-array sha256 "
-                      "in SOURCES.md); the originals themselves matched their published checksums.",
+                      "in lvmjax.data.sources.ARRAY_SHA256); the originals themselves matched "
+                      "their published checksums.",
                       name, key)
   fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=data_dir)
   os.close(fd)
