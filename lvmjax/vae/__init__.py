@@ -50,22 +50,26 @@ Examples:
   (64,)
 """
 from lvmjax.vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from lvmjax.vae.model import (VAE, ElboTerms, active_units, autoencoder_log_likelihood,
-                              cast_params, decode, elbo, elbo_terms, encode, gaussian_kl, init,
-                              interpolate, iwae_bound, log_likelihood, reconstruct, sample,
-                              sample_given, sample_posterior)
+from lvmjax.vae.model import (VAE, ElboTerms, LatentMoments, active_units,
+                              active_units_from_moments, autoencoder_log_likelihood, cast_params,
+                              decode, elbo, elbo_terms, encode, has_analytic_kl, init,
+                              interpolate, iwae_bound, log_likelihood, posterior_mean_moments,
+                              reconstruct, sample, sample_given, sample_posterior)
 from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
                                  MLPDecoder, MLPEncoder, get_activation)
-from lvmjax.vae.training import (OBJECTIVES, TrainState, create_train_state, evaluate,
-                                 jit_multi_train_step, jit_train_step, make_multi_train_step,
-                                 make_train_step)
+from lvmjax.vae.priors import GaussianPrior, Prior, StandardNormal, gaussian_kl
+from lvmjax.vae.steps import (OBJECTIVES, Objective, TrainState, create_train_state, evaluate,
+                              jit_multi_train_step, jit_train_step, make_multi_train_step,
+                              make_train_step)
 
 __all__ = [
     "VAE", "ElboTerms", "init", "encode", "decode", "reconstruct", "sample", "sample_given",
     "sample_posterior", "interpolate", "active_units", "elbo", "elbo_terms", "iwae_bound",
     "log_likelihood", "autoencoder_log_likelihood", "gaussian_kl", "cast_params",
+    "has_analytic_kl", "LatentMoments", "posterior_mean_moments", "active_units_from_moments",
+    "Prior", "StandardNormal", "GaussianPrior",
     "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
     "create_train_state", "make_train_step", "jit_train_step", "make_multi_train_step",
-    "jit_multi_train_step", "evaluate", "OBJECTIVES",
+    "jit_multi_train_step", "evaluate", "OBJECTIVES", "Objective",
 ]

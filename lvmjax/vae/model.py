@@ -6,7 +6,9 @@ returns one value per data point, e.g.
 
 .. math::
    \mathrm{ELBO}(x) = \mathbb{E}_{q(z|x)}[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z)),
-   \qquad p(z) = \mathcal{N}(0, I),\quad q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x)).
+   \qquad q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x)),
+
+with the prior p(z) the model's ``prior`` module (:mod:`lvmjax.vae.priors`; N(0, I) by default).
 
 Each function is the one-point formula applied to every point and latent sample: the networks run
 on the whole ``(N, S)`` batch at once (the decoder on the N * S latents as one batch axis), which is
@@ -28,23 +30,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvmjax import _checks
+from lvmjax.types import DataBatch, DataBatchLike, Key, LatentBatch, Latents, LogDensity
+from lvmjax.vae.priors import StandardNormal, gaussian_kl
 
 Params = Any
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class VAE(nn.Module):
-  """A variational autoencoder: encoder q(z|x), decoder p(x|z) and likelihood, prior N(0, I).
+  """A variational autoencoder: encoder q(z|x), decoder p(x|z), likelihood and prior p(z).
 
   The module is a container; use the functions of :mod:`lvmjax.vae` on it. ``model.init(key, x)``
-  (or :func:`init`) runs the encoder, then the decoder on the encoder mean, so it creates every
-  parameter: ``{"params": {"encoder": ..., "decoder": ..., "likelihood": ...}}``.
+  (or :func:`init`) runs the encoder, then the decoder and the prior's ``log_prob`` on the encoder
+  mean, so it creates every parameter: ``{"params": {"encoder": ..., "decoder": ...,
+  "likelihood": ..., "prior": ...}}`` (no ``"prior"`` entry for a prior without parameters, such
+  as the default standard normal).
 
   Attributes:
     encoder: module mapping ``x`` to ``(mean, log_variance)`` of q(z | x).
     decoder: module mapping ``z`` to the likelihood's parameters (logits, mean).
     likelihood: a likelihood module (:class:`BernoulliLikelihood`, :class:`GaussianLikelihood`),
       called as ``likelihood(decoder_output, event_ndims)``.
+    prior: a prior module with ``log_prob(z)``, ``sample(key, n, latent_dim)`` and optionally
+      ``kl(mean, log_variance)`` (:mod:`lvmjax.vae.priors`); None (the default) is
+      :class:`StandardNormal`, N(0, I), with the numbers of the VAE before priors were pluggable.
 
   Examples:
     >>> from lvmjax import vae
@@ -57,9 +66,27 @@ class VAE(nn.Module):
   encoder: nn.Module
   decoder: nn.Module
   likelihood: nn.Module
+  prior: Optional[nn.Module] = None
+
+  def __post_init__(self):
+    if self.prior is None:  # before flax registers the submodules
+      object.__setattr__(self, "prior", StandardNormal())
+    super().__post_init__()
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encoder(x)
+
+  def prior_log_prob(self, z: jax.Array) -> jax.Array:
+    """log p(z) of the prior, ``(...,)`` for ``z (..., L)``, at least float32."""
+    return _upcast(self.prior.log_prob(z))
+
+  def prior_sample(self, key: jax.Array, n: int, latent_dim: Optional[int]) -> jax.Array:
+    """``(n, L)`` draws from the prior."""
+    return self.prior.sample(key, n, latent_dim)
+
+  def prior_kl(self, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
+    """The prior's closed-form KL(q || p), ``(...,)``; only for priors with a ``kl`` method."""
+    return _upcast(self.prior.kl(mean, log_variance))
 
   def decode(self, z: jax.Array, event_ndims: Optional[int] = None) -> distrax.Distribution:
     out = _upcast(self.decoder(z))
@@ -69,7 +96,10 @@ class VAE(nn.Module):
 
   def __call__(self, x: jax.Array) -> distrax.Distribution:
     mean, _ = self.encoder(x)
-    return self.decode(_upcast(mean))
+    mean = _upcast(mean)
+    dist = self.decode(mean)
+    self.prior.log_prob(mean)  # creates the prior's parameters, if it has any
+    return dist
 
 
 class ElboTerms(NamedTuple):
@@ -113,9 +143,9 @@ def _check_x(x: Any, name: str = "x") -> None:
   _checks.check_data(x, name, ndim=ndim)
 
 
-def _check_key(key: Any) -> None:
-  if key is None:
-    raise ValueError("key must be a jax.random key (e.g. jax.random.key(0)); got None.")
+def has_analytic_kl(model: VAE) -> bool:
+  """Whether the model's prior has a closed-form ``kl(mean, log_variance)``."""
+  return callable(getattr(model.prior, "kl", None))
 
 
 def _as_float(x: Any, compute_dtype: Any = None) -> jax.Array:
@@ -163,26 +193,14 @@ def _log_px_given_z(model, params, z, x, compute_dtype):
   return dist.log_prob(value).reshape(n, s)
 
 
-def _std_normal_log_prob(z: jax.Array) -> jax.Array:
-  return distrax.MultivariateNormalDiag(jnp.zeros_like(z), jnp.ones_like(z)).log_prob(z)
+def _prior_log_prob(model, params, z):
+  """log p(z) of the model's prior for z (..., L): (...)."""
+  return _apply(model, params, z, method="prior_log_prob", what="prior")
 
 
-def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
-  r"""Closed-form KL(N(mean, diag exp(log_variance)) || N(0, I)), summed over the last axis.
-
-  .. math::
-     \mathrm{KL} = \tfrac12 \sum_j \left(\sigma_j^2 + \mu_j^2 - 1 - \log \sigma_j^2\right)
-
-  Args:
-    mean: ``(..., L)``.
-    log_variance: ``(..., L)``.
-
-  Returns:
-    ``(...,)`` KL in nats.
-  """
-  mean = jnp.asarray(mean)
-  log_variance = jnp.asarray(log_variance)
-  return 0.5 * jnp.sum(jnp.exp(log_variance) + jnp.square(mean) - 1.0 - log_variance, axis=-1)
+def _log_q(eps, log_variance):
+  """log q(z_ns | x_n) of the reparameterised z = mean + sigma * eps: (N, S)."""
+  return jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance[:, None, :] - _HALF_LOG_2PI, axis=-1)
 
 
 def _point_noise(keys, num_samples, latent_dim, dtype):
@@ -196,9 +214,7 @@ def _log_weights(model, params, keys, x, num_samples, compute_dtype, encoding=No
   eps = _point_noise(keys, num_samples, mean.shape[-1], mean.dtype)
   z = mean[:, None, :] + jnp.exp(0.5 * log_variance)[:, None, :] * eps
   log_px = _log_px_given_z(model, params, z, x, compute_dtype)
-  log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance[:, None, :] - _HALF_LOG_2PI,
-                  axis=-1)
-  return log_px + _std_normal_log_prob(z) - log_q
+  return log_px + _prior_log_prob(model, params, z) - _log_q(eps, log_variance)
 
 
 def _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_dtype):
@@ -206,12 +222,10 @@ def _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_
   eps = _point_noise(keys, num_samples, mean.shape[-1], mean.dtype)
   z = mean[:, None, :] + jnp.exp(0.5 * log_variance)[:, None, :] * eps
   reconstruction = jnp.mean(_log_px_given_z(model, params, z, x, compute_dtype), axis=1)
-  if analytic_kl:
-    kl = gaussian_kl(mean, log_variance)
+  if analytic_kl and has_analytic_kl(model):
+    kl = _apply(model, params, mean, log_variance, method="prior_kl", what="prior")
   else:
-    log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * log_variance[:, None, :] - _HALF_LOG_2PI,
-                    axis=-1)
-    kl = jnp.mean(log_q - _std_normal_log_prob(z), axis=1)
+    kl = jnp.mean(_log_q(eps, log_variance) - _prior_log_prob(model, params, z), axis=1)
   return ElboTerms(reconstruction - beta * kl, reconstruction, kl)
 
 
@@ -219,8 +233,10 @@ def _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_
 # public API
 
 
-def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
+def init(key: Key, model: VAE, example_x: DataBatchLike) -> Params:
   """Initialises the parameters of ``model`` from a batch of example data.
+
+  Like ``model.init(key, x)`` and like the fits, which have no params yet, it takes the key first.
 
   Args:
     key: PRNG key for the initial weights.
@@ -230,7 +246,7 @@ def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
   Returns:
     The params pytree ``{"params": {...}}``.
   """
-  _check_key(key)
+  _checks.check_key(key)
   _check_x(example_x, "example_x")
   x = _as_float(example_x)[:1]
   try:  # jitted: eager initialisers compile op by op, which is slow on CPU
@@ -239,13 +255,13 @@ def init(key: jax.Array, model: VAE, example_x: jax.typing.ArrayLike) -> Params:
     raise ValueError(f"Could not initialise the model on data of shape {x.shape[1:]}: {e}") from e
 
 
-def encode(model: VAE, params: Params, x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
+def encode(model: VAE, params: Params, x: DataBatchLike) -> tuple[Latents, Latents]:
   """Mean and log-variance of q(z | x), each ``(N, L)``."""
   _check_x(x)
   return _encode(model, params, _as_float(x), None)
 
 
-def decode(model: VAE, params: Params, z: jax.typing.ArrayLike) -> distrax.Distribution:
+def decode(model: VAE, params: Params, z: Latents) -> distrax.Distribution:
   """p(x | z) for a batch ``z (N, L)``: a distrax distribution with batch shape ``(N,)``.
 
   Use ``.mean()`` for the expected image (Bernoulli probabilities, Gaussian mean), ``.mode()`` or
@@ -258,25 +274,25 @@ def decode(model: VAE, params: Params, z: jax.typing.ArrayLike) -> distrax.Distr
   return _apply(model, params, _as_float(z), method="decode", what="decoder")
 
 
-def reconstruct(model: VAE, params: Params, x: jax.typing.ArrayLike) -> jax.Array:
+def reconstruct(model: VAE, params: Params, x: DataBatchLike) -> DataBatch:
   """Mean of p(x | z) at z = the encoder mean: ``(N, *data_shape)``."""
   mean, _ = encode(model, params, x)
   return decode(model, params, mean).mean()
 
 
-def sample_posterior(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
-                     num_samples: int) -> jax.Array:
+def sample_posterior(model: VAE, params: Params, key: Key, x: DataBatchLike,
+                     num_samples: int) -> LatentBatch:
   """Draws z ~ q(z | x): ``(num_samples, N, L)``."""
-  _check_key(key)
+  _checks.check_key(key)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   mean, log_variance = encode(model, params, x)
   eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
   return mean + jnp.exp(0.5 * log_variance) * eps
 
 
-def sample(model: VAE, params: Params, key: jax.Array, n: int, *, latent_dim: Optional[int] = None,
-           use_mean: bool = False) -> tuple[jax.Array, jax.Array]:
-  """Generates from the model: z ~ N(0, I), x ~ p(x | z).
+def sample(model: VAE, params: Params, key: Key, n: int, *, latent_dim: Optional[int] = None,
+           use_mean: bool = False) -> tuple[DataBatch, Latents]:
+  """Generates from the model: z ~ p(z) (the model's prior), x ~ p(x | z).
 
   Args:
     model: the :class:`VAE`.
@@ -284,33 +300,34 @@ def sample(model: VAE, params: Params, key: jax.Array, n: int, *, latent_dim: Op
     key: PRNG key.
     n: number of samples.
     latent_dim: L; read from the encoder when it is an ``MLPEncoder``/``ConvEncoder``/
-      ``LinearEncoder`` (any module with a ``latent_dim`` attribute), else required.
+      ``LinearEncoder`` (any module with a ``latent_dim`` attribute), else required by priors
+      that cannot tell L from their parameters (the standard normal).
     use_mean: return the mean of p(x | z) (e.g. Bernoulli probabilities) instead of a draw.
 
   Returns:
     ``(x (n, *data_shape), z (n, L))``.
   """
-  _check_key(key)
+  _checks.check_key(key)
   n = _checks.check_positive_int(n, "n")
   if latent_dim is None:
     latent_dim = getattr(model.encoder, "latent_dim", None)
-    if latent_dim is None:
-      raise ValueError("Pass latent_dim=...; the encoder has no latent_dim attribute.")
+  else:
+    latent_dim = _checks.check_positive_int(latent_dim, "latent_dim")
   key_z, key_x = jax.random.split(key)
-  z = jax.random.normal(key_z, (n, latent_dim), _float_dtype(jnp.zeros(()).dtype))
+  z = model.apply(params, key_z, n, latent_dim, method="prior_sample")
   return sample_given(model, params, key_x, z, use_mean=use_mean), z
 
 
-def sample_given(model: VAE, params: Params, key: jax.Array, z: jax.typing.ArrayLike, *,
-                 use_mean: bool = False) -> jax.Array:
+def sample_given(model: VAE, params: Params, key: Key, z: Latents, *,
+                 use_mean: bool = False) -> DataBatch:
   """Generates x ~ p(x | z) for chosen latents ``z (N, L)``: ``(N, *data_shape)``."""
-  _check_key(key)
+  _checks.check_key(key)
   dist = decode(model, params, z)
   return dist.mean() if use_mean else dist.sample(seed=key)
 
 
 def interpolate(model: VAE, params: Params, x1: jax.typing.ArrayLike, x2: jax.typing.ArrayLike,
-                num_steps: int = 10) -> jax.Array:
+                num_steps: int = 10) -> DataBatch:
   r"""Decoded straight line between the encodings of two points.
 
   .. math:: z_t = (1 - t)\,\mu(x_1) + t\,\mu(x_2), \quad t = 0, \tfrac{1}{n-1}, \dots, 1
@@ -333,7 +350,7 @@ def interpolate(model: VAE, params: Params, x1: jax.typing.ArrayLike, x2: jax.ty
   return decode(model, params, z).mean()
 
 
-def elbo_terms(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+def elbo_terms(model: VAE, params: Params, key: Key, x: DataBatchLike,
                num_samples: int = 1, beta: float = 1.0, analytic_kl: bool = True, *,
                compute_dtype: Any = None) -> ElboTerms:
   r"""Per-point ELBO, reconstruction term and KL term (see :func:`elbo`).
@@ -341,7 +358,7 @@ def elbo_terms(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   Returns:
     :class:`ElboTerms` of ``(N,)`` arrays.
   """
-  _check_key(key)
+  _checks.check_key(key)
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   _checks.check_nonnegative(beta, "beta")
@@ -351,17 +368,18 @@ def elbo_terms(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   return _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_dtype)
 
 
-def elbo(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
+def elbo(model: VAE, params: Params, key: Key, x: DataBatchLike,
          num_samples: int = 1, beta: float = 1.0, analytic_kl: bool = True, *,
-         compute_dtype: Any = None) -> jax.Array:
+         compute_dtype: Any = None) -> LogDensity:
   r"""Per-point evidence lower bound, reparameterised.
 
   .. math::
      \mathrm{ELBO}_\beta(x) = \frac1S \sum_{s=1}^S \log p(x \mid z_s)
-        - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, \mathcal{N}(0, I)),
+        - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z)),
      \qquad z_s = \mu(x) + \sigma(x) \odot \epsilon_s,\ \epsilon_s \sim \mathcal{N}(0, I)
 
-  With ``analytic_kl=False`` the KL is the Monte-Carlo estimate
+  The KL is the prior's closed form where it has one (``prior.kl``: the standard normal, the
+  learnable Gaussian), else, or with ``analytic_kl=False``, the Monte-Carlo estimate
   :math:`\frac1S \sum_s \log q(z_s \mid x) - \log p(z_s)` on the same samples.
 
   Args:
@@ -371,7 +389,8 @@ def elbo(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
     x: ``(N, *data_shape)``.
     num_samples: S >= 1 latent samples per point.
     beta: weight of the KL term (1 is the ELBO; beta-VAE otherwise).
-    analytic_kl: closed-form Gaussian KL (True) or Monte-Carlo KL (False).
+    analytic_kl: the prior's closed-form KL where it has one (True) or the Monte-Carlo KL
+      (False).
     compute_dtype: e.g. ``jnp.bfloat16``: params and activations are cast to it, log-probs are
       computed in float32.
 
@@ -385,8 +404,8 @@ def elbo(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
                     compute_dtype=compute_dtype).elbo
 
 
-def iwae_bound(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
-               num_samples: int, *, compute_dtype: Any = None) -> jax.Array:
+def iwae_bound(model: VAE, params: Params, key: Key, x: DataBatchLike,
+               num_samples: int, *, compute_dtype: Any = None) -> LogDensity:
   r"""Per-point importance-weighted bound of Burda et al. (2015); equals the ELBO at k = 1.
 
   .. math::
@@ -403,7 +422,7 @@ def iwae_bound(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   Returns:
     ``(N,)`` bound per point. ELBO <= L_k <= L_{k+1} <= log p(x) in expectation.
   """
-  _check_key(key)
+  _checks.check_key(key)
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   x = _as_float(x)
@@ -414,8 +433,8 @@ def iwae_bound(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLi
   return jax.nn.logsumexp(log_w, axis=1) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
 
 
-def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.ArrayLike,
-                   num_samples: int = 5000, chunk_size: int = 500) -> jax.Array:
+def log_likelihood(model: VAE, params: Params, key: Key, x: DataBatchLike,
+                   num_samples: int = 5000, chunk_size: int = 500) -> LogDensity:
   r"""Importance-sampled estimate of log p(x) per point, with q(z | x) as the proposal.
 
   .. math::
@@ -435,7 +454,7 @@ def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.Arr
   Returns:
     ``(N,)`` estimates of log p(x) (biased low, consistent as K grows).
   """
-  _check_key(key)
+  _checks.check_key(key)
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   chunk_size = min(_checks.check_positive_int(chunk_size, "chunk_size"), num_samples)
@@ -465,8 +484,8 @@ def log_likelihood(model: VAE, params: Params, key: jax.Array, x: jax.typing.Arr
   return m + jnp.log(s) - jnp.log(jnp.asarray(num_samples, dtype))
 
 
-def autoencoder_log_likelihood(model: VAE, params: Params, x: jax.typing.ArrayLike, *,
-                               compute_dtype: Any = None) -> jax.Array:
+def autoencoder_log_likelihood(model: VAE, params: Params, x: DataBatchLike, *,
+                               compute_dtype: Any = None) -> LogDensity:
   r"""Per-point reconstruction log-likelihood of the deterministic autoencoder.
 
   The encoder's variance is ignored; z is the encoder mean:
@@ -486,11 +505,55 @@ def autoencoder_log_likelihood(model: VAE, params: Params, x: jax.typing.ArrayLi
   return _log_px_given_z(model, params, mean[:, None, :], x, compute_dtype)[:, 0]
 
 
-def active_units(model: VAE, params: Params, x: jax.typing.ArrayLike, threshold: float = 0.01,
+class LatentMoments(NamedTuple):
+  r"""Additive moments of the posterior means :math:`\mu(x)` over a set of points.
+
+  Sums (float64), so that moments of batches, or of the processes' blocks of a data set, add up
+  to those of the whole set (``sharding.process_sum`` of the tuple).
+
+  Attributes:
+    count: number of points.
+    total: ``(L,)`` :math:`\sum_x \mu(x)`.
+    total_square: ``(L,)`` :math:`\sum_x \mu(x)^2`.
+  """
+  count: int
+  total: np.ndarray
+  total_square: np.ndarray
+
+
+def posterior_mean_moments(model: VAE, params: Params, x: DataBatchLike,
+                           batch_size: int = 1000) -> LatentMoments:
+  """:class:`LatentMoments` of the encoder means of ``x (N, *data_shape)``, encoded in batches."""
+  _check_x(x)
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  n = np.shape(x)[0]
+  total = total_square = 0.0
+  for i in range(0, n, batch_size):
+    means = np.asarray(encode(model, params, x[i:i + batch_size])[0], np.float64)
+    total = total + means.sum(axis=0)
+    total_square = total_square + np.square(means).sum(axis=0)
+  return LatentMoments(n, total, total_square)
+
+
+def active_units_from_moments(moments: LatentMoments, threshold: float = 0.01
+                              ) -> tuple[jax.Array, jax.Array]:
+  r"""``(count, variances)`` of :func:`active_units` from (possibly summed) moments.
+
+  .. math:: \mathrm{Var}_x(\mu_u) = \frac{\sum_x \mu_u(x)^2}{N} - \Big(\frac{\sum_x \mu_u(x)}{N}\Big)^2
+  """
+  count, total, total_square = (np.asarray(m, np.float64) for m in moments)
+  variances = np.maximum(total_square / count - np.square(total / count), 0.0)
+  return jnp.asarray(np.sum(variances > threshold)), jnp.asarray(variances)
+
+
+def active_units(model: VAE, params: Params, x: DataBatchLike, threshold: float = 0.01,
                  batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
   r"""Number of active latent units (Burda et al., 2015).
 
   .. math:: A_u = \mathrm{Var}_{x}\left(\mathbb{E}_{q(z \mid x)}[z_u]\right) > \text{threshold}
+
+  The variances come from the float64 :func:`posterior_mean_moments` (the same computation as
+  the evaluation across processes).
 
   Args:
     model, params: the VAE.
@@ -501,9 +564,5 @@ def active_units(model: VAE, params: Params, x: jax.typing.ArrayLike, threshold:
   Returns:
     ``(count, variances)``: int scalar, and ``(L,)`` variance of the posterior mean per unit.
   """
-  _check_x(x)
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  means = jnp.concatenate([encode(model, params, x[i:i + batch_size])[0]
-                           for i in range(0, np.shape(x)[0], batch_size)])
-  variances = jnp.var(means, axis=0)
-  return jnp.sum(variances > threshold), variances
+  return active_units_from_moments(posterior_mean_moments(model, params, x, batch_size),
+                                   threshold)

@@ -5,7 +5,7 @@
 ``experiments/evaluate_vae.py`` runs. Both are importable from tests and notebooks.
 
 The loop: one ``jax.jit(train_step, donate_argnums=0)`` built by
-:func:`lvmjax.vae.training.make_train_step` (its randomness is ``fold_in(key, state.step)``);
+:func:`lvmjax.vae.steps.make_train_step` (its randomness is ``fold_in(key, state.step)``);
 deterministic shuffled batches from :class:`lvmjax.data.BatchIterator` (a fresh permutation per
 epoch from ``config.seed``, dynamic binarization drawn from (seed, epoch, step)); every
 ``log_every`` steps the metrics are fetched, checked to be finite, shown and appended to
@@ -44,8 +44,7 @@ from lvmjax import plotting
 from lvmjax import progress
 from lvmjax import sharding
 from lvmjax import vae
-from lvmjax.vae import parallel
-from lvmjax.vae import training
+from lvmjax.vae import steps
 
 MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder"}
 ARCHITECTURES = ("mlp", "conv")
@@ -66,7 +65,7 @@ class VAERun(NamedTuple):
     data_shape: shape of one input as the model sees it, e.g. (784,) or (28, 28, 1).
   """
   model: vae.VAE
-  state: training.TrainState
+  state: steps.TrainState
   results: dict
   data_shape: tuple[int, ...]
 
@@ -163,12 +162,9 @@ def load_data(config: Any) -> _Data:
   kwargs = dict(data_dir=config.data_dir or None)
   if config.dataset == "synthetic_gmm":
     kwargs["synthetic_options"] = config.synthetic.to_dict()
-  n = data.num_rows(config.dataset, "train", **kwargs)
-  rows = data.random_subset(n, config.num_train_points, [config.seed, 7])
-  num_train = n if rows is None else len(rows)
-  if jax.process_count() > 1:
-    rows = sharding.process_share(n if rows is None else rows, multiple=1)
-  train = data.load_dataset(config.dataset, "train", rows=rows, **kwargs)
+  train, num_train = data.load_process_share(config.dataset, "train",
+                                             subset=config.num_train_points,
+                                             subset_seed=[config.seed, 7], multiple=1, **kwargs)
   if config.dynamic_binarization:
     train = train._replace(binarize=True)
   split = config.eval_split
@@ -255,7 +251,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
   optimizer = build_optimizer(config, batches_per_epoch)
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   example = jnp.asarray(_reshape(train.x[:1], data_shape))
-  state = training.create_train_state(init_key, model, example, optimizer)
+  state = steps.create_train_state(init_key, model, example, optimizer)
 
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   writer = progress.MetricsWriter(workdir, enabled=primary)
@@ -281,9 +277,9 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
   finally:
     ckpt.close()
 
-  results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
-                           num_importance_samples=config.num_importance_samples,
-                           quiet=quiet or not primary, first_batch=d.eval_first_batch)
+  results = _evaluate(config, model, state.params, eval_key, d.eval_x, data_shape,
+                      num_importance_samples=config.num_importance_samples,
+                      quiet=quiet or not primary, first_batch=d.eval_first_batch)
   results.update(step=int(state.step), epochs=int(state.step) / batches_per_epoch,
                  num_parameters=int(sum(np.size(a) for a in jax.tree.leaves(state.params))))
   if primary:
@@ -305,12 +301,12 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     # Data-parallel over all devices (of all hosts): batch split, state replicated, gradients
     # averaged by XLA.
     mesh = sharding.data_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    train_step = parallel.make_parallel_train_step(model, optimizer, mesh, **step_kwargs)
-    state, train_key = parallel.replicate(jax.device_get((state, train_key)), mesh)
-    to_device = lambda xb: parallel.shard_batch(xb, mesh)  # pylint: disable=unnecessary-lambda-assignment
+    steps.check_batch_size(config.batch_size, mesh)
+    train_step = steps.make_parallel_train_step(model, optimizer, mesh, **step_kwargs)
+    state, train_key = steps.replicate(jax.device_get((state, train_key)), mesh)
+    to_device = lambda xb: steps.shard_batch(xb, mesh)  # pylint: disable=unnecessary-lambda-assignment
   else:
-    train_step = training.jit_train_step(model, optimizer, **step_kwargs)
+    train_step = steps.jit_train_step(model, optimizer, **step_kwargs)
   step = int(state.step)
   batch_size, seed = config.batch_size, config.seed
   if jax.process_count() > 1:
@@ -320,7 +316,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     batch_size, seed, position = _local_batches(config, d.num_train_points, step)
 
     def to_device(xb):
-      return parallel.shard_batch(xb, mesh, local=True)
+      return steps.shard_batch(xb, mesh, local=True)
 
   batches = data.BatchIterator(train.x, batch_size, seed=seed, binarize=train.binarize,
                                position=position)
@@ -361,7 +357,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
         m["epoch"] = batch.epoch + (batch.step + 1) / batches.steps_per_epoch
         if eval_now:
           params = state.params if mesh is None else jax.device_get(state.params)
-          ev = training.evaluate(model, params, jax.random.fold_in(eval_key, step),
+          ev = steps.evaluate(model, params, jax.random.fold_in(eval_key, step),
                                  _reshape(d.eval_x, data_shape), config.eval_batch_size,
                                  num_samples_ll=0, first_batch=d.eval_first_batch,
                                  across_processes=True)
@@ -397,42 +393,27 @@ def _local_batches(config: Any, num_points: int, step: int) -> tuple[int, int, d
   return batch_size, seed, data.position_of(step, mine, batch_size)
 
 
-def evaluate_model(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
-                   data_shape: tuple[int, ...], *, num_importance_samples: int,
-                   quiet: bool = True, first_batch: int = 0) -> dict:
-  """ELBO, importance-sampled log-likelihood, IWAE bounds and active units on ``x``.
+def _evaluate(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
+              data_shape: tuple[int, ...], *, num_importance_samples: int, quiet: bool = True,
+              first_batch: int = 0) -> dict:
+  """:func:`lvmjax.vae.evaluate` with the config's options, a progress bar and its time.
 
   With several processes, ``x`` is this process's block of whole evaluation batches, starting at
   global batch ``first_batch`` (:func:`load_data`), and the figures are those of all processes'
-  points together.
-
-  For the autoencoder (``config.model == "ae"``) the ELBO and log-likelihood have no meaning
-  (its encoder variance is not trained); it reports ``reconstruction_log_likelihood`` (log p(x|z)
-  at the encoder mean) and the active units instead.
+  points together. For the autoencoder (``config.model == "ae"``) the figures are its
+  reconstruction log-likelihood and active units.
   """
-  xs = _reshape(np.asarray(x), data_shape)
+  autoencoder = config.model == "ae"
   t0 = time.perf_counter()
-  if config.model == "ae":
-    rec = np.asarray(vae.autoencoder_log_likelihood(model, params, jnp.asarray(xs)), np.float64)
-    if jax.process_count() > 1:  # sums of the reconstruction and of the code's moments
-      codes = np.asarray(vae.encode(model, params, xs)[0], np.float64)
-      total, rec_sum, m1, m2 = sharding.process_sum(
-          (len(xs), rec.sum(), codes.sum(0), np.square(codes).sum(0)))
-      variances = m2 / total - np.square(m1 / total)
-      results = {"reconstruction_log_likelihood": float(rec_sum / total),
-                 "active_units": int(np.sum(variances > 0.01)), "num_points": int(total)}
-    else:
-      count, _ = vae.active_units(model, params, xs)
-      results = {"reconstruction_log_likelihood": float(np.mean(rec)),
-                 "active_units": int(count), "num_points": int(len(xs))}
-  else:
-    bar = progress.Progress(len(xs), desc=f"evaluate (k={num_importance_samples})", quiet=quiet)
-    results = training.evaluate(
-        model, params, key, xs, config.eval_batch_size, num_samples_ll=num_importance_samples,
-        iwae_k=tuple(int(k) for k in config.iwae_k),
-        progress=lambda done, total: bar.update(done), first_batch=first_batch,
-        across_processes=True)
-    bar.close()
+  bar = progress.Progress(len(x), desc=f"evaluate (k={num_importance_samples})",
+                          quiet=quiet or autoencoder)
+  results = steps.evaluate(
+      model, params, key, _reshape(np.asarray(x), data_shape), config.eval_batch_size,
+      num_samples_ll=num_importance_samples, iwae_k=tuple(int(k) for k in config.iwae_k),
+      progress=lambda done, total: bar.update(done), first_batch=first_batch,
+      across_processes=True, autoencoder=autoencoder)
+  bar.close()
+  if not autoencoder:
     results["num_importance_samples"] = int(num_importance_samples)
   results["eval_seconds"] = time.perf_counter() - t0
   results["eval_split"] = config.eval_split
@@ -450,7 +431,7 @@ def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: An
     samples, _ = vae.sample(model, params, key, 100, use_mean=True)
     paths.append(plotting.save_figure(plotting.plot_image_grid(
         np.asarray(samples).reshape(100, -1), image_shape, 10,
-        title=f"{config.model.upper()}: means of p(x|z) for z ~ N(0, I)"),
+        title=f"{config.model.upper()}: means of p(x|z) for z ~ p(z)"),
         workdir / f"{prefix}samples.png"))
     n = min(20, len(xs))
     rec = np.asarray(vae.reconstruct(model, params, xs[:n]))
@@ -480,7 +461,7 @@ def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: An
 
 
 def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
-                overrides: dict | None = None) -> tuple[Any, vae.VAE, training.TrainState, _Data]:
+                overrides: dict | None = None) -> tuple[Any, vae.VAE, steps.TrainState, _Data]:
   """Rebuilds a training run from its workdir: config, model, train state and data.
 
   Args:
@@ -513,7 +494,7 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
     optimizer = build_optimizer(config, data.steps_per_epoch(d.num_train_points,
                                                              config.batch_size))
     init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-    template = training.create_train_state(
+    template = steps.create_train_state(
         init_key, model, jnp.asarray(_reshape(d.train.x[:1], data_shape)), optimizer)
     restored, _ = ckpt.restore({"train_state": template,
                                 "key": jax.random.key_data(train_key)}, step)
@@ -558,10 +539,10 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
   config, model, state, d = restore_run(workdir, step, overrides=overrides)
   data_shape = data_shape_of(config, d.train)
   eval_key = jax.random.split(jax.random.key(config.seed), 3)[2]
-  results = evaluate_model(config, model, state.params, eval_key, d.eval_x, data_shape,
-                           num_importance_samples=num_importance_samples,
-                           quiet=quiet or not distributed.is_primary(),
-                           first_batch=d.eval_first_batch)
+  results = _evaluate(config, model, state.params, eval_key, d.eval_x, data_shape,
+                      num_importance_samples=num_importance_samples,
+                      quiet=quiet or not distributed.is_primary(),
+                      first_batch=d.eval_first_batch)
   results["step"] = int(state.step)
   out = workdir / "evaluation"
   if distributed.is_primary():
