@@ -5,8 +5,10 @@ import inspect
 import os
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
+from lvmjax import sharding
 from lvmjax.data import npz
 from lvmjax.data import sources
 from lvmjax.data import synthetic
@@ -128,6 +130,77 @@ def random_subset(num_points: int, size: int, seed: Any) -> np.ndarray | None:
   return np.sort(np.random.default_rng(seed).choice(num_points, size, replace=False))
 
 
+def load_process_share(name: str, split: str = "train", *, subset: int = 0, subset_seed: Any = 0,
+                       multiple: int | None = None, data_dir: str | os.PathLike | None = None,
+                       download: bool | None = None,
+                       synthetic_options: dict | None = None) -> tuple[Dataset, int]:
+  """This process's rows of a split: what every launcher loads (one place for its logic).
+
+  With one process: all rows of the split, or a fixed random subset of ``subset`` rows
+  (:func:`random_subset` with ``subset_seed``) when ``subset`` is set. With several processes
+  (``jax.process_count() > 1``): only this process's block of those rows
+  (:func:`lvmjax.sharding.process_share`), read from the file without loading the rest; the
+  blocks of all processes, in process order, are the one-process rows.
+
+  Args:
+    name, split, data_dir, download, synthetic_options: as :func:`load_dataset`.
+    subset: rows of the fixed random subset (0: all rows).
+    subset_seed: seed of the subset (e.g. ``[config.seed, 7]``).
+    multiple: block size multiple of :func:`lvmjax.sharding.process_share` (default: the local
+      device count).
+
+  Returns:
+    ``(dataset, num_points)``: this process's rows and the number of rows of all processes.
+
+  Raises:
+    ValueError: as :func:`load_dataset`.
+
+  Examples:
+    >>> train, n = load_process_share("digits", "test", subset=100, subset_seed=[0, 7])
+    >>> train.x.shape[0], n
+    (100, 100)
+  """
+  kwargs = dict(data_dir=data_dir, download=download, synthetic_options=synthetic_options)
+  n = num_rows(name, split, **kwargs)
+  rows = random_subset(n, subset, subset_seed)
+  total = n if rows is None else len(rows)
+  if jax.process_count() > 1:
+    rows = sharding.process_share(n if rows is None else rows, multiple=multiple)
+  return load_dataset(name, split, rows=rows, **kwargs), total
+
+
+def load_splits(config: Any) -> tuple[Dataset, Dataset | None]:
+  """The training and (when the dataset has one) test split named by a launcher's config.
+
+  The GMM and K-means launchers load their data so. With one process: all rows (of the
+  training split, a fixed random subset of ``config.num_train_points`` rows when that is set).
+  With several processes: only this process's block of those rows
+  (:func:`load_process_share`); the blocks of all processes, in process order, are the
+  one-process data.
+
+  Args:
+    config: a config with ``dataset``, ``data_dir``, ``seed``, ``num_train_points`` and, for
+      ``"synthetic_gmm"``, ``synthetic`` (a ``ConfigDict`` of :func:`load_dataset`'s
+      ``synthetic_options``).
+
+  Returns:
+    ``(train, test)``; ``test`` is None when the dataset has no test split.
+
+  Raises:
+    ValueError: as :func:`load_dataset`.
+  """
+  synthetic = config.synthetic.to_dict() if config.dataset == "synthetic_gmm" else None
+  kwargs = dict(data_dir=config.data_dir or None, synthetic_options=synthetic)
+
+  def split(name, subset=0):
+    return load_process_share(config.dataset, name, subset=subset,
+                              subset_seed=[config.seed, 7], **kwargs)[0]
+
+  train = split("train", config.num_train_points)
+  test = split("test") if "test" in SPLITS[config.dataset] else None
+  return train, test
+
+
 def _select(a: np.ndarray, rows: Any) -> np.ndarray:
   return a if rows is None else a[npz.row_indices(rows, len(a))]
 
@@ -199,7 +272,7 @@ def load_dataset(name: str, split: str = "train", *, rows: Any = None,
   path = sources.ensure_file(file_name, data_dir, download=download)
   keys = _split_key(name, split)
   if rows is None:
-    with np.load(path) as d:
+    with npz.reading(path), np.load(path) as d:
       _require(d.files, path, keys)
       arrays = [d[k] for k in keys]
   else:

@@ -30,9 +30,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
+from lvmjax import data as data_lib
 from lvmjax.gmm import em
 from lvmjax.gmm import model
-from lvmjax.gmm import streaming
 from lvmjax.gmm.em import SuffStats
 from lvmjax.gmm.model import GMMParams
 
@@ -197,14 +197,14 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   _checks.check_nonnegative(t0, "t0")
   init_size = batch_size * 10 if init_size is None else _checks.check_positive_int(
       init_size, "init_size")
-  make_iter, n, d, arr = streaming._as_source(data, sample_weight, batch_size)  # pylint: disable=protected-access
+  make_iter, n, d, arr = data_lib.as_source(data, sample_weight, batch_size)
   key_init, key_sub, key_perm = jax.random.split(key, 3)
   if isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
     dtype = dtype or jnp.result_type(jnp.asarray(init.means).dtype, float)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
   else:
-    xs, ws = streaming.subsample(key_sub, data, init_size, sample_weight, batch_size=batch_size)
+    xs, ws = data_lib.subsample(key_sub, data, init_size, sample_weight, batch_size=batch_size)
     dtype = dtype or jnp.result_type(xs.dtype if np.issubdtype(xs.dtype, np.floating) else float)
     params = em.fit(key_init, jnp.asarray(xs, dtype), num_components, covariance_type, init=init,
                     max_iter=0, reg_covar=reg_covar,
@@ -214,7 +214,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
                                                   params.means.shape[1]), batch_size)
   state = init_state(params)
   lls = []
-  rng = streaming._rng(key_perm)  # pylint: disable=protected-access
+  rng = data_lib.numpy_rng(key_perm)
 
   def batches(epoch):
     if arr is None or not shuffle:
@@ -236,10 +236,10 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   for epoch in range(num_epochs):
     for xb, wb in batches(epoch):
       if epoch == 0:
-        streaming._check_batch(xb, wb, params.means.shape[1])  # pylint: disable=protected-access
+        data_lib.check_batch(xb, wb, params.means.shape[1])
       if xb.shape[0] == 0:
         continue
-      xp, wp = streaming._pad_batch(xb, wb, batch_size, dtype)  # pylint: disable=protected-access
+      xp, wp = data_lib.pad_batch(xb, wb, batch_size, dtype)
       state, ll = _update_jit(state, jnp.asarray(xp), jnp.asarray(wp), *consts, chunk_size=chunk)
       lls.append(ll)
       if callback is not None:

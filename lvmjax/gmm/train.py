@@ -93,19 +93,7 @@ def load_data(config: Any) -> tuple[data.Dataset, data.Dataset | None]:
   (:func:`lvmjax.sharding.process_share`), read from the file without loading the rest; the
   blocks of all processes, in process order, are the one-process data.
   """
-  synthetic = config.synthetic.to_dict() if config.dataset == "synthetic_gmm" else None
-  kwargs = dict(data_dir=config.data_dir or None, synthetic_options=synthetic)
-
-  def split(name, subset=0):
-    n = data.num_rows(config.dataset, name, **kwargs)
-    rows = data.random_subset(n, subset, [config.seed, 7])
-    if jax.process_count() > 1:
-      rows = sharding.process_share(n if rows is None else rows)
-    return data.load_dataset(config.dataset, name, rows=rows, **kwargs)
-
-  train = split("train", config.num_train_points)
-  test = split("test") if "test" in data.SPLITS[config.dataset] else None
-  return train, test
+  return data.load_splits(config)
 
 
 def _total_log_likelihood(params: gmm.GMMParams, x: Any) -> tuple[float, int]:

@@ -31,6 +31,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
+from lvmjax import data as data_lib
 from lvmjax.kmeans import kmeans as _km
 
 
@@ -153,7 +154,6 @@ def fit(key: jax.Array, data: Any, num_clusters: int, init: str | ArrayLike = "k
     >>> fit(jax.random.key(0), x, 3, batch_size=256).centroids.shape
     (3, 2)
   """
-  from lvmjax.gmm import streaming  # pylint: disable=g-import-not-at-top
   num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   num_epochs = _checks.check_positive_int(num_epochs, "num_epochs")
@@ -165,11 +165,11 @@ def fit(key: jax.Array, data: Any, num_clusters: int, init: str | ArrayLike = "k
   if in_memory:
     _checks.check_data(data)
     _checks.check_sample_weight(sample_weight, np.shape(data)[0])
-  make_iter, n, d, _ = streaming._as_source(data, sample_weight, batch_size)  # pylint: disable=protected-access
+  make_iter, n, d, _ = data_lib.as_source(data, sample_weight, batch_size)
   key_init, key_sub, key_run = jax.random.split(key, 3)
   if isinstance(init, str):
     _checks.check_choice(init, "init", _km.INIT_METHODS)
-    xs, ws = streaming.subsample(key_sub, data, max(init_size, num_clusters), sample_weight,
+    xs, ws = data_lib.subsample(key_sub, data, max(init_size, num_clusters), sample_weight,
                                  batch_size=batch_size)
     if xs.shape[0] < num_clusters:
       raise ValueError(f"num_clusters={num_clusters} is larger than the number of points "
@@ -201,10 +201,10 @@ def fit(key: jax.Array, data: Any, num_clusters: int, init: str | ArrayLike = "k
   for epoch in range(num_epochs):
     for xb, wb in make_iter():
       if epoch == 0:
-        streaming._check_batch(xb, wb, centroids.shape[1])  # pylint: disable=protected-access
+        data_lib.check_batch(xb, wb, centroids.shape[1])
       if xb.shape[0] == 0:
         continue
-      xp, wp = streaming._pad_batch(xb, wb, batch_size, dtype)  # pylint: disable=protected-access
+      xp, wp = data_lib.pad_batch(xb, wb, batch_size, dtype)
       state, value = _update_jit(state, jnp.asarray(xp), jnp.asarray(wp))
       inertias.append(value)
       if callback is not None:

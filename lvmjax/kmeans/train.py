@@ -28,7 +28,6 @@ from lvmjax import kmeans
 from lvmjax import plotting
 from lvmjax import progress
 from lvmjax import sharding
-from lvmjax.gmm import train as gmm_train
 
 
 class KMeansRun(NamedTuple):
@@ -68,7 +67,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   and ``kmeans_inertia.png`` (inertia against K, when ``config.k_values``).
 
   With several processes (``jax.process_count() > 1``) each process reads only its own block of
-  the rows (:func:`lvmjax.gmm.train.load_data`), Lloyd's iterations run over the rows of all
+  the rows (:func:`lvmjax.data.load_splits`), Lloyd's iterations run over the rows of all
   processes, and the results are over all rows, as with one process; only process 0 writes
   files, and its ``kmeans_clusters.png`` shows its own rows.
 
@@ -86,7 +85,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   validate_config(config)
   workdir = experiment.prepare_workdir(workdir)
   primary = distributed.is_primary()
-  train, test = gmm_train.load_data(config)  # with several processes: this process's rows only
+  train, test = data.load_splits(config)  # with several processes: this process's rows only
   x = jnp.asarray(train.x)
   n, d = int(sharding.process_sum(x.shape[0])), train.num_features
   k = config.num_clusters
