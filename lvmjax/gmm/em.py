@@ -47,6 +47,7 @@ from jax.typing import ArrayLike
 from jax.sharding import PartitionSpec as P
 
 from lvmjax import _checks
+from lvmjax import linalg
 from lvmjax import sharding
 from lvmjax.gmm import model
 from lvmjax.gmm.model import GMMParams
@@ -185,7 +186,7 @@ def _whitened_scan(x_chunks, w_chunks, params: GMMParams, shard=None) -> SuffSta
   dtype = x_chunks.dtype
   chol = model.cholesky(params)  # (K, D, D) full, (D, D) tied
   eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
-  chol_inv = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+  chol_inv = linalg.triangular_solve(chol, eye, left_side=True, lower=True)
   offset = (jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
             - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
   if cov_type == "full":
@@ -341,7 +342,7 @@ def _repair_positive_definite(cov: jax.Array) -> jax.Array:
   """Adds a jitter of 100·eps·mean(diag) to the matrices whose Cholesky factorisation failed
   because float rounding left them indefinite (e.g. float32 data with exactly duplicated points).
   Matrices that factorise are returned unchanged."""
-  bad = jnp.any(jnp.isnan(jnp.linalg.cholesky(cov)), axis=(-2, -1), keepdims=True)
+  bad = jnp.any(jnp.isnan(linalg.cholesky(cov)), axis=(-2, -1), keepdims=True)
   scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
   finfo = jnp.finfo(cov.dtype)
   jitter = 100 * finfo.eps * jnp.maximum(scale, finfo.tiny)
@@ -606,19 +607,6 @@ def _check_weight(sample_weight, n):
     _checks.check_sample_weight(sample_weight, n)
 
 
-#: Full covariances of this many features or more hang on in-process CPU meshes (see fit).
-_CPU_MESH_FULL_MAX_D = 64
-
-
-def cpu_mesh_hangs(mesh: jax.sharding.Mesh) -> bool:
-  """True for a mesh on which ``fit(covariance_type="full")`` with D >= 64 hangs: more than one
-  CPU device of this process (measured with JAX 0.10.2 on 2 and 4 host devices: the fit stops
-  after a few iterations with every thread waiting; D <= 56, "tied", "diag", "spherical", the E-step
-  alone and the same fit on one device all complete)."""
-  local = [dev for dev in mesh.devices.flat if dev.process_index == jax.process_index()]
-  return len(local) > 1 and all(dev.platform == "cpu" for dev in local)
-
-
 class _ShapeOnly:
   """Stands in for a global array in the shape checks (its values live on other processes)."""
 
@@ -712,13 +700,6 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
   _check_weight(sample_weight, n)
-  if placement is not None and covariance_type == "full" and d >= _CPU_MESH_FULL_MAX_D:
-    if cpu_mesh_hangs(placement[0]):
-      raise ValueError(
-          f"gmm.fit with covariance_type='full' and D={d} >= {_CPU_MESH_FULL_MAX_D} on a mesh of "
-          "several CPU devices of one process hangs in XLA:CPU with this JAX (a known problem, "
-          "cause not found; D <= 56 and the other covariance types complete). Fit on one device "
-          "(no mesh, x not sharded), or use covariance_type='tied', 'diag' or 'spherical'.")
   if placement is None:
     x, w = _prepare(x, sample_weight)
     dtype = x.dtype

@@ -22,6 +22,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
+from lvmjax import linalg
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -138,7 +139,7 @@ def cholesky(params: GMMParams) -> jax.Array:
   (D, D); standard deviations for "diag" (K, D) and "spherical" (K,)."""
   cov = jnp.asarray(params.covariances)
   if params.covariance_type in ("full", "tied"):
-    return jnp.linalg.cholesky(cov)
+    return linalg.cholesky(cov)
   return jnp.sqrt(cov)
 
 
@@ -150,13 +151,13 @@ def _log_gaussians(params: GMMParams, chol: jax.Array, x: jax.Array) -> tuple[ja
   cov_type = params.covariance_type
   if cov_type == "full":
     # y[n,k] = L_k^{-1} (x_n - mu_k), one batched triangular solve per component.
-    y = jax.lax.linalg.triangular_solve(
+    y = linalg.triangular_solve(
         chol, jnp.swapaxes(diff, 0, 1), left_side=False, lower=True, transpose_a=True)
     maha = jnp.sum(jnp.square(y), axis=-1).T  # (N, K)
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # (K,)
   elif cov_type == "tied":
     flat = diff.reshape(-1, n_features)
-    y = jax.lax.linalg.triangular_solve(chol, flat, left_side=False, lower=True, transpose_a=True)
+    y = linalg.triangular_solve(chol, flat, left_side=False, lower=True, transpose_a=True)
     maha = jnp.sum(jnp.square(y), axis=-1).reshape(diff.shape[:2])
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol)))[None]
   elif cov_type == "diag":

@@ -257,12 +257,6 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   # rows on its devices (padding rows, at the end, get weight 0); the evaluation sums over the
   # processes' rows.
   mesh = sharding.data_mesh() if jax.device_count() > 1 else None
-  if (mesh is not None and jax.process_count() == 1 and config.covariance_type == "full"
-      and train.num_features >= gmm.em._CPU_MESH_FULL_MAX_D  # pylint: disable=protected-access
-      and gmm.em.cpu_mesh_hangs(mesh)):
-    logging.warning("Full covariances with D=%d on several CPU devices hang in XLA:CPU (see "
-                    "lvmjax.gmm.fit); fitting on one device.", train.num_features)
-    mesh = None
   fit_x, fit_w = (x, None) if mesh is None else sharding.rows_from_processes(train.x, mesh)
   n, d = int(sharding.process_sum(x.shape[0])), train.num_features
   if config.select_k == "none" and config.num_components > n:

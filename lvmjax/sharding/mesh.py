@@ -17,8 +17,9 @@ def use_cpu_cores(num_devices: int | None = None) -> int:
   Sets ``jax_num_cpu_devices``, which JAX reads when it creates its CPU backend, so call it right
   after ``import jax``, before any JAX computation. Fits over ``data_mesh()`` then run each
   device's rows on its own thread (see :mod:`lvmjax.sharding`); with one device per core nothing
-  else changes, and arrays not put on the mesh stay on device 0. Known problem: full-covariance GMM
-  fits with D >= 64 hang on such a mesh (``gmm.fit`` refuses them with a ValueError).
+  else changes, and arrays not put on the mesh stay on device 0. (Batched Cholesky factorisations
+  and triangular solves inside such a mesh go through :mod:`lvmjax.linalg`, which keeps jaxlib
+  < 0.12 from deadlocking its CPU thread pool.)
 
   Args:
     num_devices: number of CPU devices; None: ``os.cpu_count()``.
