@@ -329,3 +329,216 @@ def test_bad_input_raises():
                           vae.BernoulliLikelihood()), x)
   with pytest.raises(ValueError, match="num_steps"):
     vae.interpolate(model, params, x[0], x[1], num_steps=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# priors
+
+import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+
+# Values of the VAE before its prior became pluggable (fixed N(0, I) in the code), computed with
+# that implementation (commit ab14552) in float64 on the model and data of _old_model_and_data.
+_OLD_VALUES = {
+    "elbo_analytic": [-5.453409868760671, -4.550503620097715, -4.908128443017058,
+                      -5.132722289270611, -5.280033919323727],
+    "elbo_mc": [-6.1516972151375935, -4.653948264997913, -5.049476857370597, -4.691826132358274,
+                -5.657449360226398],
+    "kl_mc": [2.1299076488850273, 0.5561370947126727, -0.07799109267947224, 0.7059182844753218,
+              1.3225892999378237],
+    "iwae4": [-5.615466078387094, -4.07558687510187, -4.0748987237309455, -4.667474557906421,
+              -5.781412396872615],
+    "ll7": [-6.111042532624656, -3.3444052813938496, -4.155784118841854, -4.509552976136766,
+            -4.5307621421529],
+    "sample_z": [[-0.5611154993011458, -0.01813919645363687, -0.1312112744365167],
+                 [1.347068108736592, 0.23080657094880566, 1.3592955016650714],
+                 [0.8844409176359717, -0.04262702520010446, -0.8161369638044489]],
+}
+
+
+def _old_model_and_data(prior=None):
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood(),
+                  prior=prior)
+  x = (np.random.default_rng(20).random((5, 6)) < 0.5).astype(np.float64)
+  return model, x
+
+
+def test_standard_normal_prior_gives_the_fixed_prior_numbers(x64):
+  model, x = _old_model_and_data()
+  assert model == _old_model_and_data(vae.StandardNormal())[0]  # None means StandardNormal()
+  params = vae.cast_params(vae.init(jax.random.key(0), model, x), jnp.float64)
+  assert set(params["params"]) == {"encoder", "decoder"}  # no prior (nor likelihood) parameters
+  assert isinstance(model.prior, vae.StandardNormal) and vae.has_analytic_kl(model)
+  key = jax.random.key(21)
+  got = {
+      "elbo_analytic": _jit(vae.elbo, model, num_samples=3)(params, key, x),
+      "elbo_mc": _jit(vae.elbo, model, num_samples=3, analytic_kl=False)(params, key, x),
+      "kl_mc": _jit(vae.elbo_terms, model, num_samples=2, beta=0.5, analytic_kl=False)(
+          params, key, x).kl,
+      "iwae4": _jit(vae.iwae_bound, model, num_samples=4)(params, key, x),
+      "ll7": vae.log_likelihood(model, params, key, x, 7, chunk_size=3),
+      "sample_z": vae.sample(model, params, key, 3)[1],
+  }
+  for name, value in got.items():  # the same numbers up to the last bits of float64
+    np.testing.assert_allclose(value, _OLD_VALUES[name], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def _gaussian_prior_params(rng, latent_dim):
+  return {"mean": jnp.asarray(rng.normal(size=latent_dim)),
+          "log_scale": jnp.asarray(rng.normal(size=latent_dim) * 0.4)}
+
+
+def test_gaussian_prior_densities_and_kl_match_scipy_and_distrax(x64):
+  rng = np.random.default_rng(30)
+  prior = vae.GaussianPrior()
+  variables = {"params": _gaussian_prior_params(rng, 3)}
+  m, s = np.asarray(variables["params"]["mean"]), np.exp(variables["params"]["log_scale"])
+  z = rng.normal(size=(4, 2, 3))
+  np.testing.assert_allclose(prior.apply(variables, jnp.asarray(z), method="log_prob"),
+                             stats.norm.logpdf(z, m, s).sum(-1), rtol=1e-12)
+  mean, log_var = rng.normal(size=(5, 3)), rng.normal(size=(5, 3)) * 0.5
+  expected = distrax.MultivariateNormalDiag(mean, np.exp(0.5 * log_var)).kl_divergence(
+      distrax.MultivariateNormalDiag(m, s))
+  np.testing.assert_allclose(prior.apply(variables, mean, log_var, method="kl"), expected,
+                             rtol=1e-10)
+  np.testing.assert_allclose(vae.gaussian_kl(mean, log_var, m, 2 * np.log(s)), expected,
+                             rtol=1e-10)
+  draws = np.asarray(prior.apply(variables, jax.random.key(1), 20000, 3, method="sample"))
+  assert draws.shape == (20000, 3)
+  np.testing.assert_allclose(draws.mean(0), m, atol=4 * s.max() / np.sqrt(20000))
+  np.testing.assert_allclose(draws.std(0), s, rtol=0.03)
+
+
+class _GaussianPriorWithoutKL(nn.Module):
+  """The learnable Gaussian prior minus its closed-form KL: the ELBO must use the MC KL."""
+
+  def setup(self):
+    self.inner = vae.GaussianPrior()
+
+  def log_prob(self, z):
+    return self.inner.log_prob(z)
+
+  def sample(self, key, n, latent_dim):
+    return self.inner.sample(key, n, latent_dim)
+
+
+def test_gaussian_prior_analytic_kl_is_the_expectation_of_the_monte_carlo_kl(x64):
+  rng = np.random.default_rng(31)
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood(),
+                  prior=vae.GaussianPrior())
+  x = (rng.random((5, 6)) < 0.5).astype(np.float64)
+  params = vae.cast_params(vae.init(jax.random.key(0), model, x), jnp.float64)
+  assert jax.tree.map(jnp.shape, params["params"]["prior"]) == {"mean": (3,), "log_scale": (3,)}
+  params["params"]["prior"] = _gaussian_prior_params(rng, 3)
+  key = jax.random.key(6)
+  terms = jax.jit(vae.elbo_terms, static_argnums=(0, 4, 5, 6))
+  analytic = terms(model, params, key, x, 40000, 1.0, True)
+  mc = terms(model, params, key, x, 40000, 1.0, False)
+  np.testing.assert_allclose(mc.kl, analytic.kl, atol=0.03)
+  np.testing.assert_array_equal(mc.reconstruction, analytic.reconstruction)  # same samples
+  np.testing.assert_allclose(mc.elbo, analytic.elbo, atol=0.03)
+  # against distrax, through the model's encoder
+  mean, log_var = vae.encode(model, params, x)
+  p = params["params"]["prior"]
+  np.testing.assert_allclose(analytic.kl, distrax.MultivariateNormalDiag(
+      mean, jnp.exp(0.5 * log_var)).kl_divergence(distrax.MultivariateNormalDiag(
+          p["mean"], jnp.exp(p["log_scale"]))), rtol=1e-10)
+  # a prior without kl(): the ELBO falls back to the MC KL, whatever analytic_kl says
+  no_kl = vae.VAE(model.encoder, model.decoder, model.likelihood,
+                  prior=_GaussianPriorWithoutKL())
+  assert not vae.has_analytic_kl(no_kl)
+  params_no_kl = {"params": {**params["params"], "prior": {"inner": p}}}
+  a = terms(no_kl, params_no_kl, key, x, 3, 1.0, True)
+  b = terms(model, params, key, x, 3, 1.0, False)
+  for u, v in zip(a, b):
+    np.testing.assert_allclose(u, v, rtol=1e-12)
+
+
+def test_linear_vae_with_gaussian_prior_bounds_below_the_exact_marginal(x64):
+  # z ~ N(m, diag s^2), x | z ~ N(W z + b, psi I): x ~ N(W m + b, W diag(s^2) W^T + psi I) exactly
+  rng = np.random.default_rng(32)
+  model = vae.VAE(vae.LinearEncoder(latent_dim=L), vae.LinearDecoder(output_dim=D),
+                  vae.GaussianLikelihood(scale=None, min_scale=0.0), prior=vae.GaussianPrior())
+  params_ppca, params = _ppca_and_vae_params(rng, exact_posterior=False)
+  params["params"]["prior"] = {"mean": jnp.asarray([0.7, -0.4]),
+                               "log_scale": jnp.asarray([0.3, -0.2])}
+  w = np.asarray(params_ppca.weight)
+  s2 = np.exp(2 * np.asarray(params["params"]["prior"]["log_scale"]))
+  mu = w @ np.asarray(params["params"]["prior"]["mean"]) + np.asarray(params_ppca.mean)
+  cov = w @ np.diag(s2) @ w.T + float(params_ppca.noise_variance) * np.eye(D)
+  z_true = rng.normal(size=(8, L)) * np.sqrt(s2) + np.asarray(params["params"]["prior"]["mean"])
+  x = z_true @ w.T + np.asarray(params_ppca.mean) + rng.normal(size=(8, D)) * np.sqrt(
+      float(params_ppca.noise_variance))
+  exact = stats.multivariate_normal(mu, cov).logpdf(x)
+  reps = 400
+  keys = jax.random.split(jax.random.key(1), reps)
+
+  def repeats(fn):
+    values = np.asarray(jax.jit(jax.vmap(fn))(keys))
+    return values.mean(0), values.std(0) / np.sqrt(reps)
+
+  elbo, elbo_se = repeats(lambda k: vae.elbo(model, params, k, x, 1))
+  iwae5, iwae5_se = repeats(lambda k: vae.iwae_bound(model, params, k, x, 5))
+  iwae50, iwae50_se = repeats(lambda k: vae.iwae_bound(model, params, k, x, 50))
+  assert np.all(exact - elbo > 0.05), exact - elbo
+  assert np.all(elbo < iwae5 + 4 * np.hypot(elbo_se, iwae5_se))
+  assert np.all(iwae5 < iwae50 + 4 * np.hypot(iwae5_se, iwae50_se))
+  assert np.all(iwae50 < exact + 4 * iwae50_se)
+  assert np.mean(iwae5 - elbo) > 0.05 and np.mean(iwae50 - iwae5) > 0.01
+  ll = jax.jit(vae.log_likelihood, static_argnums=(0, 4, 5))(model, params, jax.random.key(2),
+                                                              x, 20000, 2000)
+  np.testing.assert_allclose(ll, exact, atol=0.05)
+
+
+class _PseudoInputPrior(vae.Prior):
+  """A small VampPrior: p(z) = (1/K) sum_k q(z | u_k) at learnable pseudo-inputs u_k."""
+  num_pseudo: int = 3
+  data_dim: int = 6
+
+  @nn.compact
+  def __call__(self):
+    u = self.param("pseudo_inputs", nn.initializers.uniform(1.0), (self.num_pseudo, self.data_dim))
+    return self.encode(u)                                       # the VAE's own encoder
+
+  def log_prob(self, z):
+    mean, log_var = self()                                      # (K, L) each
+    log_q = distrax.MultivariateNormalDiag(mean, jnp.exp(0.5 * log_var)).log_prob(
+        z[..., None, :])                                        # (..., K)
+    return jax.nn.logsumexp(log_q, axis=-1) - jnp.log(self.num_pseudo)
+
+  def sample(self, key, n, latent_dim):
+    del latent_dim
+    mean, log_var = self()
+    k_idx, k_eps = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (n,), 0, self.num_pseudo)
+    return mean[idx] + jnp.exp(0.5 * log_var[idx]) * jax.random.normal(k_eps, mean[idx].shape)
+
+
+def test_a_prior_reaches_the_encoder_through_the_vae(x64):
+  model = vae.VAE(vae.MLPEncoder(2, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood(),
+                  prior=_PseudoInputPrior())
+  x = (np.random.default_rng(33).random((7, 6)) < 0.5).astype(np.float64)
+  params = vae.cast_params(vae.init(jax.random.key(0), model, x), jnp.float64)
+  assert set(params["params"]) == {"encoder", "decoder", "prior"}
+  assert not vae.has_analytic_kl(model)
+  # log p(z) is the mixture of the VAE's own q(z | u_k), computed here independently
+  u = np.asarray(params["params"]["prior"]["pseudo_inputs"])
+  mean, log_var = (np.asarray(a) for a in vae.encode(model, params, u))
+  z = np.random.default_rng(34).normal(size=(4, 2))
+  expected = special.logsumexp(stats.norm.logpdf(z[:, None, :], mean, np.exp(0.5 * log_var))
+                               .sum(-1), axis=1) - np.log(3)
+  np.testing.assert_allclose(model.apply(params, jnp.asarray(z), method="prior_log_prob"),
+                             expected, rtol=1e-10)
+  # gradients of the ELBO reach the pseudo-inputs and, through the prior, the encoder
+  key = jax.random.key(1)
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(vae.elbo(model, p, key, x, 2))))(params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert np.any(np.asarray(grads["params"]["prior"]["pseudo_inputs"]) != 0)
+  # every estimate works with it
+  iwae = _jit(vae.iwae_bound, model, num_samples=5)(params, key, x)
+  ll = vae.log_likelihood(model, params, key, x, 20, chunk_size=7)
+  xs, zs = vae.sample(model, params, key, 4)
+  count, _ = vae.active_units(model, params, x)
+  assert iwae.shape == ll.shape == (7,) and np.all(np.isfinite(ll))
+  assert xs.shape == (4, 6) and zs.shape == (4, 2) and 0 <= int(count) <= 2
+  with pytest.raises(ValueError, match="VAE's prior"):
+    _PseudoInputPrior().init(jax.random.key(0))
