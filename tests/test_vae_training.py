@@ -138,7 +138,12 @@ def test_jit_train_step_options_change_no_value():
   np.testing.assert_allclose(m_a["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["elbo", "iwae", "autoencoder"])
+def _half_beta_elbo(model, params, key, x):
+  """A user objective: (model, params, key, x) -> per-point values."""
+  return vae.elbo(model, params, key, x, beta=0.5)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "autoencoder", _half_beta_elbo])
 def test_training_raises_the_objective(objective):
   x = _binary_data()
   model = _small_model()
@@ -229,3 +234,75 @@ def test_bad_arguments_raise():
     vae.jit_train_step(model, opt)(state, np.zeros((8, 9), np.float32), jax.random.key(0))
   with pytest.raises(ValueError, match="num_samples_ll"):
     vae.evaluate(model, state.params, jax.random.key(0), x, num_samples_ll=-1)
+
+
+def test_train_steps_give_the_numbers_of_the_if_elif_objectives():
+  # float32 losses of 3 jitted steps, as the implementation before the objective registry and
+  # the pluggable prior computed them (commit ab14552; printed with float.hex)
+  model = vae.VAE(vae.MLPEncoder(3, (8,)), vae.MLPDecoder(6, (8,)), vae.BernoulliLikelihood())
+  x = (np.random.default_rng(20).random((5, 6)) < 0.5).astype(np.float32)
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  old = {"elbo": ["0x1.5228860000000p+2", "0x1.27242e0000000p+2", "0x1.24a3d60000000p+2"],
+         "iwae": ["0x1.f1078e0000000p+1", "0x1.08f1800000000p+2", "0x1.0a36ce0000000p+2"]}
+  for objective, k in (("elbo", 2), ("iwae", 3)):
+    step = vae.jit_train_step(model, opt, objective=objective, num_samples=k)
+    s, losses = _copy(state), []
+    for _ in range(3):
+      s, m = step(s, x, jax.random.key(5))
+      losses.append(float(m["loss"]))
+    np.testing.assert_allclose(losses, [float.fromhex(h) for h in old[objective]], rtol=1e-6)
+
+
+def test_objective_callable_and_registry_entry_equal_the_named_objective(monkeypatch):
+  x = _binary_data(n=32)
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  key = jax.random.key(1)
+  assert tuple(vae.OBJECTIVES) == ("elbo", "iwae", "autoencoder")
+  named, m_named = vae.jit_train_step(model, opt, objective="elbo", beta=0.5)(_copy(state), x, key)
+  custom, m_custom = vae.jit_train_step(model, opt, objective=_half_beta_elbo)(
+      _copy(state), x, key)
+  assert set(m_custom) == {"loss", "objective", "grad_norm"}
+  np.testing.assert_allclose(m_custom["loss"], m_named["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(named)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # a name added to the registry
+  monkeypatch.setitem(vae.OBJECTIVES, "half_elbo",
+                      lambda model, params, key, x, **options: (_half_beta_elbo(
+                          model, params, key, x), {}))
+  registered, m_reg = vae.jit_train_step(model, opt, objective="half_elbo")(
+      _copy(state), x, key)
+  np.testing.assert_allclose(m_reg["loss"], m_named["loss"], rtol=1e-6)
+
+
+def test_gaussian_prior_is_trained_with_the_networks():
+  x = _binary_data(n=64)
+  model = vae.VAE(vae.MLPEncoder(2, (32,)), vae.MLPDecoder(16, (32,)), vae.BernoulliLikelihood(),
+                  prior=vae.GaussianPrior())
+  opt = optax.adam(5e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  prior0 = _copy(state.params["params"]["prior"])
+  np.testing.assert_array_equal(prior0["mean"], 0.0)  # starts at N(0, I)
+  step = vae.jit_train_step(model, opt, objective="elbo")
+  for i in range(5):
+    state, metrics = step(state, x, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["kl"]) >= 0.0
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), state.params["params"]["prior"],
+                       prior0)
+  assert moved["mean"] > 1e-3 and moved["log_scale"] > 1e-3, moved
+  res = vae.evaluate(model, state.params, jax.random.key(2), x, batch_size=32, num_samples_ll=10)
+  assert res["elbo"] <= res["log_likelihood"] + 1.0 and np.isfinite(res["log_likelihood"])
+
+
+def test_evaluate_autoencoder_figures(x64):
+  model = _small_model()
+  x = (np.random.default_rng(0).random((25, 16)) < 0.5).astype(np.float64)
+  params = vae.init(jax.random.key(0), model, x[:2])
+  res = vae.evaluate(model, params, jax.random.key(4), x, batch_size=10, autoencoder=True)
+  assert set(res) == {"reconstruction_log_likelihood", "active_units", "num_points"}
+  np.testing.assert_allclose(res["reconstruction_log_likelihood"],
+                             np.mean(vae.autoencoder_log_likelihood(model, params, x)), rtol=1e-12)
+  assert res["active_units"] == int(vae.active_units(model, params, x)[0])
+  assert res["num_points"] == 25
