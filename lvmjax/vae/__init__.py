@@ -1,40 +1,75 @@
 """Variational autoencoders, the IWAE bound and the deterministic autoencoder.
 
-A model is a :class:`VAE` module (encoder, decoder, likelihood; prior N(0, I)); every computation is
-a pure function of ``(model, params, [key,] x)`` returning one value per point, vmapped over the batch
+A model is a :class:`VAE` module (encoder, decoder, likelihood, prior); every computation is a pure
+function of ``(model, params, [key,] x)`` returning one value per point, vmapped over the batch
 and over latent samples, un-jitted so that it composes with a user's ``jit``/``vmap``/``grad``.
+Key order: the model and its params first, then the key, then the data or the sample count;
+``init`` and ``create_train_state``, which make the params, take the key first (as ``fit`` and
+flax's ``model.init`` do).
 
 Public API:
 
 Model and networks
-  ``VAE(encoder, decoder, likelihood)``; ``init(key, model, example_x) -> params``
+  ``VAE(encoder, decoder, likelihood, prior=None)``; ``init(key, model, example_x) -> params``
   encoders ``MLPEncoder(latent_dim, hidden, activation)``, ``ConvEncoder(latent_dim)`` (28x28x1),
   ``LinearEncoder(latent_dim)``; decoders ``MLPDecoder(output_dim, hidden, activation)``,
   ``ConvDecoder()``, ``LinearDecoder(output_dim)``; any flax module with the same contract works.
   likelihoods ``BernoulliLikelihood()``, ``GaussianLikelihood(scale=None|float)`` (distrax).
+  priors (:mod:`lvmjax.vae.priors`) ``StandardNormal()`` (the default, N(0, I)),
+  ``GaussianPrior()`` (learnable N(m, diag s^2)), base class ``Prior``; ``has_analytic_kl(model)``.
 
-Bounds and estimates (each ``(N,)``)
-  ``elbo(model, params, key, x, num_samples=1, beta=1.0, analytic_kl=True)``,
+Bounds and estimates (each ``(N,)``), for every prior
+  ``elbo(model, params, key, x, num_samples=1, beta=1.0, analytic_kl=True)`` (the prior's
+  closed-form KL where it has one, else the Monte Carlo KL),
   ``elbo_terms(...) -> ElboTerms(elbo, reconstruction, kl)``,
   ``iwae_bound(model, params, key, x, num_samples)``,
   ``log_likelihood(model, params, key, x, num_samples=5000, chunk_size=500)``,
-  ``autoencoder_log_likelihood(model, params, x)``, ``gaussian_kl(mean, log_variance)``.
+  ``autoencoder_log_likelihood(model, params, x)``,
+  ``gaussian_kl(mean, log_variance, prior_mean=None, prior_log_variance=None)``.
 
 Inference and generation
   ``encode(model, params, x) -> (mean, log_variance)``, ``decode(model, params, z) -> distrax
   distribution``, ``reconstruct(model, params, x)``, ``sample_posterior(model, params, key, x, k)``,
-  ``sample(model, params, key, n) -> (x, z)``, ``sample_given(model, params, key, z)``,
-  ``interpolate(model, params, x1, x2, num_steps)``,
-  ``active_units(model, params, x, threshold=0.01) -> (count, variances)``.
+  ``sample(model, params, key, n) -> (x, z)`` (z from the prior), ``sample_given(model, params,
+  key, z)``, ``interpolate(model, params, x1, x2, num_steps)``,
+  ``active_units(model, params, x, threshold=0.01) -> (count, variances)``, from the additive
+  ``posterior_mean_moments(model, params, x) -> LatentMoments`` by ``active_units_from_moments``.
 
-Training (``lvmjax.vae.training``)
+Training and evaluation (:mod:`lvmjax.vae.steps`; ``lvmjax.vae.training`` and
+``lvmjax.vae.parallel`` re-export it)
   ``TrainState(step, params, opt_state)``, ``create_train_state(key, model, example_x, optimizer)``,
-  ``make_train_step(model, optimizer, objective="elbo"|"iwae"|"autoencoder", num_samples=1,
-  beta=1.0, compute_dtype=jnp.float32) -> train_step(state, x, key) -> (state, metrics)``,
-  ``jit_train_step(...)``, ``make_multi_train_step(model, optimizer, unroll=1, **step_kwargs)
+  ``make_train_step(model, optimizer, objective="elbo", num_samples=1, beta=1.0,
+  compute_dtype=jnp.float32) -> train_step(state, x, key) -> (state, metrics)``; ``objective`` is a
+  name of the registry ``OBJECTIVES`` (``"elbo"``, ``"iwae"``, ``"autoencoder"``; add your own) or
+  a callable ``objective(model, params, key, x) -> (N,)`` to maximise. ``jit_train_step(...)``,
+  ``make_multi_train_step(model, optimizer, unroll=1, **step_kwargs)
   -> multi_train_step(state, xs, key, indices=None) -> (state, stacked metrics)`` (S steps in one
   ``lax.scan``, equal to S one-step calls), ``jit_multi_train_step(...)``,
-  ``evaluate(model, params, key, x, batch_size, num_samples_ll=5000, iwae_k=()) -> dict``.
+  ``make_parallel_train_step(model, optimizer, mesh)`` with ``replicate`` and ``shard_batch``
+  (data-parallel), and the one evaluation ``evaluate(model, params, key, x, batch_size,
+  num_samples_ll=5000, iwae_k=(), autoencoder=False) -> dict``.
+
+Write your own prior: a flax module with ``log_prob(z) -> (...)`` for ``z (..., L)``,
+``sample(key, n, latent_dim) -> (n, L)`` and, where it has one, the closed-form
+``kl(mean, log_variance) -> (...)`` to the diagonal-Gaussian posterior (without it the ELBO uses
+the Monte Carlo KL). Its parameters (``self.param`` in an ``@nn.compact`` method, e.g.
+``__call__``, created by ``log_prob`` at :func:`init`) live in ``params["params"]["prior"]`` and
+train with the networks; a prior built on the encoder (a VampPrior) subclasses :class:`Prior` and
+calls ``self.encode(u)``, the owning VAE's encoder with its parameters::
+
+  class LaplacePrior(vae.Prior):
+    @nn.compact
+    def __call__(self, latent_dim):
+      return self.param("log_scale", nn.initializers.zeros, (latent_dim,))
+
+    def log_prob(self, z):
+      log_b = self(z.shape[-1])
+      return jnp.sum(-jnp.abs(z) * jnp.exp(-log_b) - log_b - jnp.log(2.0), axis=-1)
+
+    def sample(self, key, n, latent_dim):
+      return jax.random.laplace(key, (n, latent_dim)) * jnp.exp(self(latent_dim))
+
+  model = vae.VAE(encoder, decoder, likelihood, prior=LaplacePrior())
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax

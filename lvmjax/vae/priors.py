@@ -24,22 +24,8 @@ A prior that needs the model's encoder (the VampPrior's :math:`q(z \mid u_k)` at
 pseudo-inputs :math:`u_k`) calls :meth:`Prior.encode`: the VAE owns its prior, so that runs the
 VAE's own encoder with the VAE's own parameters, and gradients reach both.
 
-Write your own prior (subclassing :class:`Prior` is optional; any flax module with these methods
-works)::
-
-  class LaplacePrior(vae.Prior):
-    @nn.compact
-    def __call__(self, latent_dim):            # the parameters, created on first use
-      return self.param("log_scale", nn.initializers.zeros, (latent_dim,))
-
-    def log_prob(self, z):                     # (..., L) -> (...)
-      log_b = self(z.shape[-1])
-      return jnp.sum(-jnp.abs(z) * jnp.exp(-log_b) - log_b - jnp.log(2.0), axis=-1)
-
-    def sample(self, key, n, latent_dim):      # -> (n, L)
-      return jax.random.laplace(key, (n, latent_dim)) * jnp.exp(self(latent_dim))
-
-  model = vae.VAE(encoder, decoder, likelihood, prior=LaplacePrior())
+Subclassing :class:`Prior` is optional: any flax module with these methods works. The package
+docstring (:mod:`lvmjax.vae`) shows a whole new prior in a dozen lines.
 """
 from __future__ import annotations
 
