@@ -1,6 +1,7 @@
 """Tests of lvmjax.sklearn: scikit-learn's estimator checks, and equality with scikit-learn's own
 GaussianMixture, KMeans and PCA (float64) from the same initial parameters."""
 import pickle
+import re
 import warnings
 
 import jax
@@ -169,7 +170,8 @@ def test_fit_predict_equals_fit_then_predict(cov_type):
 def test_gaussian_mixture_int_random_state_is_the_core_key():
   x = blobs(dtype=np.float32)
   ours = GaussianMixture(3, random_state=7).fit(x)
-  core = gmm.fit(jax.random.key(7), x, 3)
+  # One run is the first of the restarts gmm.fit(jax.random.key(7), ..., n_init) would make.
+  core = gmm.fit(jax.random.split(jax.random.key(7), 1)[0], x, 3)
   np.testing.assert_array_equal(ours.means_, np.asarray(core.params.means))
   np.testing.assert_array_equal(ours.covariances_, np.asarray(core.params.covariances))
   assert ours.n_iter_ == int(core.n_iter)
@@ -177,6 +179,30 @@ def test_gaussian_mixture_int_random_state_is_the_core_key():
   # params_ feeds the functional API
   np.testing.assert_allclose(np.asarray(gmm.log_marginal(ours.params_, x)), ours.score_samples(x),
                              rtol=1e-5)
+
+
+def test_one_run_is_the_first_restart():
+  """n_init=1 is restart 0 of every n_init (scikit-learn's restarts share one generator), so more
+  restarts never end worse: for GaussianMixture exactly (max_iter=0 keeps restart 0, all bounds
+  being -inf), for KMeans on the inertia."""
+  x = blobs(dtype=np.float32)
+  kw = dict(n_components=3, init_params="random_from_data", max_iter=0, random_state=2)
+  np.testing.assert_array_equal(GaussianMixture(**kw, n_init=3).fit(x).means_,
+                                GaussianMixture(**kw).fit(x).means_)
+  for seed in range(3):
+    inertias = [KMeans(6, init="random", n_init=n, max_iter=1, random_state=seed).fit(x).inertia_
+                for n in (1, 2, 4)]
+    assert inertias[0] >= inertias[1] >= inertias[2], inertias
+
+
+def test_kmeans_float32_and_float64_get_the_same_seeds():
+  x = blobs(seed=4, n_per=40)
+  for init in ("k-means++", "random"):
+    a = KMeans(5, init=init, n_init=2, max_iter=1, random_state=1).fit(x.astype(np.float32))
+    b = KMeans(5, init=init, n_init=2, max_iter=1, random_state=1).fit(x)
+    assert a.cluster_centers_.dtype == np.float32 and b.cluster_centers_.dtype == np.float64
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-5)
 
 
 def test_random_state_instance_and_none(x64):
@@ -269,8 +295,9 @@ def test_verbose_prints_iterations(capsys):
   x = blobs(dtype=np.float32)
   GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1).fit(x)
   out = capsys.readouterr().out
-  assert "Initialization 0" in out and "Iteration 1\t ll change" in out
-  assert "Initialization converged" in out
+  assert "Initialization 0" in out and re.search(r"Iteration 1\t time lapse [0-9.]+s\t ll change",
+                                                 out)
+  assert "Initialization converged. time lapse" in out and "lower bound" in out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +313,7 @@ def test_numpy_jax_and_list_inputs_agree_and_return_numpy():
   for est in _estimators():
     a = clone(est).fit(x)
     b = clone(est).fit(jnp.asarray(x))
-    c = clone(est).fit(x.tolist())  # a list becomes float64, computed as float32 without x64
+    c = clone(est).fit(x.tolist())  # a list becomes float64, computed in float64
     method = "predict" if not isinstance(est, PPCA) else "transform"
     outs = [getattr(m, method)(inp) for m, inp in ((a, x), (b, jnp.asarray(x)), (c, x.tolist()))]
     for out in outs:
@@ -296,17 +323,46 @@ def test_numpy_jax_and_list_inputs_agree_and_return_numpy():
 
 
 def test_dtypes():
+  """scikit-learn's dtypes without the user touching JAX's x64 setting: float32 in float32,
+  float64 and integers in float64; JAX's global state is left as it was."""
   x32 = blobs(dtype=np.float32)
+  assert not jax.config.jax_enable_x64
   for est in _estimators():
     attr = {"GaussianMixture": "means_", "KMeans": "cluster_centers_",
             "PPCA": "components_"}[type(est).__name__]
-    assert getattr(clone(est).fit(x32), attr).dtype == np.float32
-    # float64 without x64: computed in float32
-    assert getattr(clone(est).fit(x32.astype(np.float64)), attr).dtype == np.float32
-    with jax.enable_x64(True):
-      assert getattr(clone(est).fit(x32.astype(np.float64)), attr).dtype == np.float64
-  with jax.enable_x64(True):  # float32 stays float32 with x64 on (one estimator: compile time)
+    method = "transform" if isinstance(est, PPCA) else "predict"
+    fitted = clone(est).fit(x32)
+    assert getattr(fitted, attr).dtype == np.float32
+    fitted64 = clone(est).fit(x32.astype(np.float64))
+    assert getattr(fitted64, attr).dtype == np.float64
+    assert getattr(clone(est).fit(np.round(x32 * 10).astype(np.int64)), attr).dtype == np.float64
+    assert not jax.config.jax_enable_x64  # the scoped x64 did not leak
+    if method == "transform":
+      assert fitted64.transform(x32).dtype == np.float64  # float64 model: computed in float64
+    assert jnp.asarray(1.0).dtype == jnp.float32  # and JAX's default is still float32
+  with jax.enable_x64(True):  # float32 stays float32 with x64 on globally (one estimator)
     assert PPCA(2).fit(x32).components_.dtype == np.float32
+    assert PPCA(2).fit(x32.astype(np.float64)).components_.dtype == np.float64
+
+
+def test_float64_input_is_computed_in_float64():
+  """Digits' constant pixels need float64 at the default reg_covar: the float64 fit equals the
+  one under global x64 (bit for bit) and differs from the float32 one; JAX's state is unchanged."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  x = load_digits().data[:600]
+  kw = dict(n_components=8, covariance_type="full", random_state=0, max_iter=20)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    scoped = GaussianMixture(**kw).fit(x)
+    assert not jax.config.jax_enable_x64
+    with jax.enable_x64(True):
+      global_x64 = GaussianMixture(**kw).fit(x)
+    as_float32 = GaussianMixture(**kw).fit(x.astype(np.float32))
+  assert scoped.means_.dtype == np.float64 and scoped.covariances_.dtype == np.float64
+  np.testing.assert_array_equal(scoped.covariances_, global_x64.covariances_)
+  assert scoped.score(x) == global_x64.score(x)
+  assert as_float32.means_.dtype == np.float32
+  assert scoped.lower_bounds_ != as_float32.lower_bounds_
 
 
 def test_not_fitted_errors():
@@ -417,6 +473,29 @@ def test_kmeans_n_init_init_and_warnings():
   core = kmeans.fit(jax.random.key(3), x, 3, init="random", n_init=10)
   np.testing.assert_array_equal(KMeans(3, init="random", random_state=3).fit(x).cluster_centers_,
                                 np.asarray(core.centroids))
+
+
+def test_kmeans_sparse_elkan_and_verbose_give_the_dense_lloyd_fit(capsys, monkeypatch):
+  from scipy import sparse  # pylint: disable=g-import-not-at-top
+  from lvmjax.sklearn import _common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(_common, "SPARSE_BLOCK_ROWS", 7)  # predict/transform/score in 7-row blocks
+  x = np.maximum(blobs(dtype=np.float32, scale=2.0), 0)  # nonnegative, with zeros
+  kw = dict(n_clusters=4, random_state=0, n_init=2)
+  ref = KMeans(**kw).fit(x)
+  for variant in (KMeans(**kw, algorithm="elkan"), KMeans(**kw, verbose=1)):
+    for data in (x, sparse.csr_matrix(x)):
+      fitted = clone(variant).fit(data)
+      np.testing.assert_array_equal(fitted.labels_, ref.labels_)
+      np.testing.assert_allclose(fitted.cluster_centers_, ref.cluster_centers_, rtol=1e-6)
+      assert fitted.n_iter_ == ref.n_iter_
+      np.testing.assert_array_equal(fitted.predict(data), ref.labels_)
+      np.testing.assert_allclose(fitted.transform(data), ref.transform(x), rtol=1e-5, atol=1e-4)
+      np.testing.assert_allclose(fitted.score(data), ref.score(x), rtol=1e-5)
+  out = capsys.readouterr().out
+  assert out.count("Initialization complete") == 2
+  assert f"Iteration {ref.n_iter_ - 1}, inertia " in out
+  assert re.search(rf"Converged at iteration {ref.n_iter_ - 1}: (strict convergence|center shift "
+                   r"\S+ within tolerance \S+)\.", out)
 
 
 # ----------------------------------------------------------------------------------------------

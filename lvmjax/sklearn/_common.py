@@ -1,24 +1,38 @@
 """Helpers shared by the scikit-learn estimators: input validation, dtypes, random_state -> key.
 
-Inputs may be NumPy arrays, lists, pandas frames or JAX arrays. NumPy-like inputs go through
-scikit-learn's own ``validate_data`` (same errors, ``n_features_in_``, ``feature_names_in_``);
-JAX arrays stay on their device and get the equivalent checks here. Computation runs in the input's
-float dtype: float32 stays float32; float64 stays float64 when x64 is enabled
-(``jax.config.update("jax_enable_x64", True)`` or ``with jax.enable_x64(True):``) and is computed
-in float32 otherwise; integer and boolean inputs become JAX's default float.
+Inputs may be NumPy arrays, lists, pandas frames, SciPy sparse matrices (where the estimator
+accepts them) or JAX arrays. NumPy-like inputs go through scikit-learn's own ``validate_data``
+(same errors, ``n_features_in_``, ``feature_names_in_``); JAX arrays stay on their device and get
+the equivalent checks here.
+
+dtypes follow scikit-learn: float32 input is computed in float32, float64 input in float64, and
+integer or boolean input is converted to float64. float64 needs JAX's x64 mode; the estimators
+turn it on only around their own computation with JAX's scoped context
+(``with jax.enable_x64(True):``, see `precision`), so the user never changes JAX's global state,
+and float32 work (theirs, and the estimators' on float32 input) is untouched. JAX's jit caches
+key on the x64 state, so the float32 and float64 versions of each function are compiled (and
+cached) apart.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 from lvmjax import _checks
+
+#: Rows densified at a time from sparse input in predict-like methods.
+SPARSE_BLOCK_ROWS = 4096
+#: Sparse input to a fit is densified whole (the fits run on dense device arrays); above this
+#: many entries (8 GiB in float64) the fit refuses, naming the fix.
+MAX_DENSE_ENTRIES = 2**30
 
 
 def key_from_random_state(random_state: Any) -> jax.Array:
@@ -34,13 +48,46 @@ def key_from_random_state(random_state: Any) -> jax.Array:
   return jax.random.key(int(rng.randint(np.iinfo(np.int32).max)))
 
 
+def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
+  """The keys of ``n_init`` restarts: ``jax.random.split(key, n_init)``.
+
+  These are the keys ``lvmjax.gmm.fit`` and ``lvmjax.kmeans.fit`` give their restarts when
+  ``n_init > 1``, and JAX's split is prefix-consistent, so the single run of ``n_init=1`` is the
+  first restart of every ``n_init``: more restarts never end worse, as in scikit-learn (whose
+  restarts draw one after another from one generator).
+  """
+  return jax.random.split(key, n_init)
+
+
+@contextlib.contextmanager
+def precision(dtype: Any) -> Iterator[None]:
+  """The block computes in ``dtype``: float64 turns on JAX's x64 mode for the block only.
+
+  ``jax.enable_x64(True)`` is scoped to the block (and thread); outside it JAX's global setting
+  is whatever the user chose. Arrays made inside keep their dtype after the block. float32 leaves
+  the state as it is, so float32 fits compile and run exactly as without this helper.
+  """
+  if np.dtype(dtype) == np.float64:
+    with jax.enable_x64(True):
+      yield
+  else:
+    yield
+
+
+def compute_dtype(*dtypes: Any) -> np.dtype:
+  """The float dtype scikit-learn would compute in: float64 if any is float64, else float32."""
+  return np.dtype(np.float64 if any(np.dtype(d) == np.float64 for d in dtypes) else np.float32)
+
+
 def validate_x(estimator: Any, x: Any, *, reset: bool, ensure_min_samples: int = 1,
-               ensure_min_features: int = 1) -> jax.Array:
-  """Validates X and returns it as a floating-point JAX array.
+               ensure_min_features: int = 1, accept_sparse: bool = False) -> Any:
+  """Validates X and returns it, not yet converted to a device array (see `to_device`).
 
   NumPy-like inputs go through ``sklearn.utils.validation.validate_data`` (dtype float64 or
-  float32, finite, 2-D, feature-count and feature-name checks, sets ``n_features_in_`` when
-  ``reset``). JAX arrays are checked on their device with the same rules.
+  float32, integers to float64, finite, 2-D, feature-count and feature-name checks, sets
+  ``n_features_in_`` when ``reset``); with ``accept_sparse``, a SciPy sparse matrix becomes CSR.
+  JAX arrays are checked on their device with the same rules. The result's ``dtype`` (float32
+  or float64) is the one to compute in.
   """
   if isinstance(x, jax.Array):
     validate_data(estimator, x, reset=reset, skip_check_array=True)  # feature count / names
@@ -56,20 +103,56 @@ def validate_x(estimator: Any, x: Any, *, reset: bool, ensure_min_samples: int =
       raise ValueError(f"Found array with {x.shape[1]} feature(s) (shape={x.shape}) while a "
                        f"minimum of {ensure_min_features} is required by {name}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-      x = x.astype(jnp.result_type(float))  # float64 under x64, else float32
+      with precision(np.float64):  # integers and bools become float64, as in scikit-learn
+        x = x.astype(jnp.float64)
     elif jnp.finfo(x.dtype).bits < 32:
       x = x.astype(jnp.float32)
     if not bool(jnp.all(jnp.isfinite(x))):
       raise ValueError("Input X contains NaN or infinity.")
     return x
-  x = validate_data(estimator, x, reset=reset, dtype=[np.float64, np.float32],
-                    ensure_min_samples=ensure_min_samples,
-                    ensure_min_features=ensure_min_features)
-  return jnp.asarray(x)
+  return validate_data(estimator, x, reset=reset, dtype=[np.float64, np.float32],
+                       accept_sparse="csr" if accept_sparse else False,
+                       accept_large_sparse=False, ensure_min_samples=ensure_min_samples,
+                       ensure_min_features=ensure_min_features)
+
+
+def to_device(x: Any, dtype: Any = None) -> jax.Array:
+  """A validated X (NumPy, JAX or SciPy CSR) as a dense JAX array of ``dtype``.
+
+  Call it inside ``precision(dtype)`` when ``dtype`` is float64. Sparse input is densified whole,
+  up to `MAX_DENSE_ENTRIES` entries.
+  """
+  dtype = x.dtype if dtype is None else dtype
+  if sp.issparse(x):
+    n, d = x.shape
+    if n * d > MAX_DENSE_ENTRIES:
+      raise ValueError(
+          f"Sparse X of shape {x.shape} would take {n * d} dense entries; the lvmjax fits run on "
+          f"dense device arrays (at most {MAX_DENSE_ENTRIES} entries here). Reduce the number of "
+          "features first, e.g. with sklearn.decomposition.TruncatedSVD, or use scikit-learn's "
+          "estimator, which works on sparse X directly.")
+    x = x.toarray()
+  return jnp.asarray(x, dtype)
+
+
+def dense_blocks(x: Any, dtype: Any, block: int | None = None) -> Iterator[jax.Array]:
+  """Row blocks of a validated X as dense JAX arrays: the whole X when it is dense, blocks of
+  ``block`` rows (default `SPARSE_BLOCK_ROWS`) densified one at a time when it is sparse
+  (bounding the memory of predict-like methods on sparse data)."""
+  if not sp.issparse(x):
+    yield to_device(x, dtype)
+    return
+  block = SPARSE_BLOCK_ROWS if block is None else block
+  for start in range(0, x.shape[0], block):
+    yield jnp.asarray(x[start:start + block].toarray(), dtype)
 
 
 def validate_sample_weight(sample_weight: Any, num_points: int, dtype: Any) -> jax.Array | None:
-  """Checks ``sample_weight`` (None, a number, or shape (N,), finite, >= 0, not all zero)."""
+  """Checks ``sample_weight`` (None, a number, or shape (N,), finite, >= 0, not all zero).
+
+  Returns it as a JAX array of ``dtype``; call inside ``precision(dtype)``. The caller's array is
+  never modified.
+  """
   if sample_weight is None:
     return None
   if isinstance(sample_weight, numbers.Number):

@@ -19,6 +19,7 @@ Examples:
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -29,10 +30,17 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluste
                           TransformerMixin)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from lvmjax import kmeans
 from lvmjax.sklearn import _common
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "init"))
+def _seed_indices(keys, x, sample_weight, *, num_clusters, init):
+  """Row indices of the seeds of each restart ("k-means++" or "random"), one per key."""
+  seed = kmeans.kmeans_plusplus if init == "k-means++" else kmeans.random_init
+  return jax.vmap(lambda key: seed(key, x, num_clusters, sample_weight)[1])(keys)
 
 
 @jax.jit
@@ -61,16 +69,28 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
   Differences from scikit-learn:
 
-  * Random numbers come from JAX: ``random_state=s`` (an int) is ``jax.random.key(s)``. From an
-    ``init`` array both libraries give the same fit.
-  * ``algorithm`` is accepted for compatibility; "elkan" runs Lloyd's iterations too (Elkan's
-    algorithm reaches the same centroids, it only skips distance computations).
+  * Random numbers come from JAX: restart r of ``random_state=s`` (an int) is seeded by
+    ``lvmjax.kmeans.kmeans_plusplus`` or ``random_init`` with key
+    ``jax.random.split(jax.random.key(s), n_init)[r]`` (as ``lvmjax.kmeans.fit`` seeds its
+    restarts), so more restarts never end worse. The seeds are drawn on X in float32, so that
+    float32 and float64 X get the same seeds (as in scikit-learn). From an ``init`` array both
+    libraries give the same fit. The restarts run one after another, each one compiled call.
+  * ``algorithm="elkan"`` gives the same result as "lloyd", as in scikit-learn, and is computed by
+    the same Lloyd iterations (Elkan's algorithm reaches the same centroids; it only skips
+    distance computations, which pays on one CPU core but not for the matrix products here).
+  * Sparse X (SciPy CSR, e.g. tf-idf vectors) is accepted: a fit densifies it on the device (it
+    refuses, naming the fix, above ``2**30`` entries), predict-like methods densify it in blocks
+    of rows. The result equals that of the dense X.
   * ``copy_x`` is accepted and has no effect: X is never modified.
   * A callable ``init`` is called with the uncentred data (scikit-learn passes X minus its mean),
     once per restart, with the ``RandomState`` from ``random_state``.
   * Among restarts, the one of lowest inertia wins (scikit-learn also skips a lower inertia when
     its clustering equals the best's up to a relabelling).
-  * dtypes: as ``GaussianMixture`` (float64 needs JAX's x64 mode, else float32).
+  * dtypes are scikit-learn's: float32 input is fitted in float32, float64 and integer input in
+    float64 (JAX's x64 mode is turned on only around the estimator's computation, with the
+    scoped ``jax.enable_x64(True)``).
+  * ``verbose`` prints scikit-learn's messages after the compiled fit, for the returned restart
+    (for the "center shift" message the fit is run again to one iteration fewer).
 
   Args:
     n_clusters: number of clusters K.
@@ -80,7 +100,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     max_iter: maximum number of Lloyd iterations (>= 1).
     tol: relative tolerance: stop when the squared centroid shift is at most
       ``tol * mean(var(X, axis=0))``.
-    verbose: print the inertia of each iteration after the fit.
+    verbose: print scikit-learn's messages (iterations, inertia, convergence) after the fit.
     random_state: None, an int or a ``numpy.random.RandomState``.
     copy_x: ignored (see above).
     algorithm: "lloyd" or "elkan" (see above).
@@ -107,6 +127,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     self.copy_x = copy_x
     self.algorithm = algorithm
 
+  def __sklearn_tags__(self):
+    tags = super().__sklearn_tags__()
+    tags.input_tags.sparse = True
+    return tags
+
   def _resolved_n_init(self) -> int:
     if self.n_init != "auto":
       return int(self.n_init)
@@ -115,6 +140,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     return 10 if callable(self.init) else 1
 
   def _check_centers(self, centers, d: int, dtype) -> jax.Array:
+    """scikit-learn's checks of initial centres (same messages); a device array of ``dtype``."""
     c = np.asarray(centers)
     if c.ndim != 2 or not np.issubdtype(c.dtype, np.number):
       raise ValueError(f"The initial centers must be a 2-D numeric array, got shape {c.shape}.")
@@ -128,11 +154,28 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
       raise ValueError("The initial centers contain NaN or infinity.")
     return jnp.asarray(c, dtype)
 
+  def _check_params_vs_input(self, n: int) -> None:
+    """scikit-learn's checks and derived settings: ``_n_init``, ``_algorithm``, warnings."""
+    k = self.n_clusters
+    if n < k:
+      raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
+    self._n_init = self._resolved_n_init()
+    if not isinstance(self.init, str) and not callable(self.init) and self._n_init != 1:
+      warnings.warn("Explicit initial center position passed: performing only one init in "
+                    f"{type(self).__name__} instead of n_init={self._n_init}.", RuntimeWarning,
+                    stacklevel=3)
+      self._n_init = 1
+    self._algorithm = self.algorithm
+    if self._algorithm == "elkan" and k == 1:
+      warnings.warn("algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' "
+                    "instead.", RuntimeWarning, stacklevel=3)
+      self._algorithm = "lloyd"
+
   def fit(self, X, y=None, sample_weight=None):
     """Computes the clustering.
 
     Args:
-      X: (N, D) data (NumPy, JAX, list, DataFrame).
+      X: (N, D) data (NumPy, JAX, list, DataFrame, SciPy sparse).
       y: ignored.
       sample_weight: optional (N,) non-negative weights (used by the seeding too, not by an
         array or callable ``init``).
@@ -142,51 +185,102 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     """
     del y
     self._validate_params()
-    x = _common.validate_x(self, X, reset=True)
+    x = _common.validate_x(self, X, reset=True, accept_sparse=True)
     n, d = x.shape
-    k = self.n_clusters
-    if n < k:
-      raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
-    n_init = self._resolved_n_init()
-    init = self.init
-    if not isinstance(init, str) and not callable(init):
-      init = self._check_centers(init, d, x.dtype)
-      if n_init != 1:
-        warnings.warn("Explicit initial center position passed: performing only one init in "
-                      f"{type(self).__name__} instead of n_init={n_init}.", RuntimeWarning,
-                      stacklevel=2)
-        n_init = 1
-    w = _common.validate_sample_weight(sample_weight, n, x.dtype)
-    key = _common.key_from_random_state(self.random_state)
-    fit_args = dict(max_iter=self.max_iter, tol=self.tol, sample_weight=w)
-    if callable(init):
-      rng = check_random_state(self.random_state)
-      x_host = _common.to_numpy(x)
-      result = None
-      for _ in range(n_init):
-        c0 = self._check_centers(init(x_host, k, random_state=rng), d, x.dtype)
-        r = kmeans.fit(key, x, k, init=c0, n_init=1, **fit_args)
+    self._check_params_vs_input(n)
+    dtype = np.dtype(x.dtype)
+    with _common.precision(dtype):
+      xj = _common.to_device(x, dtype)
+      init = self.init
+      if not isinstance(init, str) and not callable(init):
+        init = self._check_centers(init, d, dtype)
+      w = _common.validate_sample_weight(sample_weight, n, dtype)
+      key = _common.key_from_random_state(self.random_state)
+      fit_args = dict(max_iter=self.max_iter, tol=self.tol, sample_weight=w)
+      if callable(init):
+        rng = check_random_state(self.random_state)
+        x_host = x if not isinstance(x, jax.Array) else _common.to_numpy(x)
+        inits = [self._check_centers(init(x_host, self.n_clusters, random_state=rng), d, dtype)
+                 for _ in range(self._n_init)]
+      elif isinstance(init, str):
+        w32 = jnp.ones(n, jnp.float32) if w is None else w.astype(jnp.float32)
+        seeds = _seed_indices(_common.restart_keys(key, self._n_init), xj.astype(jnp.float32),
+                              w32, num_clusters=self.n_clusters, init=init)
+        inits = [xj[idx] for idx in seeds]
+      else:
+        inits = [init]
+      result, chosen = None, None
+      for c0 in inits:  # the first of the lowest inertia, as kmeans.fit's restarts
+        r = kmeans.fit(key, xj, self.n_clusters, init=c0, n_init=1, **fit_args)
         if result is None or float(r.inertia) < float(result.inertia):
-          result = r
-    else:
-      result = kmeans.fit(key, x, k, init=init, n_init=n_init, **fit_args)
-    self.cluster_centers_ = _common.to_numpy(result.centroids)
-    self.labels_ = _common.to_numpy(result.labels).astype(np.int32)
-    self.inertia_ = float(result.inertia)
-    self.n_iter_ = int(result.n_iter)
-    self._n_features_out = k
-    if self.verbose:
-      print("Initialization complete")
-      for i, v in enumerate(np.asarray(result.inertia_history)[:self.n_iter_]):
-        print(f"Iteration {i}, inertia {v}.")
-      if bool(result.converged):
-        print(f"Converged at iteration {self.n_iter_ - 1}.")
+          result, chosen = r, c0
+      self.cluster_centers_ = _common.to_numpy(result.centroids)
+      self.labels_ = _common.to_numpy(result.labels).astype(np.int32)
+      self.inertia_ = float(result.inertia)
+      self.n_iter_ = int(result.n_iter)
+      self._n_features_out = self.n_clusters
+      if self.verbose:
+        self._print_verbose(key, xj, chosen, result, fit_args)
     distinct = len(np.unique(self.labels_))
-    if distinct < k:
+    if distinct < self.n_clusters:
       warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than n_clusters "
-                    f"({k}). Possibly due to duplicate points in X.", ConvergenceWarning,
-                    stacklevel=2)
+                    f"({self.n_clusters}). Possibly due to duplicate points in X.",
+                    ConvergenceWarning, stacklevel=2)
     return self
+
+  def _print_verbose(self, key, x, init, result, fit_args) -> None:  # pylint: disable=too-many-arguments
+    """scikit-learn's verbose messages for the returned run (inside ``precision``).
+
+    Iteration i's inertia is that of iteration i's labels against the centroids they were
+    assigned to (``inertia_history``), as scikit-learn prints it. The convergence message needs
+    the centroid shift of the last iteration: the run is repeated (same key and init) to one
+    iteration fewer. A last shift of exactly 0 is reported as strict convergence (the labels did
+    not change), otherwise the shift is compared with the tolerance.
+    """
+    period = "" if self._algorithm == "elkan" else "."
+    print("Initialization complete")
+    for i, v in enumerate(np.asarray(result.inertia_history)[:self.n_iter_]):
+      print(f"Iteration {i}, inertia {v}{period}")
+    if not bool(result.converged):
+      return
+    i = self.n_iter_ - 1
+    before = kmeans.fit(key, x, self.n_clusters, init=init, n_init=1,
+                        **{**fit_args, "max_iter": i})
+    shift = float(jnp.sum((result.centroids - before.centroids) ** 2))
+    if i > 0 and shift == 0:
+      print(f"Converged at iteration {i}: strict convergence.")
+    else:
+      tol = float(self.tol * jnp.mean(jnp.var(x, axis=0)))
+      print(f"Converged at iteration {i}: center shift {shift} within tolerance {tol}.")
+
+  def _init_centroids(self, X, x_squared_norms, init, random_state, sample_weight,
+                      init_size=None, n_centroids=None):
+    """scikit-learn's ``_init_centroids``: initial centres of X (NumPy, (n_centroids, D)).
+
+    "k-means++" and "random" use ``lvmjax.kmeans.kmeans_plusplus`` and ``random_init`` with a
+    key drawn from ``random_state``; an array is returned as is; a callable is called.
+    ``x_squared_norms`` is not needed and ignored.
+    """
+    del x_squared_norms
+    x = check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32])
+    k = self.n_clusters if n_centroids is None else n_centroids
+    rng = check_random_state(random_state)
+    w = np.ones(x.shape[0]) if sample_weight is None else np.asarray(sample_weight)
+    if init_size is not None and init_size < x.shape[0]:
+      idx = rng.randint(0, x.shape[0], init_size)
+      x, w = x[idx], w[idx]
+    if isinstance(init, str):
+      dtype = np.dtype(x.dtype)
+      with _common.precision(dtype):
+        xj, wj = _common.to_device(x, dtype), jnp.asarray(w, dtype)
+        key = _common.key_from_random_state(rng)
+        seed = kmeans.kmeans_plusplus if init == "k-means++" else kmeans.random_init
+        return _common.to_numpy(seed(key, xj, k, wj)[0])
+    if callable(init):
+      centers = check_array(init(x, k, random_state=rng), dtype=x.dtype)
+      self._check_centers(centers, x.shape[1], x.dtype)
+      return centers
+    return np.asarray(init)
 
   def fit_predict(self, X, y=None, sample_weight=None):
     """Fits and returns ``labels_``."""
@@ -196,25 +290,37 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     """Fits and returns the distances of X to the centroids, (N, K)."""
     return self.fit(X, y, sample_weight).transform(X)
 
-  def _test_data(self, X) -> jax.Array:
+  def _blocks(self, X, fn):
+    """``fn(centroids, x_block)`` over X's rows (dense X: one block; sparse X: densified
+    blocks), in the dtype of X or of the fit (float64 if either is), as NumPy arrays."""
     check_is_fitted(self)
-    return _common.validate_x(self, X, reset=False)
+    x = _common.validate_x(self, X, reset=False, accept_sparse=True)
+    dtype = _common.compute_dtype(x.dtype, self.cluster_centers_.dtype)
+    with _common.precision(dtype):
+      c = jnp.asarray(self.cluster_centers_, dtype)
+      return [_common.to_numpy(fn(c, xb)) for xb in _common.dense_blocks(x, dtype)]
 
   def predict(self, X):
     """Closest centroid of each row, (N,) int32."""
-    x = self._test_data(X)
-    return _common.to_numpy(_predict(jnp.asarray(self.cluster_centers_, x.dtype), x))
+    return np.concatenate(self._blocks(X, _predict))
 
   def transform(self, X):
     """Euclidean distances of each row to each centroid, (N, K)."""
-    x = self._test_data(X)
-    return _common.to_numpy(_distances(jnp.asarray(self.cluster_centers_, x.dtype), x))
+    return np.concatenate(self._blocks(X, _distances))
 
   def score(self, X, y=None, sample_weight=None):
     """The opposite of the (weighted) K-means objective of X: ``-sum_i w_i min_k |x_i - c_k|^2``."""
     del y
-    x = self._test_data(X)
-    w = _common.validate_sample_weight(sample_weight, x.shape[0], x.dtype)
-    if w is None:
-      w = jnp.ones(x.shape[0], x.dtype)
-    return -float(_inertia(jnp.asarray(self.cluster_centers_, x.dtype), x, w))
+    check_is_fitted(self)
+    x = _common.validate_x(self, X, reset=False, accept_sparse=True)
+    n = x.shape[0]
+    dtype = _common.compute_dtype(x.dtype, self.cluster_centers_.dtype)
+    with _common.precision(dtype):
+      w = _common.validate_sample_weight(sample_weight, n, dtype)
+      w = jnp.ones(n, dtype) if w is None else w
+      c = jnp.asarray(self.cluster_centers_, dtype)
+      total, start = 0.0, 0
+      for xb in _common.dense_blocks(x, dtype):
+        total += float(_inertia(c, xb, w[start:start + xb.shape[0]]))
+        start += xb.shape[0]
+    return -total

@@ -79,7 +79,8 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
     n_samples_: N.
     n_features_in_: D; ``feature_names_in_`` when X had string column names.
 
-  dtypes: as ``GaussianMixture`` (float64 needs JAX's x64 mode, else float32).
+  dtypes: as ``GaussianMixture`` (float32 in float32; float64 and integers in float64, with
+  JAX's x64 mode turned on only around the estimator's own computation).
   """
 
   _parameter_constraints: dict = {
@@ -112,14 +113,15 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
     if num >= d:
       raise ValueError(f"n_components={num} must be smaller than n_features={d}: PPCA needs at "
                        "least one noise dimension.")
-    params, noise, total_variance = _fit(x, num)
-    weight = _common.to_numpy(params.weight)
-    self.components_ = weight.T
-    self.mean_ = _common.to_numpy(params.mean)
-    self.noise_variance_ = float(noise)
-    self.explained_variance_ = np.sum(weight**2, axis=0) + np.asarray(params.noise_variance,
-                                                                       weight.dtype)
-    self.explained_variance_ratio_ = self.explained_variance_ / float(total_variance)
+    with _common.precision(x.dtype):
+      params, noise, total_variance = _fit(_common.to_device(x), num)
+      weight = _common.to_numpy(params.weight)
+      self.components_ = weight.T
+      self.mean_ = _common.to_numpy(params.mean)
+      self.noise_variance_ = float(noise)
+      self.explained_variance_ = np.sum(weight**2, axis=0) + np.asarray(params.noise_variance,
+                                                                         weight.dtype)
+      self.explained_variance_ratio_ = self.explained_variance_ / float(total_variance)
     self.n_components_ = num
     self.n_samples_ = n
     self._n_features_out = num
@@ -132,18 +134,23 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
 
   @property
   def params_(self) -> ppca.PPCAParams:
-    """The fitted parameters as a ``lvmjax.ppca.PPCAParams``, for the functional API."""
-    return self._params()
-
-  def _data(self, X):
+    """The fitted parameters as a ``lvmjax.ppca.PPCAParams`` of the fit's dtype."""
     check_is_fitted(self)
-    return _common.validate_x(self, X, reset=False)
+    with _common.precision(self.components_.dtype):
+      return self._params(self.components_.dtype)
+
+  def _apply(self, fn, X):
+    """``fn(params, x)`` as NumPy, in the dtype of X or of the fit (float64 if either is)."""
+    check_is_fitted(self)
+    x = _common.validate_x(self, X, reset=False)
+    dtype = _common.compute_dtype(x.dtype, self.components_.dtype)
+    with _common.precision(dtype):
+      return _common.to_numpy(fn(self._params(dtype), _common.to_device(x, dtype)))
 
   def transform(self, X):
     r"""The posterior mean :math:`\mathbb{E}[z \mid x] = M^{-1} W^\top (x - \mu) / \sigma^2`,
     (N, L), with :math:`M = I + W^\top W / \sigma^2`."""
-    x = self._data(X)
-    return _common.to_numpy(_posterior_mean(self._params(x.dtype), x))
+    return self._apply(_posterior_mean, X)
 
   def inverse_transform(self, X):
     r""":math:`\mathbb{E}[x \mid z] = W z + \mu` for latents z (N, L), (N, D).
@@ -159,8 +166,7 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
 
   def score_samples(self, X):
     """Exact log p(x) of each row, (N,)."""
-    x = self._data(X)
-    return _common.to_numpy(_log_marginal(self._params(x.dtype), x))
+    return self._apply(_log_marginal, X)
 
   def score(self, X, y=None):
     """Mean log-likelihood of the rows of X (a float)."""
@@ -169,7 +175,8 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
 
   def get_covariance(self):
     r"""The model covariance :math:`W W^\top + \sigma^2 I`, (D, D)."""
-    return _common.to_numpy(_covariance(self._params()))
+    with _common.precision(self.components_.dtype):
+      return _common.to_numpy(_covariance(self._params(self.components_.dtype)))
 
   def get_precision(self):
     """The inverse of ``get_covariance()``, (D, D)."""
@@ -180,11 +187,10 @@ class PPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, Base
     check_is_fitted(self)
     _common.check_n_samples(n_samples)
     key = _common.key_from_random_state(self.random_state)
-    return _common.to_numpy(_sample(key, self._params(), int(n_samples)))
+    with _common.precision(self.components_.dtype):
+      return _common.to_numpy(_sample(key, self._params(self.components_.dtype), int(n_samples)))
 
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()
-    # float64 is kept only when JAX's x64 mode is on; float32 always.
-    tags.transformer_tags.preserves_dtype = (
-        ["float64", "float32"] if jax.config.jax_enable_x64 else ["float32"])
+    tags.transformer_tags.preserves_dtype = ["float64", "float32"]
     return tags

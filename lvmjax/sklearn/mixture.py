@@ -40,6 +40,13 @@ from lvmjax.sklearn import _common
 # Rows per block in predict/score: (rows, K, D) intermediates of about 2**24 floats.
 _BLOCK_FLOATS = 2**24
 
+# scikit-learn's message when EM produces non-finite parameters (lvmjax.gmm.fit's says the same
+# in other words).
+_ILL_DEFINED = ("Fitting the mixture model failed because some components have ill-defined "
+                "empirical covariance (for instance caused by singleton or collapsed samples). "
+                "Try to decrease the number of components, increase reg_covar, or scale the "
+                "input data.")
+
 _posterior = jax.jit(gmm.posterior)
 _log_marginal = jax.jit(gmm.log_marginal)
 _map_latent = jax.jit(gmm.map_latent)
@@ -68,19 +75,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
   Differences from scikit-learn:
 
-  * Random numbers come from JAX: ``random_state=s`` (an int) is ``jax.random.key(s)``, so the same
-    seed gives a different (but equally valid) initialisation than scikit-learn's. With
+  * Random numbers come from JAX: ``random_state=s`` (an int) is ``jax.random.key(s)``, and the
+    ``n_init`` restarts use ``jax.random.split(jax.random.key(s), n_init)`` (also for
+    ``n_init=1``), so more restarts never end worse; the same seed gives a different (but equally
+    valid) initialisation than scikit-learn's. With
     ``weights_init``, ``means_init`` and ``precisions_init`` all given, no random numbers are used
     and the fit equals scikit-learn's.
   * Initialisations by responsibilities normalise the weights to sum to one (scikit-learn's sum to
     ``1 + 10·K·eps/N``).
   * ``fit`` accepts ``sample_weight`` (non-negative per-point weights; integer weights equal
     repeated rows), which scikit-learn's ``GaussianMixture`` does not.
-  * dtypes: float32 input is fitted in float32; float64 in float64 only when JAX's x64 mode is on
-    (``jax.config.update("jax_enable_x64", True)``), otherwise in float32. Attributes and results
-    are NumPy arrays of the computation dtype.
-  * ``verbose`` messages are printed after the compiled fit, for the returned initialisation only,
-    without per-iteration times.
+  * dtypes are scikit-learn's: float32 input is fitted in float32, float64 (and integer) input
+    in float64, with JAX's x64 mode turned on only around the estimator's own computation
+    (``jax.enable_x64(True)`` as a scoped context; JAX's global setting is left alone).
+    Attributes and results are NumPy arrays of that dtype; predict-like methods compute in
+    float64 when either X or the fitted model is float64.
+  * ``verbose`` messages are printed after the compiled fit, for the returned initialisation
+    only; the per-iteration "time lapse" is the fit's time divided evenly over its iterations.
 
   Args:
     n_components: number of mixture components K.
@@ -163,12 +174,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
   def _fit(self, X, sample_weight):
     self._validate_params()
     x = _common.validate_x(self, X, reset=True, ensure_min_samples=2)
-    n, d = x.shape
+    n = x.shape[0]
     k = self.n_components
     if n < k:
       raise ValueError(f"Expected n_samples >= n_components but got n_components = {k}, "
                        f"n_samples = {n}")
-    dtype = x.dtype
+    dtype = np.dtype(x.dtype)
+    try:
+      with _common.precision(dtype):
+        self._fit_in_dtype(_common.to_device(x, dtype), sample_weight, dtype)
+    except ValueError as e:
+      if not str(e).startswith("Fitting the mixture model failed"):
+        raise
+      raise ValueError(_ILL_DEFINED) from e  # scikit-learn's words
+    if not self.converged_ and self.max_iter > 0:
+      warnings.warn("Best performing initialization did not converge. Try different init "
+                    "parameters, or increase max_iter, tol, or check for degenerate data.",
+                    ConvergenceWarning, stacklevel=3)
+
+  def _fit_in_dtype(self, x, sample_weight, dtype):
+    """The fit on the device array x (inside ``_common.precision(dtype)``); sets attributes."""
+    n, d = x.shape
+    k = self.n_components
     w = _common.validate_sample_weight(sample_weight, n, dtype)
     given = self._initial_parameters(d, dtype)
     do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -185,7 +212,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
       result = gmm.fit(key, x, init=gmm.GMMParams(*given, self.covariance_type),
                        max_iter=self.max_iter, **common)
     elif all(v is None for v in given):
-      result = gmm.fit(key, x, init=self.init_params, n_init=self.n_init,
+      # n_init > 1: the core's restarts use restart_keys(key, n_init); one run uses the first.
+      fit_key = key if self.n_init > 1 else _common.restart_keys(key, 1)[0]
+      result = gmm.fit(fit_key, x, init=self.init_params, n_init=self.n_init,
                        max_iter=self.max_iter, **common)
     else:
       result = self._fit_partial_init(key, x, given, common)
@@ -206,14 +235,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     self.lower_bound_ = self.lower_bounds_[-1] if self.lower_bounds_ else -math.inf
     if self.verbose:
       self._print_verbose(previous_bound, time.perf_counter() - start)
-    if not self.converged_ and self.max_iter > 0:
-      warnings.warn("Best performing initialization did not converge. Try different init "
-                    "parameters, or increase max_iter, tol, or check for degenerate data.",
-                    ConvergenceWarning, stacklevel=3)
 
   def _fit_partial_init(self, key, x, given, common):
     """Some of weights/means/precisions given: the rest from ``init_params``, per restart."""
-    keys = [key] if self.n_init == 1 else list(jax.random.split(key, self.n_init))
+    keys = list(_common.restart_keys(key, self.n_init))
     best = None
     for k in keys:
       start = gmm.fit(k, x, init=self.init_params, max_iter=0, **common).params
@@ -234,8 +259,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         raise ValueError(f"The parameter 'weights' should have the shape of {(k,)}, but got "
                          f"{w.shape}")
       if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
+        # Word for word scikit-learn's message, which prints the minimum as "max value" and the
+        # maximum as "min value" (its tests match that text).
         raise ValueError("The parameter 'weights' should be in the range [0, 1], but got max "
-                         f"value {w.max():.5f}, min value {w.min():.5f}")
+                         f"value {w.min():.5f}, min value {w.max():.5f}")
       atol = 1e-6 if np.dtype(dtype) == np.float32 else 1e-8
       if abs(1.0 - w.sum()) > atol:
         raise ValueError("The parameter 'weights' should be normalized, but got sum(weights) = "
@@ -272,14 +299,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     return weights, means, cov
 
   def _print_verbose(self, previous_bound: float, seconds: float) -> None:
-    print("Initialization 0" + (" (best of the restarts)" if self.n_init > 1 else ""))
+    """scikit-learn's messages, for the returned initialisation (printed after the fit)."""
+    print("Initialization 0")
     prev = previous_bound
+    per_iteration = seconds / max(1, len(self.lower_bounds_))
     for i, ll in enumerate(self.lower_bounds_, 1):
       if i % self.verbose_interval == 0:
         if self.verbose == 1:
           print(f"  Iteration {i}")
         else:
-          print(f"  Iteration {i}\t ll change {ll - prev:.5f}")
+          print(f"  Iteration {i}\t time lapse {per_iteration * self.verbose_interval:.5f}s\t "
+                f"ll change {ll - prev:.5f}")
       prev = ll
     msg = "converged" if self.converged_ else "did not converge"
     if self.verbose == 1:
@@ -300,7 +330,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     self.precisions_ = _common.to_numpy(prec)
 
   def _get_gmm_params(self, dtype=None) -> gmm.GMMParams:
-    """The fitted parameters as a ``gmm.GMMParams`` (for the lvmjax.gmm functions)."""
+    """The fitted parameters as a ``gmm.GMMParams`` of ``dtype`` (for the lvmjax.gmm functions).
+
+    float64 arrays exist only where x64 is on: call inside ``_common.precision(dtype)``.
+    """
     check_is_fitted(self)
     conv = lambda a: jnp.asarray(a, dtype)  # pylint: disable=unnecessary-lambda-assignment
     return gmm.GMMParams(conv(self.weights_), conv(self.means_), conv(self.covariances_),
@@ -308,23 +341,65 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
   @property
   def params_(self) -> gmm.GMMParams:
-    """The fitted parameters as a ``lvmjax.gmm.GMMParams``, for the functional API."""
-    return self._get_gmm_params()
+    """The fitted parameters as a ``lvmjax.gmm.GMMParams`` of the fit's dtype."""
+    check_is_fitted(self)
+    with _common.precision(self.means_.dtype):
+      return self._get_gmm_params(self.means_.dtype)
 
   def _n_parameters(self) -> int:
     """Number of free parameters of the fitted model."""
-    return gmm.num_parameters(self._get_gmm_params())
+    return gmm.num_parameters(self.params_)
+
+  # scikit-learn's private parameter interface (``_get_parameters``, ``_set_parameters``,
+  # ``_initialize``), which its own tests and some user code call on a GaussianMixture.
+
+  def _get_parameters(self):
+    """``(weights_, means_, covariances_, precisions_cholesky_)``, as scikit-learn's."""
+    return self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
+
+  def _set_parameters(self, params, xp=None):
+    """Sets the fitted parameters from ``(weights, means, covariances, precisions_cholesky)``;
+    the precisions are derived from the covariances (as scikit-learn derives them from
+    ``precisions_cholesky``)."""
+    del xp
+    weights, means, covariances, _ = params
+    dtype = _common.compute_dtype(np.asarray(means).dtype)
+    with _common.precision(dtype):
+      self._set_gmm_params(gmm.GMMParams(jnp.asarray(weights, dtype), jnp.asarray(means, dtype),
+                                         jnp.asarray(covariances, dtype), self.covariance_type))
+
+  def _initialize(self, X, resp):
+    """scikit-learn's ``_initialize``: the M-step of responsibilities ``resp`` (N, K), then
+    ``weights_init``, ``means_init`` and ``precisions_init`` where given."""
+    x = _common.validate_x(self, X, reset=False) if hasattr(self, "n_features_in_") else (
+        _common.validate_x(self, X, reset=True))
+    dtype = np.dtype(x.dtype)
+    with _common.precision(dtype):
+      xj = _common.to_device(x, dtype)
+      r = jnp.asarray(resp, dtype)
+      params = gmm.params_from_responsibilities(
+          xj[None], jnp.ones((1, xj.shape[0]), dtype), lambda i, xc: r, r.shape[1],
+          self.covariance_type, self.reg_covar)
+      given = self._initial_parameters(xj.shape[1], dtype)
+      params = gmm.GMMParams(*(p if g is None else g for g, p in zip(
+          given, (params.weights, params.means, params.covariances))), self.covariance_type)
+      self._set_gmm_params(params)
 
   # ------------------------------------------------------------------------------------------
   # Inference.
 
   def _rows(self, fn, X):
+    """``fn(params, x)`` on the rows of X, in blocks, in the dtype of X or of the fit (float64
+    if either is)."""
     check_is_fitted(self)
     x = _common.validate_x(self, X, reset=False)
-    params = self._get_gmm_params()
+    dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
     k, d = self.means_.shape
     block = max(256, _BLOCK_FLOATS // (k * d))
-    return _common.to_numpy(_common.row_blocks(lambda xb: fn(params, xb), x, block))
+    with _common.precision(dtype):
+      params = self._get_gmm_params(dtype)
+      xj = _common.to_device(x, dtype)
+      return _common.to_numpy(_common.row_blocks(lambda xb: fn(params, xb), xj, block))
 
   def predict(self, X):
     """Most probable component of each row: argmax_k p(z=k | x), (N,) int64."""
@@ -343,20 +418,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     del y
     return float(np.mean(self.score_samples(X), dtype=np.float64))
 
-  def bic(self, X):
-    """Bayesian information criterion on X, ``-2 log p(X) + P log N`` (lower is better)."""
+  def _criterion(self, fn, X) -> float:
     check_is_fitted(self)
     x = _common.validate_x(self, X, reset=False)
-    return float(gmm.bic(self._get_gmm_params(), x))
+    dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
+    with _common.precision(dtype):
+      return float(fn(self._get_gmm_params(dtype), _common.to_device(x, dtype)))
+
+  def bic(self, X):
+    """Bayesian information criterion on X, ``-2 log p(X) + P log N`` (lower is better)."""
+    return self._criterion(gmm.bic, X)
 
   def aic(self, X):
     """Akaike information criterion on X, ``-2 log p(X) + 2 P`` (lower is better)."""
-    check_is_fitted(self)
-    x = _common.validate_x(self, X, reset=False)
-    return float(gmm.aic(self._get_gmm_params(), x))
+    return self._criterion(gmm.aic, X)
 
   def sample(self, n_samples=1):
-    """Draws points from the fitted mixture.
+    """Draws points from the fitted mixture, in the fit's dtype.
 
     The key comes from ``random_state`` as in ``fit`` (an int gives the same draws every call,
     as in scikit-learn). Rows are grouped by component, as scikit-learn returns them.
@@ -367,7 +445,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     check_is_fitted(self)
     _common.check_n_samples(n_samples)
     key = _common.key_from_random_state(self.random_state)
-    x, z = gmm.sample(key, self._get_gmm_params(), int(n_samples))
-    z = _common.to_numpy(z).astype(np.int64)
+    dtype = self.means_.dtype
+    # Drawn in sizes of powers of two (the first n_samples kept): every distinct size compiles.
+    size = max(16, 1 << (int(n_samples) - 1).bit_length())
+    with _common.precision(dtype):
+      x, z = gmm.sample(key, self._get_gmm_params(dtype), size)
+      z = _common.to_numpy(z)[:n_samples].astype(np.int64)
+      x = _common.to_numpy(x)[:n_samples]
     order = np.argsort(z, kind="stable")
-    return _common.to_numpy(x)[order], z[order]
+    return x[order], z[order]
