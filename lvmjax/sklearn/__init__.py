@@ -12,10 +12,15 @@ attributes and raise the same warnings and errors. They add no mathematics of th
 densities, posteriors and samples are the pure functions of ``lvmjax.gmm``, ``lvmjax.kmeans`` and
 ``lvmjax.ppca``, jitted once per data shape and configuration.
 
-Inputs may be NumPy or JAX arrays, lists or DataFrames; results are NumPy arrays. float32 input
-is computed in float32; float64 input in float64 when JAX's x64 mode is on
-(``jax.config.update("jax_enable_x64", True)``), and in float32 otherwise. ``random_state=s`` (an
-int) seeds ``jax.random.key(s)``, so draws differ from scikit-learn's for the same seed.
+Inputs may be NumPy or JAX arrays, lists or DataFrames (and SciPy sparse matrices for
+``KMeans``); results are NumPy arrays. dtypes are scikit-learn's: float32 input is computed in
+float32, float64 and integer input in float64. float64 needs JAX's x64 mode; the estimators turn
+it on only around their own computation (the scoped ``jax.enable_x64(True)``), so JAX's global
+setting stays the user's. ``random_state=s`` (an int) seeds ``jax.random.key(s)``, so draws differ
+from scikit-learn's for the same seed.
+
+scikit-learn's own test files for ``GaussianMixture`` and ``KMeans`` run against these estimators
+with the one import swapped (``tests/test_sklearn_upstream.py``).
 """
 from lvmjax.sklearn.cluster import KMeans
 from lvmjax.sklearn.decomposition import PPCA
