@@ -329,6 +329,8 @@ def test_bad_input_raises():
                           vae.BernoulliLikelihood()), x)
   with pytest.raises(ValueError, match="num_steps"):
     vae.interpolate(model, params, x[0], x[1], num_steps=1)
+  with pytest.raises(ValueError, match="prior must be None"):
+    vae.VAE(vae.MLPEncoder(2), vae.MLPDecoder(5), vae.BernoulliLikelihood(), prior="gaussian")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ class VAE(nn.Module):
   def __post_init__(self):
     if self.prior is None:  # before flax registers the submodules
       object.__setattr__(self, "prior", StandardNormal())
+    elif not (isinstance(self.prior, nn.Module) and callable(getattr(self.prior, "log_prob", None))
+              and callable(getattr(self.prior, "sample", None))):
+      raise ValueError(
+          f"prior must be None (the standard normal) or a flax module with log_prob(z) and "
+          f"sample(key, n, latent_dim) methods, e.g. vae.GaussianPrior(); got {self.prior!r}.")
     super().__post_init__()
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
