@@ -1,6 +1,6 @@
 """The Gaussian mixture model: density, posterior, sampling, and EM on sufficient statistics.
 
-Public API (see DESIGN.md)::
+Public API (see the README)::
 
   params = gmm.GMMParams(weights, means, covariances, covariance_type)
   gmm.log_joint(params, x)       # (..., K)  log p(x, z=k)
@@ -30,3 +30,5 @@ __all__ = [
 
 # Data beyond memory: exact EM over batches, and stepwise online EM for one pass over a stream.
 from lvmjax.gmm import online, streaming  # pylint: disable=g-import-not-at-top,g-bad-import-order
+# Fitting by gradient descent: softmax logits and Cholesky factors with a positive diagonal.
+from lvmjax.gmm import unconstrained  # pylint: disable=g-import-not-at-top,g-bad-import-order
