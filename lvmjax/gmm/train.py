@@ -394,7 +394,15 @@ def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | No
 def write_figures(workdir: pathlib.Path, params: gmm.GMMParams, train: data.Dataset,
                   history: list[float], selection: dict | None, results: dict,
                   config: Any) -> list[pathlib.Path]:
-  """Writes gmm_components.png, gmm_log_likelihood.png and (with selection) gmm_model_selection.png.
+  """Writes the run's figures; returns their paths.
+
+  * ``gmm_components.png``: the points (of ``train``, coloured by MAP component) and each
+    component's 1- and 2-σ ellipse, projected on the first two principal components above 2-D.
+  * ``gmm_means.png`` (image data, e.g. the 8x8 digits): each component's mean as an image,
+    with its weight in the panel title.
+  * ``gmm_log_likelihood.png``: the mean log-likelihood per EM iteration (a first iteration far
+    below the rest is clipped to the lower edge and labelled with its value).
+  * ``gmm_model_selection.png`` (with ``selection``): BIC and AIC against K.
 
   The scatter plot shows the points of ``train``: with several processes, process 0 calls this
   with its own rows only (the first block of the training set).
@@ -409,6 +417,12 @@ def write_figures(workdir: pathlib.Path, params: gmm.GMMParams, train: data.Data
             f"covariances" + ("" if train.num_features <= 2 else "\n(first two principal "
                               "components; points coloured by MAP component)"))
   paths.append(plotting.save_figure(fig, workdir / "gmm_components.png"))
+  if train.image_shape is not None:
+    fig = plotting.plot_component_means(
+        np.asarray(params.means), train.image_shape, np.asarray(params.weights),
+        title=f"GMM on {config.dataset}: the {params.num_components} component means as images "
+              "(w = mixing weight)")
+    paths.append(plotting.save_figure(fig, workdir / "gmm_means.png"))
   fig = plotting.plot_log_likelihood(history, test_value=results.get("test_log_likelihood"),
                                      title=f"EM on {config.dataset}: mean log-likelihood per point")
   paths.append(plotting.save_figure(fig, workdir / "gmm_log_likelihood.png"))
