@@ -259,3 +259,89 @@ def test_batch_iterator_errors():
   with pytest.raises(ValueError, match="position"):
     data.BatchIterator(np.zeros((8, 2)), 4, seed=0, position=(0, 2))
   assert data.steps_per_epoch(10, 4, drop_remainder=False) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Stream sources (lvmjax.data.streams): what streaming EM, online EM and mini-batch K-means read.
+
+
+def _rows(source, batch_size, sample_weight=None):
+  make_iter, n, d, arr = data.as_source(source, sample_weight, batch_size)
+  batches = list(make_iter())
+  return batches, n, d, arr
+
+
+def test_as_source_reads_arrays_npy_files_and_callables_in_order(tmp_path):
+  x = np.arange(22, dtype=np.float32).reshape(11, 2)
+  w = np.linspace(0.5, 1.5, 11)
+  path = tmp_path / "x.npy"
+  np.save(path, x)
+  for source in (x, str(path), data.npy_rows(path)):
+    batches, n, d, arr = _rows(source, 4, w)
+    assert (n, d) == (11, 2) and arr is not None
+    assert [len(xb) for xb, _ in batches] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([wb for _, wb in batches]), w)
+  # A callable: a fresh pass each call, (x, w) pairs, oversized batches split to batch_size.
+  batches, n, d, arr = _rows(lambda: iter([(x[:7], w[:7]), x[7:]]), 4)
+  assert (n, d, arr) == (None, None, None)
+  assert [(len(xb), wb is None) for xb, wb in batches] == [(4, False), (3, False), (4, True)]
+  np.testing.assert_array_equal(np.concatenate([xb for xb, _ in batches]), x)
+
+
+def test_memmap_rows_come_from_plain_file_reads(tmp_path):
+  x = np.random.default_rng(0).normal(size=(10, 3))
+  np.save(tmp_path / "x.npy", x)
+  mm = data.npy_rows(tmp_path / "x.npy")
+  blocks = list(data.iter_rows(mm, 4, start=1, stop=9))
+  assert all(type(b) is np.ndarray for b in blocks)  # not views of the mapping
+  np.testing.assert_array_equal(np.concatenate(blocks), x[1:9])
+
+
+def test_stream_helpers_check_and_pad_batches():
+  with pytest.raises(ValueError, match="2-D array or memmap"):
+    data.as_source(np.zeros(5), None, 2)
+  with pytest.raises(ValueError, match="yield"):
+    data.as_source(lambda: [], np.ones(3), 2)
+  with pytest.raises(ValueError, match="shape"):
+    data.as_source(np.zeros((5, 2)), np.ones(4), 2)
+  with pytest.raises(ValueError, match=r"\(n, 3\)"):
+    data.check_batch(np.zeros((2, 2)), None, 3)
+  with pytest.raises(ValueError, match="NaN"):
+    data.check_batch(np.array([[np.nan, 1.0]]), None, 2)
+  with pytest.raises(ValueError, match="sample_weight"):
+    data.check_batch(np.zeros((2, 2)), np.array([1.0, -1.0]), 2)
+  xp, wp = data.pad_batch(np.ones((2, 3)), np.array([2.0, 3.0]), 5, np.float64)
+  assert xp.dtype == wp.dtype == np.float64
+  np.testing.assert_array_equal(wp, [2, 3, 0, 0, 0])
+  np.testing.assert_array_equal(xp[2:], 0)
+
+
+def test_subsample_is_uniform_without_replacement_and_in_order():
+  import jax  # pylint: disable=g-import-not-at-top
+  x = np.arange(300, dtype=np.float64)[:, None]
+  sub, _ = data.subsample(jax.random.key(0), x, 50)
+  assert len(np.unique(sub)) == 50 and np.all(np.diff(sub[:, 0]) > 0)
+  streamed, _ = data.subsample(jax.random.key(0), lambda: iter(np.array_split(x, 7)), 50,
+                               batch_size=16)
+  assert len(np.unique(streamed)) == 50 and np.all(np.diff(streamed[:, 0]) > 0)
+  everything, w = data.subsample(jax.random.key(1), x, 1000, np.ones(300))
+  np.testing.assert_array_equal(everything, x)
+  assert w.shape == (300,)
+  with pytest.raises(ValueError, match="no rows"):
+    data.subsample(jax.random.key(0), lambda: iter([]), 5)
+
+
+def test_load_process_share_and_load_splits_on_one_process():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  train, n = data.load_process_share("digits", "train", subset=200, subset_seed=[3, 7])
+  assert n == 200 and train.x.shape == (200, 64)
+  rows = data.random_subset(data.num_rows("digits", "train"), 200, [3, 7])
+  np.testing.assert_array_equal(train.x, data.load_dataset("digits", "train").x[rows])
+  _, n_all = data.load_process_share("digits", "test")
+  assert n_all == 297
+  config = ml_collections.ConfigDict(dict(dataset="digits", data_dir="", seed=3,
+                                          num_train_points=200))
+  tr, te = data.load_splits(config)
+  np.testing.assert_array_equal(tr.x, train.x)
+  assert te.x.shape == (297, 64)

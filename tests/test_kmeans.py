@@ -386,3 +386,31 @@ def test_bad_input_building_blocks():
     kmeans.predict(np.zeros((3, 2)), np.full((4, 2), np.nan))
   with pytest.raises(ValueError, match="larger than"):
     kmeans.kmeans_plusplus(jax.random.key(0), _X, 11)
+
+
+# ------------------------------------------------------------------------------------------------
+# One code path for one device and a mesh: the reduction hook with shard=None.
+
+
+def test_seeding_skips_rows_marked_invalid(x64):
+  x = _blobs(40)
+  w = _weights(41)
+  pad = np.full((7, D), 1e3)  # far away: k-means++ would pick them at once if they counted
+  xp, wp = np.concatenate([x, pad]), np.concatenate([w, np.ones(7)])
+  valid = np.arange(len(xp)) < N
+  c, idx = kmeans.kmeans_plusplus(jax.random.key(3), x, K, w)
+  cp, idxp = kmeans.kmeans_plusplus(jax.random.key(3), xp, K, wp, valid=valid)
+  np.testing.assert_array_equal(idxp, idx)
+  np.testing.assert_allclose(cp, c, rtol=1e-12)
+  _, idr = kmeans.random_init(jax.random.key(4), xp, K, wp, valid=valid)
+  assert np.all(np.asarray(idr) < N)
+
+
+def test_fit_local_without_shard_is_fit(x64):
+  x, w = _blobs(50), _weights(51)
+  run = jax.jit(lambda key: kmeans.fit_local(key, x, w, None, None, 1e-4, None, num_clusters=K,
+                                             init_kind="k-means++", n_init=2, max_iter=300))
+  a, b = run(jax.random.key(6)), kmeans.fit(jax.random.key(6), x, K, n_init=2, sample_weight=w)
+  for name in ("centroids", "labels", "inertia", "n_iter", "converged"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+  assert kmeans.default_chunk_size(K) == kmeans.kmeans._auto_chunk_size(K) >= 256  # pylint: disable=protected-access

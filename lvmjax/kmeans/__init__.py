@@ -7,10 +7,14 @@ Example:
   >>> result = kmeans.fit(jax.random.key(0), x, 2)
   >>> labels = kmeans.predict(result.centroids, x)
 """
+from lvmjax.kmeans import minibatch  # mini-batch K-means (Sculley 2010) over a stream
+from lvmjax.kmeans import sharded  # old path of the mesh fit (now kmeans.fit / fit_local)
 from lvmjax.kmeans.kmeans import INIT_METHODS
 from lvmjax.kmeans.kmeans import KMeansResult
 from lvmjax.kmeans.kmeans import assign
+from lvmjax.kmeans.kmeans import default_chunk_size
 from lvmjax.kmeans.kmeans import fit
+from lvmjax.kmeans.kmeans import fit_local
 from lvmjax.kmeans.kmeans import inertia
 from lvmjax.kmeans.kmeans import kmeans_plusplus
 from lvmjax.kmeans.kmeans import predict
@@ -22,14 +26,14 @@ __all__ = [
     "INIT_METHODS",
     "KMeansResult",
     "assign",
+    "default_chunk_size",
     "fit",
+    "fit_local",
     "inertia",
     "kmeans_plusplus",
+    "minibatch",
     "predict",
     "random_init",
     "squared_distances",
     "update_centroids",
 ]
-
-# Mini-batch K-means (Sculley 2010) for one pass over a stream.
-from lvmjax.kmeans import minibatch  # pylint: disable=g-import-not-at-top,g-bad-import-order

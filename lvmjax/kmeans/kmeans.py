@@ -17,22 +17,32 @@ final re-assignment), so that from the same initial centroids both give the same
 blocks (`squared_distances`, `assign`, `update_centroids`, `inertia`, `kmeans_plusplus`,
 `random_init`) are pure and un-jitted, so they compose under a user's ``jit``/``vmap``/sharding;
 `fit` is jitted once per shape and configuration.
+
+One code path serves one device and a mesh: the seeding, the relocation of empty clusters and
+Lloyd's iterations take ``shard`` (the reduction hook of :mod:`lvmjax.sharding`): None on one
+device, a :class:`lvmjax.sharding.Shard` inside ``shard_map``, where every total over rows becomes
+a ``psum`` over the devices. Lloyd's loop is the library's one iteration skeleton,
+:func:`lvmjax.fixed_point.fixed_point`, with a step that reports its own convergence.
 """
 from __future__ import annotations
 
 import functools
 import math
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 import numpy as np
 
 from lvmjax import _checks
+from lvmjax import fixed_point
 from lvmjax import sharding
+from lvmjax.sharding import Shard
+from lvmjax.types import Array, Centroids, DataLike, Float, Key, Labels, Scalar, WeightsLike
 
 INIT_METHODS = ("k-means++", "random")
 
@@ -94,7 +104,7 @@ def _cross(x: jax.Array, centroids: jax.Array) -> jax.Array:
   return jnp.matmul(x, centroids.T, precision=_PRECISION)
 
 
-def squared_distances(x: ArrayLike, centroids: ArrayLike) -> jax.Array:
+def squared_distances(x: DataLike, centroids: ArrayLike) -> Float[Array, "n k"]:
   r"""Squared Euclidean distances between points and centroids, by matrix products.
 
   .. math::
@@ -137,22 +147,32 @@ def _assign_block(x: jax.Array, x_sq: jax.Array, c: jax.Array,
   return labels, jnp.maximum(min_partial + x_sq, 0)
 
 
-def _pad_rows(a: jax.Array, num_rows: int) -> jax.Array:
-  pad = num_rows - a.shape[0]
-  if pad == 0:
-    return a
-  return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+_pad_rows = sharding.pad_rows
 
 
-def _auto_chunk_size(num_clusters: int) -> int:
-  """Rows per block when ``chunk_size`` is None.
+def default_chunk_size(num_clusters: int) -> int:
+  """Rows per block of the (rows, K) distance matrix when ``chunk_size`` is None.
 
   On CPU, blocks of about 2^18 distances (4096 rows for K=64) stay in cache; this was 3-4x faster
   per Lloyd iteration than one (N, K) matrix at N=500,000, K=64. Accelerators run blocks in
   sequence, so there blocks are large: 2^27 distances (512 MB in float32).
+
+  Args:
+    num_clusters: K.
+
+  Returns:
+    ``max(256, elements // K)`` rows, ``elements`` 2^18 on CPU and 2^27 elsewhere.
+
+  Examples:
+    >>> default_chunk_size(64) >= 256
+    True
   """
   elements = 2**18 if jax.default_backend() == "cpu" else 2**27
   return max(256, elements // max(num_clusters, 1))
+
+
+#: Old private name of :func:`default_chunk_size` (kept until every caller uses the public one).
+_auto_chunk_size = default_chunk_size
 
 
 def _num_chunks(num_points: int, chunk_size: int) -> int:
@@ -161,8 +181,8 @@ def _num_chunks(num_points: int, chunk_size: int) -> int:
   return -(-num_points // chunk_size)
 
 
-def assign(x: ArrayLike, centroids: ArrayLike, *,
-           chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+def assign(x: DataLike, centroids: ArrayLike, *,
+           chunk_size: int | None = None) -> tuple[Labels, Float[Array, "n"]]:
   r"""Assignment step: the closest centroid of every point.
 
   .. math::
@@ -194,7 +214,7 @@ def assign(x: ArrayLike, centroids: ArrayLike, *,
   x_sq, c_sq = _sq_norms(x), _sq_norms(c)
   n = x.shape[0]
   if chunk_size is None:
-    chunk_size = _auto_chunk_size(c.shape[0])
+    chunk_size = default_chunk_size(c.shape[0])
   num_chunks = _num_chunks(n, chunk_size)
   if num_chunks == 1:
     return _assign_block(x, x_sq, c, c_sq)
@@ -215,30 +235,40 @@ def _cluster_sums(x: jax.Array, w: jax.Array, labels: jax.Array,
 
 
 def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
-                    old_centroids: jax.Array, sums: jax.Array,
-                    weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    old_centroids: jax.Array, sums: jax.Array, weights: jax.Array,
+                    shard: Shard | None = None) -> tuple[jax.Array, jax.Array]:
   """scikit-learn's ``_relocate_empty_clusters_dense`` on the sufficient statistics.
 
   Each cluster of zero total weight, in index order, takes the not yet taken point farthest from
   its assigned old centroid (removed from its old cluster). Nothing moves when every point sits
-  on its centroid (more clusters than distinct points). ``valid`` masks padding rows.
+  on its centroid (more clusters than distinct points). ``valid`` masks padding rows. On a mesh
+  (``shard``) the farthest point is a global argmax, the lowest device on ties (a ``pmax`` and a
+  ``pmin``), and its owner hands it to all devices with a ``psum``.
   """
   def relocate(stats):
     sums, weights = stats
     dist = jnp.sum((x - old_centroids[labels]) ** 2, axis=1)
     dist = jnp.where(valid, dist, -1)
     empty = weights == 0
-    num_empty = jnp.where(jnp.max(dist) > 0, jnp.sum(empty), 0)
+    num_empty = jnp.where(sharding.pmax(jnp.max(dist), shard) > 0, jnp.sum(empty), 0)
     empty_ids = jnp.nonzero(empty, size=empty.shape[0], fill_value=0)[0]
+    me = sharding.device_index(shard)
 
     def body(j, carry):
       sums, weights, dist = carry
+      local_max = jnp.max(dist)
       far = jnp.argmax(dist)
-      new, old = empty_ids[j], labels[far]
-      point = x[far] * w[far]
+      global_max = sharding.pmax(local_max, shard)
+      owner = sharding.pmin(jnp.where(local_max == global_max, me, jnp.iinfo(jnp.int32).max),
+                            shard)
+      mine = me == owner
+      point = sharding.psum(jnp.where(mine, x[far] * w[far], 0), shard)
+      wf = sharding.psum(jnp.where(mine, w[far], 0), shard)
+      old = sharding.psum(jnp.where(mine, labels[far], 0), shard)
+      new = empty_ids[j]
       sums = sums.at[old].add(-point).at[new].set(point)
-      weights = weights.at[new].set(w[far]).at[old].add(-w[far])
-      return sums, weights, dist.at[far].set(-jnp.inf)
+      weights = weights.at[new].set(wf).at[old].add(-wf)
+      return sums, weights, jnp.where(mine, dist.at[far].set(-jnp.inf), dist)
 
     sums, weights, _ = lax.fori_loop(0, num_empty, body, (sums, weights, dist))
     return sums, weights
@@ -254,9 +284,9 @@ def _average(sums: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.where(nonempty[:, None], means, heaviest[None, :])
 
 
-def update_centroids(x: ArrayLike, labels: ArrayLike, num_clusters: int,
-                     sample_weight: ArrayLike | None = None,
-                     old_centroids: ArrayLike | None = None) -> jax.Array:
+def update_centroids(x: DataLike, labels: ArrayLike, num_clusters: int,
+                     sample_weight: WeightsLike | None = None,
+                     old_centroids: ArrayLike | None = None) -> Centroids:
   r"""Update step: weighted mean of the points assigned to each cluster.
 
   .. math::
@@ -300,8 +330,8 @@ def update_centroids(x: ArrayLike, labels: ArrayLike, num_clusters: int,
   return _average(sums, weights)
 
 
-def inertia(x: ArrayLike, centroids: ArrayLike, sample_weight: ArrayLike | None = None, *,
-            chunk_size: int | None = None) -> jax.Array:
+def inertia(x: DataLike, centroids: ArrayLike, sample_weight: WeightsLike | None = None, *,
+            chunk_size: int | None = None) -> Scalar:
   r"""Weighted K-means objective of centroids on data.
 
   .. math::
@@ -335,7 +365,7 @@ def _direct_inertia(x: jax.Array, w: jax.Array, c: jax.Array, labels: jax.Array)
   return jnp.sum(w * jnp.sum((x - c[labels]) ** 2, axis=1))
 
 
-def predict(centroids: ArrayLike, x: ArrayLike, *, chunk_size: int | None = None) -> jax.Array:
+def predict(centroids: ArrayLike, x: DataLike, *, chunk_size: int | None = None) -> Labels:
   r"""Closest centroid of each point, :math:`\arg\min_k \lVert x_i - c_k\rVert^2`.
 
   Args:
@@ -369,9 +399,10 @@ def _searchsorted_right_clipped(cdf: jax.Array, values: jax.Array) -> jax.Array:
   return jnp.minimum(idx, cdf.shape[0] - 1).astype(jnp.int32)
 
 
-def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
-                    sample_weight: ArrayLike | None = None, *,
-                    n_local_trials: int | None = None) -> tuple[jax.Array, jax.Array]:
+def kmeans_plusplus(key: Key, x: DataLike, num_clusters: int,
+                    sample_weight: WeightsLike | None = None, *,
+                    n_local_trials: int | None = None, valid: ArrayLike | None = None,
+                    shard: Shard | None = None) -> tuple[Centroids, Labels]:
   r"""Greedy k-means++ seeding (scikit-learn's ``kmeans_plusplus``), on the device.
 
   The first centre is a point drawn with probability :math:`\propto w_i`. Each further centre:
@@ -387,10 +418,16 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
     sample_weight: (N,) non-negative weights, or None for 1. Points of weight 0 are (almost
       surely) never chosen while points of positive weight remain at positive distance.
     n_local_trials: candidates per centre; None gives scikit-learn's ``2 + int(log(K))``.
+    valid: optional (N,) bool mask of the real rows (padding rows are never chosen).
+    shard: None on one device. Inside ``shard_map`` over the rows, a
+      :class:`lvmjax.sharding.Shard`: ``x`` and the weights are this device's rows, the
+      candidates are drawn from the gathered (N,) cumulative sums exactly as on one device, the
+      distances and potentials are computed per device and added (``psum``).
 
   Returns:
     ``(centroids, indices)``: (K, D) chosen points and their (K,) int32 row indices in x, so
-    ``x[indices] == centroids`` (as scikit-learn's ``kmeans_plusplus`` returns).
+    ``x[indices] == centroids`` (as scikit-learn's ``kmeans_plusplus`` returns). With ``shard``
+    the centroids are replicated and the indices are global row ids.
 
   Examples:
     >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
@@ -401,42 +438,46 @@ def kmeans_plusplus(key: ArrayLike, x: ArrayLike, num_clusters: int,
   x = _as_float(x)
   n = x.shape[0]
   num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
-  if num_clusters > n:
+  if shard is None and num_clusters > n:
     raise ValueError(f"num_clusters={num_clusters} is larger than the number of points {n}.")
   if n_local_trials is None:
     n_local_trials = 2 + int(math.log(num_clusters))
   n_local_trials = _checks.check_positive_int(n_local_trials, "n_local_trials")
   w = _weights(sample_weight, n, x.dtype)
+  if valid is not None:
+    w = jnp.where(valid, w, 0)
   x_orig = x
-  x = x - jnp.mean(x, axis=0)[None, :]  # distances by matrix products need centred data
+  mean, _ = sharding.mean_and_variance(x, valid, shard)
+  x = x - mean[None, :]  # distances by matrix products need centred data
   x_sq = _sq_norms(x)
   key_first, key_rest = jax.random.split(key)
   uniforms = jax.random.uniform(key_rest, (num_clusters, n_local_trials), x.dtype)
 
-  def dist_to(points):  # (L, D) -> (N, L); this layout of the product was the faster on CPU
+  def dist_to(points):  # (L, D) -> (n, L); this layout of the product was the faster on CPU
     d = x_sq[:, None] - 2 * _cross(x, points) + _sq_norms(points)[None, :]
     return jnp.maximum(d, 0)
 
-  w_cdf = jnp.cumsum(w)
+  w_cdf = jnp.cumsum(sharding.gather(w, shard))
   first = _searchsorted_right_clipped(w_cdf, jax.random.uniform(key_first, (), x.dtype) * w_cdf[-1])
-  closest = dist_to(x[first][None, :])[:, 0]
+  closest = dist_to(sharding.take(x, first[None], shard))[:, 0]
   indices = jnp.zeros((num_clusters,), jnp.int32).at[0].set(first)
 
   def body(c, state):
     indices, closest = state
-    cdf = jnp.cumsum(w * closest)
+    cdf = jnp.cumsum(sharding.gather(w * closest, shard))
     candidates = _searchsorted_right_clipped(cdf, uniforms[c] * cdf[-1])
-    dist = jnp.minimum(closest[:, None], dist_to(x[candidates]))  # (N, L)
-    potentials = jnp.matmul(w, dist, precision=_PRECISION)
+    dist = jnp.minimum(closest[:, None], dist_to(sharding.take(x, candidates, shard)))  # (n, L)
+    potentials = sharding.psum(jnp.matmul(w, dist, precision=_PRECISION), shard)
     best = jnp.argmin(potentials)
     return indices.at[c].set(candidates[best]), dist[:, best]
 
   indices, _ = lax.fori_loop(1, num_clusters, body, (indices, closest))
-  return x_orig[indices], indices
+  return sharding.take(x_orig, indices, shard), indices
 
 
-def random_init(key: ArrayLike, x: ArrayLike, num_clusters: int,
-                sample_weight: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
+def random_init(key: Key, x: DataLike, num_clusters: int,
+                sample_weight: WeightsLike | None = None, *, valid: ArrayLike | None = None,
+                shard: Shard | None = None) -> tuple[Centroids, Labels]:
   """K distinct rows of x drawn without replacement with probability proportional to the weight.
 
   scikit-learn's ``init="random"``. If fewer than K points have positive weight, the remaining
@@ -447,9 +488,12 @@ def random_init(key: ArrayLike, x: ArrayLike, num_clusters: int,
     x: (N, D) points.
     num_clusters: K (static), at most N.
     sample_weight: (N,) non-negative weights, or None for 1.
+    valid: optional (N,) bool mask of the real rows (padding rows are never chosen).
+    shard: None on one device; inside ``shard_map``, a :class:`lvmjax.sharding.Shard` (``x``
+      holds this device's rows): the same draws as on one device from the gathered weights.
 
   Returns:
-    ``(centroids, indices)``: (K, D) chosen rows and their (K,) int32 indices.
+    ``(centroids, indices)``: (K, D) chosen rows and their (K,) int32 (global) indices.
 
   Examples:
     >>> c, idx = random_init(jax.random.key(0), jnp.arange(10.)[:, None], 3)
@@ -459,12 +503,16 @@ def random_init(key: ArrayLike, x: ArrayLike, num_clusters: int,
   x = _as_float(x)
   n = x.shape[0]
   w = _weights(sample_weight, n, x.dtype)
+  if valid is not None:
+    w = jnp.where(valid, w, 0)
+  w = sharding.gather(w, shard)
+  num_points = n if shard is None else shard.layout.num_points
   # Gumbel top-k: without replacement, probabilities proportional to w.
-  gumbel = jax.random.gumbel(key, (n,), x.dtype)
+  gumbel = jax.random.gumbel(key, (num_points,), x.dtype)
   scores = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1)) + gumbel, -jnp.inf)
   _, indices = lax.top_k(scores, num_clusters)
   indices = indices.astype(jnp.int32)
-  return x[indices], indices
+  return sharding.take(x, indices, shard), indices
 
 
 # ------------------------------------------------------------------------------------------------
@@ -507,77 +555,102 @@ def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int):
   return labels, min_d, sums, weights
 
 
-def _identity(value):
-  return value
+class _LloydState(NamedTuple):
+  """The iterate of Lloyd's fixed-point loop."""
+  centroids: jax.Array  # (K, D)
+  labels: jax.Array  # (N_pad,) labels of the last assignment (-1 before the first)
+  strict: jax.Array  # bool: the last assignment changed no label
 
 
 def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_clusters: int,
-           max_iter: int, num_chunks: int, total: Callable[[Any], Any] = _identity,
-           relocate: Callable[..., tuple[jax.Array, jax.Array]] | None = None) -> KMeansResult:
+           max_iter: int, num_chunks: int, shard: Shard | None = None) -> KMeansResult:
   """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``.
 
-  With rows split over devices (``lvmjax.kmeans.sharded``), ``total`` adds a value over the
-  devices (a ``psum``) and ``relocate`` is the collective relocation of empty clusters; on one
-  device they are the identity and :func:`_relocate_empty`.
+  The loop is :func:`lvmjax.fixed_point.fixed_point` with a step that reports its own
+  convergence (labels unchanged, or centroid shift <= ``tol_abs``) and monitors the inertia.
+  With rows split over devices (``shard``) every total over rows is a ``psum`` and the
+  relocation of empty clusters is collective; on one device (``shard=None``) both are local.
   """
-  relocate = relocate or _relocate_empty
   n_pad = data.x.shape[0]
-  dtype = data.x.dtype
 
-  def cond(state):
-    i, _, _, _, done, _ = state
-    return (i < max_iter) & ~done
-
-  def body(state):
-    i, c, labels_old, _, _, history = state
+  def step(state: _LloydState):
+    c, labels_old = state.centroids, state.labels
     labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks)
-    sums, weights = total((sums, weights))
-    sums, weights = relocate(data.x, data.w, labels, data.valid, c, sums, weights)
+    sums, weights = sharding.psum((sums, weights), shard)
+    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard)
     c_new = _average(sums, weights)
-    history = history.at[i].set(total(jnp.sum(data.w * min_d)))
-    strict = total(jnp.sum((labels != labels_old) & data.valid)) == 0
+    value = sharding.psum(jnp.sum(data.w * min_d), shard)
+    strict = sharding.psum(jnp.sum((labels != labels_old) & data.valid), shard) == 0
     shift = jnp.sum((c_new - c) ** 2)
-    done = strict | (shift <= tol_abs)
-    return i + 1, c_new, labels, strict, done, history
+    return _LloydState(c_new, labels, strict), value, strict | (shift <= tol_abs)
 
-  state = (jnp.int32(0), centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False),
-           jnp.bool_(False), jnp.full((max_iter,), jnp.nan, dtype))
-  if max_iter > 0:
-    state = lax.while_loop(cond, body, state)
-  n_iter, c, labels, strict, done, history = state
+  init = _LloydState(centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False))
+  out = fixed_point.fixed_point(step, init, tol=tol_abs, max_iter=max_iter, dtype=data.x.dtype)
+  c, labels, strict = out.iterate
   # Unless the labels were already stable, re-assign so that labels match the final centroids.
   labels = lax.cond(strict, lambda: labels, lambda: _assign_chunks(data, c, num_chunks)[0])
-  value = total(_direct_inertia(data.x, data.w, c, labels))
-  return KMeansResult(c, labels, value, n_iter, done, history)
+  value = sharding.psum(_direct_inertia(data.x, data.w, c, labels), shard)
+  return KMeansResult(c, labels, value, out.n_iter, out.converged, out.history)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size"))
-def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init, max_iter,
-             chunk_size):
+def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | None,
+              init_centroids: jax.Array | None, tol: ArrayLike, shard: Shard | None = None, *,
+              num_clusters: int, init_kind: str, n_init: int, max_iter: int,
+              chunk_size: int | None = None) -> KMeansResult:
+  r"""The whole K-means fit on a block of rows: one device, or one device's rows of a mesh.
+
+  `fit` runs it under ``jit`` (``shard=None``) or inside ``shard_map`` (a
+  :class:`lvmjax.sharding.Shard`); call it inside a ``shard_map`` of one's own to initialise
+  another model (the GMM's sharded EM does). The data are centred on the unweighted mean of
+  the real rows, the tolerance is ``tol * mean_d Var(x_d)`` (scikit-learn's), the ``n_init``
+  restarts are one ``vmap`` and the restart of lowest inertia wins.
+
+  Args:
+    key: PRNG key (replicated).
+    x: (n, D) the rows (on a mesh: this device's block of ``shard.layout.block_rows`` rows,
+      possibly padded further locally).
+    w: (n,) weights, or None for 1.
+    valid: (n,) bool mask of the real rows, or None when all are real (one device only).
+    init_centroids: (K, D) for ``init_kind == "array"``, else None.
+    tol: relative tolerance (scalar).
+    shard: the reduction hook: None on one device, a ``Shard`` inside ``shard_map``.
+    num_clusters: K (static).
+    init_kind: "k-means++", "random" or "array".
+    n_init: restarts (vmapped).
+    max_iter: most Lloyd iterations.
+    chunk_size: rows per assignment block (None: :func:`default_chunk_size`).
+
+  Returns:
+    A `KMeansResult` with replicated centroids and statistics and the (n,) labels of these rows.
+  """
+  x = _as_float(x)
+  w = None if w is None else jnp.asarray(w, x.dtype)
   n = x.shape[0]
-  mean = jnp.mean(x, axis=0)
+  if chunk_size is None:
+    chunk_size = default_chunk_size(num_clusters)
+  if w is not None and valid is not None:
+    w = jnp.where(valid, w, 0)
+  mean, var = sharding.mean_and_variance(x, valid, shard)
   xc = x - mean[None, :]
-  tol_abs = tol * jnp.mean(jnp.var(x, axis=0))  # scikit-learn's _tolerance, unweighted
-  num_chunks = _num_chunks(n, chunk_size)
-  n_pad = n if num_chunks == 1 else num_chunks * chunk_size
+  if valid is not None:
+    xc = jnp.where(valid[:, None], xc, 0)
+  tol_abs = tol * jnp.mean(var)  # scikit-learn's _tolerance, unweighted
+  num_chunks = _num_chunks(n, min(chunk_size, n))
+  n_pad = n if num_chunks == 1 else num_chunks * min(chunk_size, n)
   x_pad = _pad_rows(xc, n_pad)
-  if w is None:
-    w, xw = jnp.ones((n,), x.dtype), x_pad
-  else:
-    xw = _pad_rows(xc * w[:, None], n_pad)
-  data = _Data(x_pad, _sq_norms(x_pad), _pad_rows(w, n_pad), xw, jnp.arange(n_pad) < n)
-  run = functools.partial(_lloyd, data, tol_abs=tol_abs, num_clusters=num_clusters,
-                          max_iter=max_iter, num_chunks=num_chunks)
+  w_pad = _pad_rows(jnp.ones((n,), x.dtype) if w is None else w, n_pad)
+  xw = x_pad if w is None else x_pad * w_pad[:, None]
+  valid_pad = jnp.arange(n_pad) < n if valid is None else _pad_rows(valid, n_pad)
+  data = _Data(x_pad, _sq_norms(x_pad), w_pad, xw, valid_pad)
 
   def one(k):
     if init_kind == "array":
       c0 = init_centroids - mean[None, :]
-    elif init_kind == "k-means++":
-      c0, _ = kmeans_plusplus(k, xc, num_clusters, w)
     else:
-      c0, _ = random_init(k, xc, num_clusters, w)
-    return run(c0)
+      seed = kmeans_plusplus if init_kind == "k-means++" else random_init
+      c0, _ = seed(k, xc, num_clusters, w, valid=valid, shard=shard)
+    return _lloyd(data, c0, tol_abs, num_clusters=num_clusters, max_iter=max_iter,
+                  num_chunks=num_chunks, shard=shard)
 
   if n_init == 1:
     result = one(key)
@@ -586,6 +659,34 @@ def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init,
     best = jnp.argmin(results.inertia)  # first best on ties, as scikit-learn keeps the first
     result = jax.tree.map(lambda a: a[best], results)
   return result._replace(centroids=result.centroids + mean[None, :], labels=result.labels[:n])
+
+
+_STATIC = ("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init, max_iter,
+             chunk_size):
+  return fit_local(key, x, w, None, init_centroids, tol, None, num_clusters=num_clusters,
+                   init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "axis_name", "layout"))
+def _fit_sharded_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init,
+                     max_iter, chunk_size, mesh, axis_name, layout):
+  shard = Shard(axis_name, layout)
+  spec = P(axis_name)
+
+  def local(key, x, w, init_centroids, tol):
+    _, valid = sharding.local_rows(axis_name, layout, x.shape[0])
+    return fit_local(key, x, w, valid, init_centroids, tol, shard, num_clusters=num_clusters,
+                     init_kind=init_kind, n_init=n_init, max_iter=max_iter,
+                     chunk_size=chunk_size)
+
+  out_specs = KMeansResult(P(), spec, P(), P(), P(), P())
+  r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P()), out_specs=out_specs,
+                    check_vma=False)(key, x, w, init_centroids, tol)
+  return r._replace(labels=r.labels[:layout.num_points])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -614,7 +715,7 @@ def _check_chunk_size(chunk_size: Any) -> None:
 
 def _check_fit_args(n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, *,
                     stacklevel):
-  """Checks ``fit``'s arguments for N points in ``dim`` dimensions (shared with the sharded fit).
+  """Checks ``fit``'s arguments for N points in ``dim`` dimensions (one device and mesh alike).
 
   Returns (num_clusters, n_init, max_iter, tol, chunk_size, init_kind); an array ``init``
   with ``n_init > 1`` warns and gives ``n_init = 1``.
@@ -629,7 +730,7 @@ def _check_fit_args(n, dim, num_clusters, init, n_init, max_iter, tol, chunk_siz
   tol = _checks.check_nonnegative(tol, "tol")
   _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = _auto_chunk_size(num_clusters)
+    chunk_size = default_chunk_size(num_clusters)
   if isinstance(init, str):
     return (num_clusters, n_init, max_iter, tol, chunk_size,
             _checks.check_choice(init, "init", INIT_METHODS))
@@ -641,10 +742,10 @@ def _check_fit_args(n, dim, num_clusters, init, n_init, max_iter, tol, chunk_siz
   return num_clusters, n_init, max_iter, tol, chunk_size, "array"
 
 
-def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike = "k-means++",
+def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-means++",
         n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
-        sample_weight: ArrayLike | None = None, *, chunk_size: int | None = None,
-        mesh: Any = None, axis_name: str | None = None) -> KMeansResult:
+        sample_weight: WeightsLike | None = None, *, chunk_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None) -> KMeansResult:
   r"""K-means by Lloyd's algorithm, as scikit-learn's ``KMeans(algorithm="lloyd")``.
 
   Minimises :math:`J = \sum_i w_i \lVert x_i - c_{z_i}\rVert^2`. Each iteration assigns every
@@ -685,7 +786,7 @@ def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike =
       picks a size, see `assign`.
     mesh: a ``jax.sharding.Mesh`` to split the rows of x over (its ``axis_name`` axis, default
       "data"): each Lloyd iteration adds the devices' statistics with one ``psum``
-      (`lvmjax.kmeans.sharded`); the fit equals the one-device fit up to float rounding. A
+      (`fit_local` inside ``shard_map``); the fit equals the one-device fit up to float rounding. A
       ``jax.Array`` whose rows are already split by a ``NamedSharding`` is fitted this way
       without ``mesh``.
     axis_name: the mesh axis of the rows (default: "data", else the mesh's first axis).
@@ -704,19 +805,27 @@ def fit(key: ArrayLike, x: ArrayLike, num_clusters: int, init: str | ArrayLike =
     >>> sorted(result.centroids[:, 1].tolist())
     [0.5, 10.5]
   """
-  if mesh is not None or sharding.mesh_of(x) is not None:
-    from lvmjax.kmeans import sharded  # pylint: disable=g-import-not-at-top
-    return sharded.fit(key, x, num_clusters, init, n_init, max_iter, tol, sample_weight,
-                       chunk_size=chunk_size, mesh=mesh, axis_name=axis_name)
-  _checks.check_data(x)
+  placement = sharding.mesh_of(x, mesh, axis_name)
+  sharding.check_data(x)
   n, dim = np.shape(x)
-  _checks.check_sample_weight(sample_weight, n)
+  sharding.check_sample_weight(sample_weight, n)
   num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
       n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
+  dtype = _float_dtype(x)
+  static = dict(num_clusters=num_clusters, init_kind=init_kind, n_init=n_init, max_iter=max_iter)
+  if placement is not None:
+    # Rows split over the devices of a mesh: each Lloyd iteration adds the devices' statistics.
+    mesh, axis_name = placement
+    xs, ws, layout = sharding.place_rows(x, sample_weight, dtype, mesh, axis_name)
+    init_centroids = None
+    if init_kind == "array":  # via the host: it may be committed to one device
+      init_centroids = np.asarray(jax.device_get(init), dtype)
+    return _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
+                            chunk_size=chunk_size, mesh=mesh, axis_name=axis_name, layout=layout,
+                            **static)
   chunk_size = min(chunk_size, n)  # one compiled function for every chunk_size >= N
   xf = _as_float(x)
   init_centroids = jnp.asarray(init, xf.dtype) if init_kind == "array" else None
   w = None if sample_weight is None else jnp.asarray(sample_weight, xf.dtype)
-  return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype),
-                  num_clusters=num_clusters, init_kind=init_kind, n_init=n_init,
-                  max_iter=max_iter, chunk_size=chunk_size)
+  return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype), chunk_size=chunk_size,
+                  **static)

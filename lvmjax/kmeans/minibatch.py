@@ -33,6 +33,7 @@ from jax.typing import ArrayLike
 from lvmjax import _checks
 from lvmjax import data as data_lib
 from lvmjax.kmeans import kmeans as _km
+from lvmjax.types import Centroids, DataLike, Key, WeightsLike
 
 
 class MiniBatchState(NamedTuple):
@@ -67,14 +68,14 @@ class MiniBatchResult(NamedTuple):
   inertia: jax.Array
 
 
-def init_state(centroids: ArrayLike) -> MiniBatchState:
+def init_state(centroids: Centroids | ArrayLike) -> MiniBatchState:
   """The state before the first mini-batch."""
   c = jnp.asarray(centroids)
   return MiniBatchState(c, jnp.zeros(c.shape[:1], c.dtype), jnp.zeros((), jnp.int32))
 
 
-def update(state: MiniBatchState, x: ArrayLike,
-           sample_weight: ArrayLike | None = None) -> tuple[MiniBatchState, jax.Array]:
+def update(state: MiniBatchState, x: DataLike,
+           sample_weight: WeightsLike | None = None) -> tuple[MiniBatchState, jax.Array]:
   r"""One mini-batch step (pure; jit it, or use :func:`fit`).
 
   Args:
@@ -116,9 +117,9 @@ def _run_in_memory(key, state, x, w, *, num_steps, batch_size):
   return lax.scan(body, state, jax.random.split(key, num_steps))
 
 
-def fit(key: jax.Array, data: Any, num_clusters: int, init: str | ArrayLike = "k-means++", *,
+def fit(key: Key, data: Any, num_clusters: int, init: str | ArrayLike = "k-means++", *,
         batch_size: int = 1024, num_steps: int | None = None, num_epochs: int = 1,
-        n_init: int = 1, init_size: int | None = None, sample_weight: ArrayLike | None = None,
+        n_init: int = 1, init_size: int | None = None, sample_weight: WeightsLike | None = None,
         callback: Callable[[int, float], None] | None = None) -> MiniBatchResult:
   r"""Mini-batch K-means on in-memory data or a stream.
 
