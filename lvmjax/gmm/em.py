@@ -35,19 +35,18 @@ and the fit stops when it changes by less than ``tol``.
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.typing import ArrayLike
-
-from jax.sharding import PartitionSpec as P
 
 from lvmjax import _checks
 from lvmjax import linalg
+from lvmjax import mixture
 from lvmjax import sharding
 from lvmjax.gmm import model
 from lvmjax.gmm.model import GMMParams
@@ -104,7 +103,7 @@ class GMMFitResult(NamedTuple):
 def _log_joint_fn(params: GMMParams):
   """For "diag" and "spherical": a function of (x (n, D), x - mu_k (K, n, D)) giving
   log w_k + log N(x; mu_k, Sigma_k), (n, K), from the differences ("full" and "tied" take the
-  whitened path of :func:`_whitened_scan`)."""
+  whitened path of :class:`GaussianFamily`)."""
   k, d = params.means.shape
   chol = model.cholesky(params)
   const = jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
@@ -135,142 +134,150 @@ def _chunk_stats(diff, wr, log_px, w, covariance_type):
   return SuffStats(counts, sum_x, sum_xx, jnp.sum(w * log_px), jnp.sum(w))
 
 
-def _zero_stats(num_components, d, covariance_type, dtype):
-  xx = model.covariance_shape(covariance_type, num_components, d)
+def zero_stats(num_components: int, num_features: int, covariance_type: str,
+               dtype: Any) -> SuffStats:
+  """All-zero ``SuffStats`` of K components in D dimensions (the start of a sum)."""
+  xx = model.covariance_shape(covariance_type, num_components, num_features)
   if covariance_type == "spherical":
-    xx = (num_components, d)
+    xx = (num_components, num_features)
   z = lambda shape: jnp.zeros(shape, dtype)  # pylint: disable=unnecessary-lambda-assignment
-  return SuffStats(z((num_components,)), z((num_components, d)), z(xx), z(()), z(()))
+  return SuffStats(z((num_components,)), z((num_components, num_features)), z(xx), z(()), z(()))
 
 
 def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn, shard=None):
-  """Sums chunk statistics about ``centers`` (K, D) with lax.scan.
+  """Sums chunk statistics about ``centers`` (K, D) of given responsibilities with lax.scan.
 
-  ``resp_fn(i, x, diff) -> (resp (n, K), log p(x) (n,))`` with diff = x - centers, (K, n, D).
-  With ``shard`` (inside ``shard_map``), ``i`` is the global chunk index and the sums are added
-  over the devices with ``psum``.
+  ``resp_fn(i, x) -> (n, K)``, ``i`` the local chunk index; with ``shard`` (inside
+  ``shard_map``) the sums are added over the devices with ``psum``.
   """
   k, d = centers.shape
+  dtype = x_chunks.dtype
 
   def body(acc, inputs):
     i, xc, wc = inputs
     diff = xc[None, :, :] - centers[:, None, :]
-    resp, log_px = resp_fn(i, xc, diff)
-    stats = _chunk_stats(diff, wc[:, None] * resp, log_px, wc, covariance_type)
+    stats = _chunk_stats(diff, wc[:, None] * resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype), wc,
+                         covariance_type)
     return jax.tree.map(jnp.add, acc, stats), None
 
-  init = _zero_stats(k, d, covariance_type, x_chunks.dtype)
-  index = jnp.arange(x_chunks.shape[0])
-  if shard is not None:
-    index = index + _first_chunk(shard, x_chunks.shape[0])
-  out, _ = jax.lax.scan(body, init, (index, x_chunks, w_chunks))
-  if shard is not None:
-    out = jax.lax.psum(out, shard.axis_name)
-  return out
+  init = zero_stats(k, d, covariance_type, dtype)
+  out, _ = jax.lax.scan(body, init, (jnp.arange(x_chunks.shape[0]), x_chunks, w_chunks))
+  return sharding.psum(out, shard)
 
 
-def _whitened_scan(x_chunks, w_chunks, params: GMMParams, shard=None) -> SuffStats:
-  r"""E-step statistics of "full" and "tied" mixtures, taken in each component's whitened frame.
+class _Whitened(NamedTuple):
+  """What the whitened E-step computes once per iteration ("full" and "tied")."""
+  chol: jax.Array     # (K, D, D) or (D, D)
+  w_t: jax.Array      # (K·D, D) stacked L_k^{-1}, or (D, D)
+  b: jax.Array        # (K, D) L_k^{-1} mu_k
+  offset: jax.Array   # (K,) log w_k - D/2 log 2pi - log det L_k
 
-  Per chunk, one matrix product gives :math:`y_{nk} = L_k^{-1}(x_n - \mu_k)` for all components
-  at once, laid out (K, D, n); the log-joint needs :math:`\lVert y_{nk} \rVert^2`, and the same
-  array gives the moments :math:`\sum_n r_{nk} y_{nk}` and :math:`\sum_n r_{nk} y_{nk}
-  y_{nk}^\top` (K batched (D, n)(n, D) products), so the differences :math:`x_n - \mu_k` are never
-  formed a second time. The sums are mapped back once, after the last chunk:
-  :math:`S^{(1)}_k = L_k \sum r y`, :math:`S^{(2)}_k = L_k (\sum r y y^\top) L_k^\top`, moments
-  about :math:`c_k = \mu_k` as :class:`SuffStats` defines them (the map is linear, so the sums
-  still add over chunks, devices and batches).
+
+class _Diagonal(NamedTuple):
+  """What the "diag"/"spherical" E-step computes once per iteration."""
+  means: jax.Array
+  log_joint_rows: Any
+
+
+@struct.dataclass
+class GaussianFamily(mixture.MixtureFamily):
+  r"""The Gaussian mixture as a :class:`lvmjax.mixture.MixtureFamily`: what ``gmm.fit`` runs.
+
+  Its E-step is specialised (:class:`SuffStats`, moments about the current means). "full" and
+  "tied" take the whitened path: per chunk, one matrix product gives
+  :math:`y_{nk} = L_k^{-1}(x_n - \mu_k)` for all components at once, laid out (K, D, n); the
+  log-joint needs :math:`\lVert y_{nk} \rVert^2`, and the same array gives the moments
+  :math:`\sum_n r_{nk} y_{nk}` and :math:`\sum_n r_{nk} y_{nk} y_{nk}^\top` (K batched
+  (D, n)(n, D) products), so the differences :math:`x_n - \mu_k` are never formed a second
+  time. ``finalize`` maps the sums back once, after the last chunk:
+  :math:`S^{(1)}_k = L_k \sum r y`, :math:`S^{(2)}_k = L_k (\sum r y y^\top) L_k^\top` (linear,
+  so the sums still add over chunks, devices and batches). "diag" and "spherical" use the
+  differences directly.
+
+  Attributes:
+    covariance_type: "full", "tied", "diag" or "spherical" (static).
+    reg_covar: added to the diagonal of every covariance in the M-step (traced).
   """
-  cov_type = params.covariance_type
-  k, d = params.means.shape
-  dtype = x_chunks.dtype
-  chol = model.cholesky(params)  # (K, D, D) full, (D, D) tied
-  eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
-  chol_inv = linalg.triangular_solve(chol, eye, left_side=True, lower=True)
-  offset = (jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
-            - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
-  if cov_type == "full":
-    w_t = chol_inv.reshape(k * d, d)  # row block k: L_k^{-1}
-    b = jnp.einsum("kde,ke->kd", chol_inv, params.means)
-  else:
-    w_t = chol_inv
-    b = params.means @ chol_inv.T
-  n = x_chunks.shape[1]
+  covariance_type: str = struct.field(pytree_node=False, default="full")
+  reg_covar: Any = 1e-6
 
-  def body(acc, inputs):
-    xc, wc = inputs
-    y = (w_t @ xc.T).reshape(-1, d, n) - b[:, :, None]  # (K, D, n); tied broadcasts
-    log_joint = offset[:, None] - 0.5 * jnp.sum(y * y, axis=1)  # (K, n)
-    log_px = jax.nn.logsumexp(log_joint, axis=0)
-    wr = jnp.exp(log_joint - log_px[None, :]) * wc[None, :]
-    yw = y * wr[:, None, :]
+  def log_component(self, params: GMMParams, x: jax.Array) -> jax.Array:
+    """(n, K) :math:`\\log \\mathcal{N}(x_n; \\mu_k, \\Sigma_k)`."""
+    return model.log_joint(params, x) - jnp.log(params.weights)[None, :]
+
+  def m_step(self, params: GMMParams, stats: SuffStats) -> GMMParams:
+    """:func:`lvmjax.gmm.m_step` with this family's ``reg_covar``."""
+    return m_step(params, stats, self.reg_covar)
+
+  def prepare(self, params: GMMParams) -> Any:
+    cov_type = params.covariance_type
+    k, d = params.means.shape
+    if cov_type not in ("full", "tied"):
+      return _Diagonal(params.means, _log_joint_fn(params))
+    dtype = params.means.dtype
+    chol = model.cholesky(params)  # (K, D, D) full, (D, D) tied
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
+    chol_inv = linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+    offset = (jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
+              - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
     if cov_type == "full":
+      w_t = chol_inv.reshape(k * d, d)  # row block k: L_k^{-1}
+      b = jnp.einsum("kde,ke->kd", chol_inv, params.means)
+    else:
+      w_t = chol_inv
+      b = params.means @ chol_inv.T
+    return _Whitened(chol, w_t, b, offset)
+
+  def chunk_stats(self, prepared: Any, x: jax.Array, w: jax.Array) -> SuffStats:
+    if isinstance(prepared, _Diagonal):
+      diff = x[None, :, :] - prepared.means[:, None, :]
+      lj = prepared.log_joint_rows(x, diff)
+      log_px = jax.nn.logsumexp(lj, axis=-1)
+      resp = jnp.exp(lj - log_px[:, None])
+      return _chunk_stats(diff, w[:, None] * resp, log_px, w, self.covariance_type)
+    d = x.shape[-1]
+    n = x.shape[0]
+    y = (prepared.w_t @ x.T).reshape(-1, d, n) - prepared.b[:, :, None]  # (K, D, n)
+    log_joint = prepared.offset[:, None] - 0.5 * jnp.sum(y * y, axis=1)  # (K, n)
+    log_px = jax.nn.logsumexp(log_joint, axis=0)
+    wr = jnp.exp(log_joint - log_px[None, :]) * w[None, :]
+    yw = y * wr[:, None, :]
+    if self.covariance_type == "full":
       gram = yw @ jnp.swapaxes(y, 1, 2)
     else:
       gram = jnp.einsum("kdn,ken->de", yw, y)
-    stats = SuffStats(jnp.sum(wr, axis=1), jnp.sum(yw, axis=2), gram, jnp.sum(wc * log_px),
-                      jnp.sum(wc))
-    return jax.tree.map(jnp.add, acc, stats), None
+    return SuffStats(jnp.sum(wr, axis=1), jnp.sum(yw, axis=2), gram, jnp.sum(w * log_px),
+                     jnp.sum(w))
 
-  gram_shape = (k, d, d) if cov_type == "full" else (d, d)
-  z = lambda shape: jnp.zeros(shape, dtype)  # pylint: disable=unnecessary-lambda-assignment
-  init = SuffStats(z((k,)), z((k, d)), z(gram_shape), z(()), z(()))
-  out, _ = jax.lax.scan(body, init, (x_chunks, w_chunks))
-  if shard is not None:
-    out = jax.lax.psum(out, shard.axis_name)
-  if cov_type == "full":
-    sum_x = jnp.einsum("kde,ke->kd", chol, out.sum_x)
-    sum_xx = chol @ out.sum_xx @ jnp.swapaxes(chol, -1, -2)
-  else:
-    sum_x = out.sum_x @ chol.T
-    sum_xx = chol @ out.sum_xx @ chol.T
-  return out._replace(sum_x=sum_x, sum_xx=sum_xx)
+  def finalize(self, prepared: Any, stats: SuffStats) -> SuffStats:
+    if isinstance(prepared, _Diagonal):
+      return stats
+    chol = prepared.chol
+    if self.covariance_type == "full":
+      sum_x = jnp.einsum("kde,ke->kd", chol, stats.sum_x)
+      sum_xx = chol @ stats.sum_xx @ jnp.swapaxes(chol, -1, -2)
+    else:
+      sum_x = stats.sum_x @ chol.T
+      sum_xx = chol @ stats.sum_xx @ chol.T
+    return stats._replace(sum_x=sum_x, sum_xx=sum_xx)
 
+  def initialize(self, key: jax.Array, rows: mixture.Rows, num_components: int, init: str,
+                 shard: sharding.Shard | None = None) -> GMMParams:
+    return _initialize(key, rows, num_components, self.covariance_type, init, self.reg_covar,
+                       shard)
 
-def _em_stats(x_chunks, w_chunks, params: GMMParams, shard=None) -> SuffStats:
-  """The E-step's statistics of ``params`` over the chunks (psum over ``shard``'s devices)."""
-  if params.covariance_type in ("full", "tied"):
-    return _whitened_scan(x_chunks, w_chunks, params, shard)
-  return _scan(x_chunks, w_chunks, params.means, params.covariance_type, _posterior_fn(params),
-               shard)
+  def data_shift(self, x: jax.Array, w: jax.Array, shard: sharding.Shard | None = None):
+    # Raw moments are accurate near the origin: fit on centred data, shift the means back.
+    return sharding.psum(w @ x, shard) / sharding.psum(jnp.sum(w), shard)
 
-
-def _first_chunk(shard, num_local_chunks):
-  """Inside ``shard_map``: global index of this device's first chunk."""
-  return jax.lax.axis_index(shard.axis_name) * num_local_chunks
-
-
-def _posterior_fn(params: GMMParams):
-  log_joint_rows = _log_joint_fn(params)
-
-  def resp_fn(_, xc, diff):
-    lj = log_joint_rows(xc, diff)
-    log_px = jax.nn.logsumexp(lj, axis=-1)
-    return jnp.exp(lj - log_px[:, None]), log_px
-
-  return resp_fn
-
-
-def _chunks(x: jax.Array, sample_weight: jax.Array, chunk_size: int):
-  """Pads rows to a multiple of chunk_size (weight 0) and reshapes to (num_chunks, chunk, ...)."""
-  n = x.shape[0]
-  num_chunks = -(-n // chunk_size)
-  pad = num_chunks * chunk_size - n
-  if pad:
-    x = jnp.pad(x, ((0, pad), (0, 0)))
-    sample_weight = jnp.pad(sample_weight, (0, pad))
-  return (x.reshape(num_chunks, chunk_size, x.shape[1]),
-          sample_weight.reshape(num_chunks, chunk_size))
+  def shift_params(self, params: GMMParams, shift: jax.Array) -> GMMParams:
+    return params.replace(means=params.means + shift)
 
 
 def default_chunk_size(num_points: int, num_components: int, num_features: int) -> int:
-  """Rows per chunk: about 2**19 floats of (K, D, chunk) intermediates, at least 64 rows.
-
-  At 2**19 floats (2 MB) a chunk's whitened differences stay in the L2/L3 caches of a CPU; on a
-  2-core EPYC, 2**19 was 1.3x faster per EM iteration than 2**20 at N=65,536, D=16, K=32.
-  """
-  rows = (2**19 // max(1, num_components * num_features)) // 8 * 8
-  return int(min(num_points, max(64, rows)))
+  """Rows per chunk: about 2**19 floats of (K, D, chunk) intermediates, at least 64 rows
+  (:func:`lvmjax.mixture.default_chunk_size`)."""
+  return mixture.default_chunk_size(num_points, num_components, num_features)
 
 
 def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
@@ -291,6 +298,8 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
 
     r_{nk} = \frac{w_k \mathcal{N}(x_n; \mu_k, \Sigma_k)}{\sum_j w_j \mathcal{N}(x_n; \mu_j, \Sigma_j)}
 
+  :func:`lvmjax.mixture.e_step` of :class:`GaussianFamily`.
+
   Args:
     params: current parameters.
     x: (N, D) data.
@@ -306,36 +315,12 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
     ``SuffStats`` summed over all rows. Statistics of different row sets (taken with the same
     params) add: ``jax.tree.map(jnp.add, s1, s2)``, or ``jax.lax.psum`` across devices.
   """
-  placement = sharding.mesh_of(x, mesh, axis_name)
-  _check_x(x)
+  sharding.check_data(x)
   model.check_params(params, np.shape(x)[1], check_values=False)
-  _check_weight(sample_weight, np.shape(x)[0])
-  if placement is not None:
-    return _e_step_sharded(params, x, sample_weight, chunk_size, *placement)
-  x, w = _prepare(x, sample_weight, params.means.dtype)
-  chunk = chunk_size or default_chunk_size(x.shape[0], *params.means.shape)
-  xs, ws = _chunks(x, w, min(chunk, x.shape[0]))
-  return _em_stats(xs, ws, params)
-
-
-def _e_step_sharded(params, x, sample_weight, chunk_size, mesh, axis_name):
-  n = x.shape[0]
-  shards = sharding.num_shards(mesh, axis_name)
-  if n % shards:
-    raise ValueError(f"x has {n} rows, not a multiple of the {shards} devices of mesh axis "
-                     f"{axis_name!r}; pad it with weight-0 rows (lvmjax.sharding.shard_rows).")
-  dtype = params.means.dtype
-  x = jnp.asarray(x).astype(dtype) if not isinstance(x, jax.Array) else x.astype(dtype)
-  w = jnp.ones((n,), dtype) if sample_weight is None else jnp.asarray(sample_weight).astype(dtype)
-  chunk = min(chunk_size or default_chunk_size(n // shards, *params.means.shape), n // shards)
-  spec = P(axis_name)
-
-  def local(params, x, w):
-    xs, ws = _chunks(x, w, chunk)
-    return jax.lax.psum(_em_stats(xs, ws, params), axis_name)
-
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=P(),
-                       check_vma=False)(params, x, w)
+  sharding.check_sample_weight(sample_weight, np.shape(x)[0])
+  return mixture.e_step(GaussianFamily(params.covariance_type), params, x, sample_weight,
+                        chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                        dtype=params.means.dtype)
 
 
 def _repair_positive_definite(cov: jax.Array) -> jax.Array:
@@ -399,178 +384,89 @@ def em_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = N
     (new params, mean log-likelihood of the *old* params on x, weighted by sample_weight).
   """
   stats = e_step(params, x, sample_weight, chunk_size=chunk_size, mesh=mesh, axis_name=axis_name)
-  return m_step(params, stats, reg_covar), stats.log_likelihood / stats.total_weight
+  return m_step(params, stats, reg_covar), mixture.mean_log_likelihood(stats)
 
 
 # --------------------------------------------------------------------------------------------
 # Initialisation.
 
 
-def params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components, covariance_type,
-                                 reg_covar, *, shard=None) -> GMMParams:
+def params_from_responsibilities(x_chunks: jax.Array, w_chunks: jax.Array, resp_fn: Any,
+                                 num_components: int, covariance_type: str, reg_covar: Any, *,
+                                 shard: sharding.Shard | None = None) -> GMMParams:
   """M-step from given responsibilities ``resp_fn(chunk_index, x_chunk) -> (n, K)``.
 
   Two passes over the chunks: the means, then the moments about them. Mirrors scikit-learn's
   ``_initialize`` except that the weights are normalised to sum to one. With ``shard`` (a
-  ``lvmjax.kmeans.sharded.Shard``, inside ``shard_map``) the chunks are this device's and the
-  sums are added over devices; ``chunk_index`` is then global.
+  ``lvmjax.sharding.Shard``, inside ``shard_map``) the chunks are this device's and the sums are
+  added over devices; ``chunk_index`` is the local chunk index.
+
+  Args:
+    x_chunks: (C, n, D) rows in chunks.
+    w_chunks: (C, n) their weights.
+    resp_fn: the responsibilities of a chunk.
+    num_components: K.
+    covariance_type: of the parameters to return.
+    reg_covar: added to the covariances' diagonal.
+    shard: the reduction hook.
+
+  Returns:
+    ``GMMParams``.
   """
   k, d = num_components, x_chunks.shape[-1]
   dtype = x_chunks.dtype
-  fn = lambda i, xc, _: (resp_fn(i, xc), jnp.zeros(xc.shape[0], dtype))  # pylint: disable=unnecessary-lambda-assignment
   origin = GMMParams(jnp.full((k,), 1.0 / k, dtype), jnp.zeros((k, d), dtype), None, "diag")
-  means = m_step(origin, _scan(x_chunks, w_chunks, origin.means, "diag", fn, shard),
+  means = m_step(origin, _scan(x_chunks, w_chunks, origin.means, "diag", resp_fn, shard),
                  reg_covar).means
   centered = GMMParams(None, means, None, covariance_type)
-  return m_step(centered, _scan(x_chunks, w_chunks, means, covariance_type, fn, shard), reg_covar)
+  return m_step(centered, _scan(x_chunks, w_chunks, means, covariance_type, resp_fn, shard),
+                reg_covar)
 
 
-def _initialize(key, x, w, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar,
-                shard=None):
-  if shard is not None:
-    return _initialize_sharded(key, x_chunks, w_chunks, num_components, covariance_type, init,
-                               reg_covar, shard)
-  chunk = x_chunks.shape[1]
-  if init == "kmeans":
-    from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
-    labels = kmeans.fit(key, x, num_components, n_init=1, sample_weight=w).labels
-    labels = jnp.pad(labels, (0, x_chunks.shape[0] * chunk - x.shape[0])).reshape(-1, chunk)
-
-    def resp_fn(i, _):
-      return jax.nn.one_hot(labels[i], num_components, dtype=x.dtype)
-  elif init == "random":
-    def resp_fn(i, xc):
-      r = jax.random.uniform(jax.random.fold_in(key, i), (xc.shape[0], num_components), x.dtype)
-      return r / jnp.sum(r, axis=1, keepdims=True)
-  else:
-    if init == "random_from_data":
-      p = w / jnp.sum(w)
-      idx = jax.random.choice(key, x.shape[0], (num_components,), replace=False, p=p)
-    else:  # k-means++
-      from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
-      _, idx = kmeans.kmeans_plusplus(key, x, num_components, sample_weight=w)
-
-    def resp_fn(i, xc):
-      rows = i * chunk + jnp.arange(xc.shape[0])
-      return (rows[:, None] == idx[None, :]).astype(x.dtype)
-  return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
-                                      covariance_type, reg_covar)
-
-
-def _initialize_sharded(key, x_chunks, w_chunks, num_components, covariance_type, init, reg_covar,
-                        shard):
-  """``_initialize`` on this device's chunks inside ``shard_map``: the same draws and the same
-  responsibilities as on one device (global chunk indices and row ids)."""
-  from lvmjax.kmeans import kmeans as km  # pylint: disable=g-import-not-at-top
-  from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
-  num_chunks, chunk, d = x_chunks.shape
+def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, reg_covar,
+                shard=None) -> GMMParams:
+  """The GMM's initialisations, on one device (``shard=None``) or on this device's rows inside
+  ``shard_map``: the same draws and the same responsibilities either way (global chunk indices
+  and row ids)."""
+  from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
+  x_chunks, w_chunks = rows.x_chunks, rows.w_chunks
+  num_chunks, chunk, _ = x_chunks.shape
   dtype = x_chunks.dtype
-  x = x_chunks.reshape(-1, d)
-  w = w_chunks.reshape(-1)
-  rows, valid = sharding.local_rows(shard.axis_name, shard.layout, x.shape[0])
-  first = _first_chunk(shard, num_chunks)
-  if init == "kmeans":
-    labels = ksh.fit_local(key, x, w, valid, None, jnp.asarray(1e-4, dtype), shard,
-                           num_clusters=num_components, init_kind="k-means++", n_init=1,
-                           max_iter=300, chunk_size=km._auto_chunk_size(num_components)  # pylint: disable=protected-access
-                           ).labels.reshape(num_chunks, chunk)
+  if init in mixture.INITS:  # "random", "random_from_data"
+    resp_fn = mixture.initial_responsibilities(key, rows, num_components, init, shard)
+  elif init == "kmeans":
+    if shard is None:
+      labels = kmeans.fit(key, rows.x, num_components, n_init=1, sample_weight=rows.w).labels
+      labels = jnp.pad(labels, (0, num_chunks * chunk - rows.x.shape[0]))
+    else:
+      from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
+      from lvmjax.kmeans import kmeans as km  # pylint: disable=g-import-not-at-top
+      _, valid = sharding.local_rows(shard.axis_name, shard.layout, rows.x.shape[0])
+      labels = ksh.fit_local(key, rows.x, rows.w, valid, None, jnp.asarray(1e-4, dtype), shard,
+                             num_clusters=num_components, init_kind="k-means++", n_init=1,
+                             max_iter=300, chunk_size=km._auto_chunk_size(num_components)  # pylint: disable=protected-access
+                             ).labels
+    labels = labels.reshape(num_chunks, chunk)
 
     def resp_fn(i, _):
-      return jax.nn.one_hot(labels[i - first], num_components, dtype=dtype)
-  elif init == "random":
-    def resp_fn(i, xc):
-      r = jax.random.uniform(jax.random.fold_in(key, i), (xc.shape[0], num_components), dtype)
-      return r / jnp.sum(r, axis=1, keepdims=True)
-  else:
-    if init == "random_from_data":
-      wg = sharding.gather_rows(w, shard.axis_name, shard.layout)
-      idx = jax.random.choice(key, wg.shape[0], (num_components,), replace=False,
-                              p=wg / jnp.sum(wg))
-    else:  # k-means++
-      _, idx = ksh.kmeans_plusplus_local(key, x, w, valid, num_components, shard)
-    rows = rows.reshape(num_chunks, chunk)
+      return jax.nn.one_hot(labels[i], num_components, dtype=dtype)
+  else:  # k-means++: hard responsibilities at the seeds
+    if shard is None:
+      _, idx = kmeans.kmeans_plusplus(key, rows.x, num_components, sample_weight=rows.w)
+    else:
+      from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
+      _, valid = sharding.local_rows(shard.axis_name, shard.layout, rows.x.shape[0])
+      _, idx = ksh.kmeans_plusplus_local(key, rows.x, rows.w, valid, num_components, shard)
+    ids = mixture.row_ids(num_chunks, chunk, shard)
 
     def resp_fn(i, _):
-      return (rows[i - first][:, None] == idx[None, :]).astype(dtype)
+      return (ids[i][:, None] == idx[None, :]).astype(dtype)
   return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
                                       covariance_type, reg_covar, shard=shard)
 
 
 # --------------------------------------------------------------------------------------------
-# The fit loop.
-
-
-class _LoopState(NamedTuple):
-  params: GMMParams
-  lower_bound: jax.Array
-  history: jax.Array
-  n_iter: jax.Array
-  converged: jax.Array
-
-
-def _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar, shard=None):
-  dtype = x_chunks.dtype
-
-  def cond(s):
-    return (s.n_iter < max_iter) & ~s.converged
-
-  def body(s):
-    stats = _em_stats(x_chunks, w_chunks, s.params, shard)
-    ll = stats.log_likelihood / stats.total_weight
-    new_params = m_step(s.params, stats, reg_covar)
-    converged = jnp.abs(ll - s.lower_bound) < tol
-    history = s.history.at[s.n_iter].set(ll) if max_iter else s.history
-    return _LoopState(new_params, ll, history, s.n_iter + 1, converged)
-
-  state = _LoopState(params, jnp.array(-jnp.inf, dtype), jnp.full((max_iter,), jnp.nan, dtype),
-                     jnp.array(0, jnp.int32), jnp.array(False))
-  return jax.lax.while_loop(cond, body, state)
-
-
-def _fit_body(key, x, w, init_params, tol, reg_covar, *, num_components, covariance_type, init,
-              n_init, max_iter, chunk_size, shard=None):
-  """The whole fit; with ``shard``, the body run on each device inside ``shard_map``, where x
-  and w are this device's block of rows."""
-  if shard is None:
-    # Raw moments are accurate near the origin: fit on centred data, shift the means back.
-    center = (w @ x) / jnp.sum(w)
-    x = x - center
-    x_chunks, w_chunks = _chunks(x, w, chunk_size)
-  else:
-    _, valid = sharding.local_rows(shard.axis_name, shard.layout, x.shape[0])
-    w = jnp.where(valid, w, 0)
-    center = jax.lax.psum(w @ x, shard.axis_name) / jax.lax.psum(jnp.sum(w), shard.axis_name)
-    x = jnp.where(valid[:, None], x - center, 0)
-    x_chunks, w_chunks = _chunks(x, w, chunk_size)
-
-  def one(k):
-    if init == "params":
-      params = init_params.replace(means=init_params.means - center)
-    else:
-      params = _initialize(k, x, w, x_chunks, w_chunks, num_components, covariance_type, init,
-                           reg_covar, shard)
-    s = _em_loop(params, x_chunks, w_chunks, max_iter, tol, reg_covar, shard)
-    params = s.params.replace(means=s.params.means + center)
-    return GMMFitResult(params, s.history, s.n_iter, s.converged, s.lower_bound)
-
-  if n_init == 1:
-    return one(key)
-  results = jax.vmap(one)(jax.random.split(key, n_init))
-  score = jnp.where(jnp.isnan(results.lower_bound), -jnp.inf, results.lower_bound)
-  best = jnp.argmax(score)
-  return jax.tree.map(lambda a: a[best], results)
-
-
-_STATIC = ("num_components", "covariance_type", "init", "n_init", "max_iter", "chunk_size")
-_fit_jit = jax.jit(_fit_body, static_argnames=_STATIC + ("shard",))
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "shard"))
-def _fit_sharded_jit(key, x, w, init_params, tol, reg_covar, *, mesh, shard, **static):
-  spec = P(shard.axis_name)
-  body = functools.partial(_fit_body, shard=shard, **static)
-  return jax.shard_map(body, mesh=mesh, in_specs=(P(), spec, spec, P(), P(), P()),
-                       out_specs=P(), check_vma=False)(key, x, w, init_params, tol, reg_covar)
+# The fit.
 
 
 def check_fit_options(num_components, covariance_type, n_init, max_iter, tol, reg_covar):
@@ -588,56 +484,18 @@ def check_fit_options(num_components, covariance_type, n_init, max_iter, tol, re
   return num_components, n_init, max_iter, tol, reg_covar
 
 
-def _check_x(x):
-  """``check_data``; for a global multi-host array, its shape and this process's values."""
-  if sharding.is_global(x):
-    _checks.check_data(_ShapeOnly(x.shape))
-    sharding.check_local_values(x)
-  else:
-    _checks.check_data(x)
-
-
-def _check_weight(sample_weight, n):
-  if sharding.is_global(sample_weight):
-    if np.shape(sample_weight) != (n,):
-      raise ValueError(f"sample_weight must have shape ({n},), one weight per row of x; got "
-                       f"{np.shape(sample_weight)}.")
-    sharding.check_local_values(sample_weight, "sample_weight")
-  else:
-    _checks.check_sample_weight(sample_weight, n)
-
-
-class _ShapeOnly:
-  """Stands in for a global array in the shape checks (its values live on other processes)."""
-
-  def __init__(self, shape):
-    self.shape = tuple(shape)
-
-  def __array__(self, dtype=None, copy=None):
-    return np.zeros((1,) * len(self.shape), dtype or np.float32)
-
-
-def _place(x, sample_weight, dtype, chunk, mesh, axis_name):
-  """Puts x and the weights on the mesh; returns (x, w, shard, chunk) for ``_fit_sharded_jit``.
-
-  See :func:`lvmjax.sharding.place_rows`; blocks are a multiple of the (clamped) chunk size.
-  """
-  from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
-  chunk = min(chunk, -(-x.shape[0] // sharding.num_shards(mesh, axis_name)))
-  x, w, layout = sharding.place_rows(x, sample_weight, dtype, mesh, axis_name, multiple=chunk)
-  return x, w, ksh.Shard(axis_name, layout), int(chunk)
-
-
 def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str = "full",
-        init: str | GMMParams = "kmeans", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
-        reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
+        init: str | GMMParams | GMMFitResult = "kmeans", n_init: int = 1, max_iter: int = 100,
+        tol: float = 1e-3, reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
         chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
-        axis_name: str | None = None) -> GMMFitResult:
+        axis_name: str | None = None, check_finite: bool = True) -> GMMFitResult:
   r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.
 
-  Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is a
-  ``lax.while_loop``. ``n_init`` restarts run as one ``vmap`` over keys and the restart with the
-  largest final mean log-likelihood wins. Compiles once per shape and static configuration.
+  Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is
+  :func:`lvmjax.fixed_point.fixed_point` (a ``lax.while_loop``). ``n_init`` restarts run as one
+  ``vmap`` over keys and the restart with the largest final mean log-likelihood wins. Compiles
+  once per shape and static configuration. This is :func:`lvmjax.mixture.fit` of
+  :class:`GaussianFamily` with the GMM's own initialisations.
 
   The meaning of ``tol``, ``max_iter`` and ``reg_covar`` is scikit-learn's ``GaussianMixture``:
   iteration i records the mean log-likelihood of the parameters it starts from, and the loop stops
@@ -650,10 +508,15 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     covariance_type: "full", "tied", "diag" or "spherical".
     init: "kmeans" (K-means labels as responsibilities, scikit-learn's default), "k-means++"
       (hard responsibilities at k-means++ seeds), "random" (uniform random responsibilities),
-      "random_from_data" (hard responsibilities at K distinct random points) or a ``GMMParams`` to
-      start from. Built-in initialisations normalise the weights to sum to one.
-    n_init: number of restarts (ignored, as one, when ``init`` is a GMMParams).
-    max_iter: maximum number of EM iterations (0 returns the initial parameters).
+      "random_from_data" (hard responsibilities at K distinct random points), a ``GMMParams`` to
+      start from, or a ``GMMFitResult`` of an earlier call to continue: its ``n_iter``,
+      ``log_likelihood`` history and convergence test carry on, so fitting in blocks
+      (``max_iter=10``, then ``init=result, max_iter=20``, ...) equals one uninterrupted fit
+      exactly (a converged result is returned as it is). Built-in initialisations normalise the
+      weights to sum to one.
+    n_init: number of restarts (ignored, as one, when ``init`` is a GMMParams or GMMFitResult).
+    max_iter: maximum number of EM iterations, counting those of a continued ``init`` result
+      (0 returns the initial parameters).
     tol: convergence threshold on the change in mean log-likelihood.
     reg_covar: non-negative value added to the diagonal of the covariances.
     sample_weight: optional (N,) non-negative weights; integer weights equal repeating rows.
@@ -672,6 +535,8 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
       ``init="random"`` the responsibilities drawn depend on the chunking: pass the same
       ``chunk_size`` (dividing the rows per device) to reproduce a one-device fit exactly.
     axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
+    check_finite: raise ValueError when the fitted parameters are not finite (False returns
+      them, for a caller that reports the failure itself, e.g. with the iteration it happened).
 
   Returns:
     ``GMMFitResult(params, log_likelihood, n_iter, converged, lower_bound)``.
@@ -691,7 +556,7 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     True
   """
   placement = sharding.mesh_of(x, mesh, axis_name)
-  _check_x(x)
+  sharding.check_data(x)
   n, d = np.shape(x)
   num_components, n_init, max_iter, tol, reg_covar = check_fit_options(
       num_components, covariance_type, n_init, max_iter, tol, reg_covar)
@@ -699,22 +564,24 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     raise ValueError(
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
-  _check_weight(sample_weight, n)
+  sharding.check_sample_weight(sample_weight, n)
   if placement is None:
     x, w = _prepare(x, sample_weight)
     dtype = x.dtype
   else:
     dtype = jnp.result_type(x.dtype, float)
     w = sample_weight
-  if isinstance(init, GMMParams):
+  if isinstance(init, GMMFitResult):
+    model.check_init(init.params, d, num_components, covariance_type)
+    init_kind = "result"
+  elif isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
-    init_params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
-    init_kind, n_init = "params", 1
+    init_kind = "params"
   else:
     if not isinstance(init, str) or init not in INITS:
-      raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))} "
-                       "or a gmm.GMMParams.")
-    init_params, init_kind = None, init
+      raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}, "
+                       "a gmm.GMMParams or a gmm.GMMFitResult to continue.")
+    init_kind = init
   if (w is not None and _checks.is_concrete(w) and not sharding.is_global(w)
       and int(np.count_nonzero(np.asarray(w))) < num_components
       and init_kind in ("random_from_data", "k-means++", "kmeans")):
@@ -722,24 +589,15 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
                      f"sample_weight, fewer than num_components={num_components}.")
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       default_chunk_size(n, num_components, d))
-  static = dict(num_components=num_components, covariance_type=covariance_type, init=init_kind,
-                n_init=n_init, max_iter=max_iter)
-  if placement is None:
-    result = _fit_jit(key, x, w, init_params, jnp.asarray(tol, dtype),
-                      jnp.asarray(reg_covar, dtype), chunk_size=min(chunk, n), **static)
-  else:
-    x, w, shard, chunk = _place(x, sample_weight, dtype, chunk, *placement)
-    if init_params is not None:  # via the host: its leaves may be committed to one device
-      init_params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), init_params)
-    result = _fit_sharded_jit(key, x, w, init_params, jnp.asarray(tol, dtype),
-                              jnp.asarray(reg_covar, dtype), chunk_size=chunk,
-                              mesh=placement[0], shard=shard, **static)
-  if _checks.is_concrete(result.n_iter):
+  family = GaussianFamily(covariance_type, jnp.asarray(reg_covar, dtype))
+  result = mixture.fit_arrays(family, key, x, w, num_components, init=init, n_init=n_init,
+                              max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement)
+  result = GMMFitResult(*result)
+  if check_finite and _checks.is_concrete(result.n_iter):
     leaves = jax.tree.leaves(result.params)
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
       raise ValueError(
           "Fitting the mixture model failed because some components have ill-defined empirical "
           "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
           "the number of components, or increase reg_covar.")
-    result = result._replace(log_likelihood=result.log_likelihood[:int(result.n_iter)])
   return result

@@ -31,24 +31,21 @@ the processes' rows in process order, up to float rounding::
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
-from lvmjax import sharding
+from lvmjax import mixture
 # Stream sources and batch helpers live in lvmjax.data (Batches, iter_rows, npy_rows, subsample and
 # subsample_processes stay importable from here).
 from lvmjax.data import Batches, iter_rows, npy_rows, subsample, subsample_processes  # pylint: disable=unused-import
 from lvmjax.data import as_source as _as_source
-from lvmjax.data import check_batch as _check_batch
 from lvmjax.data import numpy_rng as _rng  # pylint: disable=unused-import
-from lvmjax.data import pad_batch as _pad_batch
 from lvmjax.gmm import em
 from lvmjax.gmm import model
 from lvmjax.gmm.em import GMMFitResult, SuffStats
@@ -58,30 +55,6 @@ from lvmjax.gmm.model import GMMParams
 # --------------------------------------------------------------------------------------------
 # One pass: the E-step statistics of all batches.
 
-
-@functools.partial(jax.jit, static_argnames=("chunk_size",), donate_argnums=(0,))
-def _accumulate(acc: SuffStats, params: GMMParams, x, w, *, chunk_size):
-  xs, ws = em._chunks(x, w, chunk_size)  # pylint: disable=protected-access
-  stats = em._em_stats(xs, ws, params)  # pylint: disable=protected-access
-  return jax.tree.map(jnp.add, acc, stats)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk_size", "mesh", "axis_name"),
-                   donate_argnums=(0,))
-def _accumulate_sharded(acc: SuffStats, params: GMMParams, x, w, *, chunk_size, mesh, axis_name):
-  spec = P(axis_name)
-
-  def local(params, x, w):
-    xs, ws = em._chunks(x, w, chunk_size)  # pylint: disable=protected-access
-    stats = em._em_stats(xs, ws, params)  # pylint: disable=protected-access
-    return jax.lax.psum(stats, axis_name)
-
-  stats = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=P(),
-                        check_vma=False)(params, x, w)
-  return jax.tree.map(jnp.add, acc, stats)
-
-
-_m_step = jax.jit(em.m_step)
 
 
 def streamed_stats(params: GMMParams, data: Any, sample_weight: ArrayLike | None = None, *,
@@ -110,79 +83,11 @@ def streamed_stats(params: GMMParams, data: Any, sample_weight: ArrayLike | None
     The summed ``SuffStats`` (moments about ``params.means``).
   """
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  _check_mesh(mesh)
   make_iter, _, d, _ = _as_source(data, sample_weight, batch_size)
-  return _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
-               params.means.dtype)
-
-
-def _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, dtype):
-  """(statistics of this process's batches, number of rows read)."""
-  k, dd = params.means.shape
-  placement = None if mesh is None else sharding.mesh_of(None, mesh, axis_name)
-  if placement is None:
-    chunk = min(chunk_size or em.default_chunk_size(batch_size, k, dd), batch_size)
-    rows = -(-batch_size // chunk) * chunk
-  else:
-    shards = sharding.num_shards(*placement)
-    chunk = min(chunk_size or em.default_chunk_size(batch_size, k, dd), -(-batch_size // shards))
-    rows = sharding.layout_for(batch_size, shards, chunk).padded_rows
-    spec = sharding.row_sharding(*placement)
-  acc = em._zero_stats(k, dd, params.covariance_type, dtype)  # pylint: disable=protected-access
-  seen = 0
-  for xb, wb in make_iter():
-    if check:
-      _check_batch(xb, wb, dd if d is None else d)
-    if xb.shape[0] == 0:
-      continue
-    seen += xb.shape[0]
-    xp, wp = _pad_batch(xb, wb, rows, dtype)
-    if placement is None:
-      acc = _accumulate(acc, params, jnp.asarray(xp), jnp.asarray(wp), chunk_size=chunk)
-    else:
-      acc = _accumulate_sharded(acc, params, jax.device_put(xp, spec), jax.device_put(wp, spec),
-                                chunk_size=chunk, mesh=placement[0], axis_name=placement[1])
-  return acc, seen
-
-
-def _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check, dtype):
-  """Statistics of all batches: this process's, or with several processes, all processes'."""
-  if jax.process_count() == 1:
-    acc, seen = _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
-                            dtype)
-    if seen == 0:
-      raise ValueError("The data source yielded no rows.")
-    return acc
-  # Several processes: a bad batch on one process must stop all of them (not leave the others
-  # waiting in the all-gather), so the error travels as a flag with the statistics.
-  error = None
-  try:
-    acc, seen = _local_pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, check,
-                            dtype)
-  except Exception as e:  # pylint: disable=broad-except
-    error, seen = e, 0
-    k, dd = params.means.shape
-    acc = em._zero_stats(k, dd, params.covariance_type, dtype)  # pylint: disable=protected-access
-  stats, seen, failed = sharding.process_sum((tuple(np.asarray(v) for v in jax.device_get(acc)),
-                                              seen, int(error is not None)))
-  if error is not None:
-    raise error
-  if failed:
-    raise ValueError(f"{failed} other process(es) found bad data in their batches (see their "
-                     "errors); this process's batches were fine.")
-  if seen == 0:
-    raise ValueError("The data sources of all processes yielded no rows.")
-  return SuffStats(*(jnp.asarray(v, dtype) for v in stats))
-
-
-def _check_mesh(mesh: Mesh | None) -> None:
-  if mesh is None or jax.process_count() == 1:
-    return
-  me = jax.process_index()
-  if any(dev.process_index != me for dev in mesh.devices.flat):
-    raise ValueError("With several processes each one streams its own batches on its own "
-                     "devices, so the mesh must hold only this process's devices, e.g. "
-                     "mesh=lvmjax.sharding.data_mesh(jax.local_devices()) (or mesh=None).")
+  return mixture.streamed_stats(em.GaussianFamily(params.covariance_type), params, make_iter,
+                                params.means.shape[1] if d is None else d, batch_size=batch_size,
+                                chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                                check=check, dtype=params.means.dtype)
 
 
 def _check_same_on_all_processes(params: GMMParams) -> None:
@@ -201,7 +106,7 @@ def _check_same_on_all_processes(params: GMMParams) -> None:
 
 
 def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "full",
-        init: str | GMMParams = "kmeans", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
+        init: str | GMMParams | GMMFitResult = "kmeans", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
         reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
         batch_size: int = 65536, init_size: int = 100_000, init_max_iter: int = 0,
         chunk_size: int | None = None, dtype: Any = None, mesh: Mesh | None = None,
@@ -230,8 +135,9 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     data: (N, D) NumPy array or ``numpy.memmap``, a ``.npy`` path, or a callable returning a
       fresh iterable of batches ((n, D) arrays or ``(x, sample_weight)`` pairs) per pass.
     num_components, covariance_type, max_iter, tol, reg_covar: as :func:`lvmjax.gmm.fit`.
-    init: a ``GMMParams`` to start from, or an ``init`` of :func:`lvmjax.gmm.fit` run on a random
-      subsample of ``init_size`` rows.
+    init: a ``GMMParams`` to start from, a ``GMMFitResult`` to continue (its history, ``n_iter``
+      and convergence test carry on; ``max_iter`` counts all iterations), or an ``init`` of
+      :func:`lvmjax.gmm.fit` run on a random subsample of ``init_size`` rows.
     n_init: restarts of the subsample fit (needs ``init_max_iter >= 1`` to compare them).
     sample_weight: optional (N,) weights (array data only).
     batch_size: rows per batch sent to the device.
@@ -266,7 +172,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   init_size = _checks.check_positive_int(init_size, "init_size")
   init_max_iter = _checks.check_positive_int(init_max_iter, "init_max_iter", minimum=0)
-  _check_mesh(mesh)
+  mixture.check_mesh(mesh)
   make_iter, _, d, arr = _as_source(data, sample_weight, batch_size)
 
   def default_dtype(a):
@@ -275,10 +181,16 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
 
   if dtype is None and arr is not None:
     dtype = default_dtype(arr.dtype)
-  elif dtype is None and isinstance(init, GMMParams):
-    dtype = default_dtype(jnp.asarray(init.means).dtype)
+  elif dtype is None and isinstance(init, (GMMParams, GMMFitResult)):
+    means = init.params.means if isinstance(init, GMMFitResult) else init.means
+    dtype = default_dtype(jnp.asarray(means).dtype)
   k_init = key
-  if isinstance(init, GMMParams):
+  if isinstance(init, GMMFitResult):  # continue an earlier fit
+    model.check_init(init.params, d, num_components, covariance_type)
+    params = init
+    if jax.process_count() > 1:
+      _check_same_on_all_processes(init.params)
+  elif isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     if jax.process_count() > 1:
@@ -286,7 +198,8 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   else:
     if not isinstance(init, str) or init not in em.INITS:
       raise ValueError(f"Unknown init {init!r}; expected one of "
-                       f"{', '.join(map(repr, em.INITS))} or a gmm.GMMParams.")
+                       f"{', '.join(map(repr, em.INITS))}, a gmm.GMMParams or a "
+                       "gmm.GMMFitResult to continue.")
     if n_init > 1 and init_max_iter == 0:
       raise ValueError("n_init > 1 compares the restarts by their log-likelihood on the "
                        "subsample after init_max_iter EM iterations; set init_max_iter >= 1.")
@@ -299,28 +212,18 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
                     sample_weight=None if ws is None else jnp.asarray(ws, dtype),
                     chunk_size=chunk_size).params
   dtype = jnp.dtype(dtype)
-  reg = jnp.asarray(reg_covar, dtype)
-  history = []
-  lower_bound = -np.inf
-  converged = False
-  for it in range(max_iter):
-    stats = _pass(params, make_iter, d, batch_size, chunk_size, mesh, axis_name, it == 0, dtype)
-    ll = float(stats.log_likelihood / stats.total_weight)
-    params = _m_step(params, stats, reg)
-    history.append(ll)
-    if callback is not None:
-      callback(it, ll)
-    converged = abs(ll - lower_bound) < tol
-    lower_bound = ll
-    if not np.isfinite(ll):
-      break
-    if converged:
-      break
-  if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params)) or (
-      history and not np.isfinite(history[-1])):
+  family = em.GaussianFamily(covariance_type, jnp.asarray(reg_covar, dtype))
+  result = mixture.fit_streaming(
+      family, params, make_iter, num_features=(
+          (params.params if isinstance(params, GMMFitResult) else params).means.shape[1]
+          if d is None else d),
+      max_iter=max_iter, tol=tol, batch_size=batch_size, chunk_size=chunk_size, mesh=mesh,
+      axis_name=axis_name, dtype=dtype, callback=callback)
+  history = result.log_likelihood
+  if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(result.params)) or (
+      history.shape[0] and not np.isfinite(float(history[-1]))):
     raise ValueError(
         "Fitting the mixture model failed because some components have ill-defined empirical "
         "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
         "the number of components, or increase reg_covar.")
-  return GMMFitResult(params, jnp.asarray(history, dtype), jnp.asarray(len(history), jnp.int32),
-                      jnp.asarray(converged), jnp.asarray(lower_bound, dtype))
+  return GMMFitResult(*result)

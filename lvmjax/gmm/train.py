@@ -6,10 +6,11 @@ notebooks call. The config fields are those of ``configs/gmm_digits.py``.
 
 EM runs in blocks of ``config.checkpoint_every`` iterations with an Orbax checkpoint of the
 parameters after each block, so a long fit (large N) that is killed resumes from its last block.
-The first block is :func:`lvmjax.gmm.fit` with the configured initialisation and restarts; the later
-blocks continue from the checkpointed parameters with :func:`lvmjax.gmm.em_step` in one jitted
-loop that carries the previous log-likelihood, so the stopping rule (scikit-learn's: the change in
-mean log-likelihood below ``tol``) is exactly that of one uninterrupted fit. With ``n_init > 1``
+Every block is one call of :func:`lvmjax.gmm.fit`: the first with the configured initialisation
+and restarts, the later ones with ``init=`` the previous block's ``GMMFitResult`` (restored from
+the checkpoint after a restart), which continues its history, iteration count and stopping rule
+(scikit-learn's: the change in mean log-likelihood below ``tol``), so the fit is exactly that of
+one uninterrupted call. With ``n_init > 1``
 the restarts are compared after the first block (set ``checkpoint_every >= max_iter`` to compare
 them at convergence, as scikit-learn does).
 
@@ -24,7 +25,6 @@ one process). Only process 0 writes files; its figures show its own rows.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import pathlib
@@ -120,34 +120,6 @@ def _ari(params: gmm.GMMParams, x: Any, y: np.ndarray) -> float:
 def _on_host(params: gmm.GMMParams) -> gmm.GMMParams:
   """A one-device copy of (possibly mesh-replicated, multi-process) parameters."""
   return jax.tree.map(jnp.asarray, jax.device_get(params))
-
-
-class _BlockState(NamedTuple):
-  params: gmm.GMMParams
-  lower_bound: jax.Array
-  history: jax.Array
-  i: jax.Array
-  converged: jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("block", "chunk_size", "mesh"))
-def _em_block(params, x, lower_bound, num_iters, tol, reg_covar, *, block, chunk_size, w=None,
-              mesh=None):
-  """Up to ``num_iters`` (<= ``block``) EM iterations starting from ``params``, stopping when the
-  mean log-likelihood changes by less than ``tol`` from the previous iteration's ``lower_bound``."""
-
-  def cond(s):
-    return (s.i < num_iters) & ~s.converged
-
-  def body(s):
-    new_params, ll = gmm.em_step(s.params, x, w, reg_covar=reg_covar, chunk_size=chunk_size,
-                                 mesh=mesh)
-    converged = jnp.abs(ll - s.lower_bound) < tol
-    return _BlockState(new_params, ll, s.history.at[s.i].set(ll), s.i + 1, converged)
-
-  init = _BlockState(params, lower_bound, jnp.full((block,), jnp.nan, x.dtype),
-                     jnp.array(0, jnp.int32), jnp.array(False))
-  return jax.lax.while_loop(cond, body, init)
 
 
 def _params_template(k: int, d: int, covariance_type: str, dtype) -> dict:
@@ -289,41 +261,35 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
                 {"config": config, "n_iter": n_iter, "converged": converged,
                  "num_components": k, "history": [float(v) for v in history]})
 
+    result = None  # the fit so far: gmm.fit continues it block by block
     if meta is not None:
       restored, meta = ckpt.restore(_params_template(k, d, config.covariance_type, x.dtype))
       params = gmm.GMMParams(restored["weights"], restored["means"], restored["covariances"],
                              config.covariance_type)
-      lower_bound = restored["lower_bound"]
-      if mesh is not None:  # restored on one device: replicate over the mesh, as the fit's are
-        params, lower_bound = jax.device_put(jax.device_get((params, lower_bound)),
-                                             sharding.replicated(mesh))
       n_iter, converged = int(meta["n_iter"]), bool(meta["converged"])
       history = list(meta["history"])
+      result = gmm.GMMFitResult(params, jnp.asarray(history, x.dtype), jnp.asarray(n_iter),
+                                jnp.asarray(converged), restored["lower_bound"])
       writer.truncate_after(n_iter)
       logging.info("Resuming the EM fit from iteration %d (%s).", n_iter, ckpt.directory)
     else:
       writer.truncate_after(None)
-      first = min(block, config.max_iter)
-      res = gmm.fit(fit_key, fit_x, k, config.covariance_type, init=config.init,
-                    n_init=config.n_init, max_iter=first, tol=config.tol,
-                    reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w)
-      params, lower_bound = res.params, res.lower_bound
-      n_iter, converged = int(res.n_iter), bool(res.converged)
-      history = [float(v) for v in np.asarray(res.log_likelihood)]
-      for i, v in enumerate(history):
-        writer.write(i + 1, {"log_likelihood": v})
-      save(params, lower_bound, n_iter, converged, history)
+      n_iter, converged, history = 0, False, []
     bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
 
-    while not converged and n_iter < config.max_iter:
-      todo = min(block, config.max_iter - n_iter)
-      s = _em_block(params, fit_x, jnp.asarray(lower_bound, x.dtype), jnp.asarray(todo, jnp.int32),
-                    jnp.asarray(config.tol, x.dtype), jnp.asarray(config.reg_covar, x.dtype),
-                    block=block, chunk_size=min(chunk, n), w=fit_w, mesh=mesh)
-      done = int(s.i)
-      new = [float(v) for v in np.asarray(s.history[:done])]
+    # One gmm.fit per block of checkpoint_every iterations, each continuing the last: the same
+    # iterations and stopping rule as one uninterrupted fit. The first block initialises (with
+    # n_init restarts); the later ones compile once for all blocks of the same length.
+    while result is None or (not converged and n_iter < config.max_iter):
+      result = gmm.fit(fit_key, fit_x, k, config.covariance_type,
+                       init=config.init if result is None else result, n_init=config.n_init,
+                       max_iter=min(n_iter + block, config.max_iter), tol=config.tol,
+                       reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w,
+                       check_finite=False)
+      done = int(result.n_iter) - n_iter
+      new = [float(v) for v in np.asarray(result.log_likelihood[n_iter:])]
       bad = [i for i, v in enumerate(new) if not np.isfinite(v)]
-      if bad or not _finite_params(s.params):
+      if bad or not _finite_params(result.params):
         step = n_iter + (bad[0] + 1 if bad else done)
         ckpt.wait_until_finished()
         what, value = ("The EM log-likelihood", new[bad[0]]) if bad else (
@@ -333,11 +299,11 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
             "Increase config.reg_covar or lower config.num_components (a component collapsed)."))
       for i, v in enumerate(new):
         writer.write(n_iter + i + 1, {"log_likelihood": v})
-      params, lower_bound, converged = s.params, s.lower_bound, bool(s.converged)
+      params, converged = result.params, bool(result.converged)
       n_iter += done
       history += new
-      save(params, lower_bound, n_iter, converged, history)
-      bar.update(n_iter, {"log_likelihood": new[-1]})
+      save(params, result.lower_bound, n_iter, converged, history)
+      bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
     bar.close()
     ckpt.wait_until_finished()
   finally:
