@@ -303,6 +303,48 @@ def test_one_device_mesh_runs_the_sharded_code_path(x64):
     gmm.fit(key, x, 3, mesh=mesh, axis_name="model")
 
 
+def test_reduction_hook_is_local_without_a_shard_and_a_collective_with_one(x64):
+  x = np.random.default_rng(1).normal(size=(10, 3))
+  xj, valid = jnp.asarray(x), np.arange(10) < 7
+  m, v = sharding.mean_and_variance(xj, jnp.asarray(valid), None)
+  np.testing.assert_allclose(m, x[:7].mean(0), rtol=1e-12)
+  np.testing.assert_allclose(v, x[:7].var(0), rtol=1e-12)
+  m, v = sharding.mean_and_variance(xj, None, None)
+  np.testing.assert_allclose(m, x.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(v, x.var(0), rtol=1e-12)
+  assert sharding.psum(xj, None) is xj and sharding.gather(xj, None) is xj
+  np.testing.assert_array_equal(sharding.take(xj, jnp.array([4, 1]), None), x[[4, 1]])
+  assert int(sharding.device_index(None)) == 0
+  # Inside shard_map over a one-device mesh: the collectives over 7 real rows padded to 8.
+  mesh = sharding.data_mesh(jax.devices()[:1])
+  layout = sharding.layout_for(7, 1, multiple=4)
+  shard = sharding.Shard("data", layout)
+  assert layout.padded_rows == 8
+
+  def local(xb):
+    _, ok = sharding.local_rows("data", layout, xb.shape[0])
+    mean, _ = sharding.mean_and_variance(xb, ok, shard)
+    return (mean, sharding.psum(jnp.sum(jnp.where(ok[:, None], xb, 0)), shard),
+            sharding.take(xb, jnp.array([6, 0]), shard), sharding.gather(xb[:, 0], shard))
+
+  xp = sharding.pad_rows(x[:7], 8)
+  assert isinstance(xp, np.ndarray) and xp.shape == (8, 3)
+  assert isinstance(sharding.pad_rows(xj, 12), jax.Array)
+  spec = jax.sharding.PartitionSpec
+  mean, total, rows, col = jax.shard_map(local, mesh=mesh, in_specs=spec("data"),
+                                         out_specs=spec(), check_vma=False)(jnp.asarray(xp))
+  np.testing.assert_allclose(mean, x[:7].mean(0), rtol=1e-12)
+  np.testing.assert_allclose(total, x[:7].sum(), rtol=1e-12)
+  np.testing.assert_array_equal(rows, x[[6, 0]])
+  np.testing.assert_array_equal(col, x[:7, 0])
+  # One shape-only stand-in for a global array in the door checks.
+  with pytest.raises(ValueError, match="2-D"):
+    sharding.check_data(sharding.ShapeOnly((5,)))
+  sharding.check_data(sharding.ShapeOnly((5, 2)))
+  with pytest.raises(ValueError, match="NaN"):
+    sharding.check_data(np.array([[np.nan]]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Peak memory of streamed EM stays flat as N grows.
 
