@@ -116,6 +116,21 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
                    f"dtype {dtype.name}.")
 
 
+def check_fit_inputs(key: Any, x: Any, *, x_name: str = "x", allow_none_key: bool = False) -> None:
+  """The door check of a public fit function: ``key`` is one PRNG key (:func:`check_key`) and
+  data with a dtype has one a fit can compute in (:func:`check_float_dtype`).
+
+  Data without a ``dtype`` attribute (a stream source, a list of files) is left to the fit's own
+  per-batch checks.
+
+  Raises:
+    ValueError: as :func:`check_key` and :func:`check_float_dtype`.
+  """
+  check_key(key, allow_none=allow_none_key)
+  if hasattr(x, "dtype"):
+    check_float_dtype(x, x_name)
+
+
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
   """Checks that ``value`` is an integer >= ``minimum`` and returns it as ``int``."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
