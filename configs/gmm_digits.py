@@ -14,8 +14,10 @@ one EM program per K (3.5 minutes wall-clock on a heavily loaded machine); EM co
 overfit 1500 points); the MAP components agree with the digit classes at ARI about 0.65-0.69;
 BIC picks K=2 and AIC K=8 (BIC's log N penalty on 2145 parameters per component is heavy).
 Leaves config.json, metrics.jsonl, results.json,
-model_selection.json, checkpoints/, gmm_components.png, gmm_log_likelihood.png and
-gmm_model_selection.png in the workdir.
+model_selection.json, checkpoints/, gmm_components.png (PCA scatter with each component's 1- and
+2-σ ellipse), gmm_means.png (the 10 component means as 8x8 images, weights in the titles),
+gmm_log_likelihood.png and gmm_model_selection.png in the workdir. A mistyped field
+(``--config.num_componets=3``) stops at once with the closest valid name.
 
 Variants: ``configs/gmm_digits.py:smoke`` (a few seconds; for tests).
 """
