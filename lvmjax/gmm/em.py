@@ -555,6 +555,7 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
     >>> bool(result.converged)
     True
   """
+  _checks.check_fit_inputs(key, x)  # a PRNG key; float32/float64 data (ints converted)
   placement = sharding.mesh_of(x, mesh, axis_name)
   sharding.check_data(x)
   n, d = np.shape(x)
