@@ -167,6 +167,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     >>> r.params.means.shape
     (2, 2)
   """
+  _checks.check_fit_inputs(key, data, x_name="data")  # a PRNG key; float32/float64 arrays
   num_components, n_init, max_iter, tol, reg_covar = em.check_fit_options(
       num_components, covariance_type, n_init, max_iter, tol, reg_covar)
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
