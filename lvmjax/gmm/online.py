@@ -186,6 +186,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   Raises:
     ValueError: bad arguments or data.
   """
+  _checks.check_fit_inputs(key, data, x_name="data")  # a PRNG key; float32/float64 arrays
   num_components = _checks.check_positive_int(num_components, "num_components")
   _checks.check_choice(covariance_type, "covariance_type", model.COVARIANCE_TYPES)
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
