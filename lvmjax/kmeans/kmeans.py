@@ -805,6 +805,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
     >>> sorted(result.centroids[:, 1].tolist())
     [0.5, 10.5]
   """
+  _checks.check_fit_inputs(key, x)  # a PRNG key; float32/float64 data (ints converted)
   placement = sharding.mesh_of(x, mesh, axis_name)
   sharding.check_data(x)
   n, dim = np.shape(x)
