@@ -155,6 +155,7 @@ def fit(key: Key, data: Any, num_clusters: int, init: str | ArrayLike = "k-means
     >>> fit(jax.random.key(0), x, 3, batch_size=256).centroids.shape
     (3, 2)
   """
+  _checks.check_fit_inputs(key, data, x_name="data")  # a PRNG key; float32/float64 arrays
   num_clusters = _checks.check_positive_int(num_clusters, "num_clusters")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   num_epochs = _checks.check_positive_int(num_epochs, "num_epochs")
