@@ -36,6 +36,10 @@ from lvmjax import kmeans
 from lvmjax.sklearn import _common
 
 
+# Rows per block in transform: (rows, K, D) differences of about 2**24 floats.
+_BLOCK_FLOATS = 2**24
+
+
 @functools.partial(jax.jit, static_argnames=("num_clusters", "init"))
 def _seed_indices(keys, x, sample_weight, *, num_clusters, init):
   """Row indices of the seeds of each restart ("k-means++" or "random"), one per key."""
@@ -50,8 +54,9 @@ def _predict(centroids, x):
 
 @jax.jit
 def _distances(centroids, x):
-  shift = jnp.mean(centroids, axis=0)  # centred: the matrix-product distances keep precision
-  return jnp.sqrt(kmeans.squared_distances(x - shift[None, :], centroids - shift[None, :]))
+  """Euclidean distances (N, K) as direct differences: exact (0 for a point on a centroid), at
+  O(N K D) memory, so ``transform`` calls it in row blocks."""
+  return jnp.sqrt(jnp.sum((x[:, None, :] - centroids[None, :, :]) ** 2, axis=-1))
 
 
 @jax.jit
@@ -306,7 +311,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
   def transform(self, X):
     """Euclidean distances of each row to each centroid, (N, K)."""
-    return np.concatenate(self._blocks(X, _distances))
+    k, d = self.cluster_centers_.shape
+    block = max(256, _BLOCK_FLOATS // (k * d))
+    return np.concatenate(self._blocks(X, lambda c, xb: _common.row_blocks(
+        lambda rows: _distances(c, rows), xb, block)))
 
   def score(self, X, y=None, sample_weight=None):
     """The opposite of the (weighted) K-means objective of X: ``-sum_i w_i min_k |x_i - c_k|^2``."""
