@@ -99,6 +99,7 @@ def fit_ppca(x: jax.typing.ArrayLike, num_latents: int) -> PPCAParams:
     >>> fit_ppca(x, 2).weight.shape
     (5, 2)
   """
+  _checks.check_float_dtype(x)  # float32/float64 data (ints converted)
   num_latents = _checks.check_positive_int(num_latents, "num_latents")
   x = _as_float_data(x, num_latents)
   mean, scatter = _moments(x)
