@@ -211,6 +211,7 @@ def fit_em(key: Optional[jax.Array], x: jax.typing.ArrayLike, num_latents: int,
     >>> res.params.noise_variance.shape
     (6,)
   """
+  _checks.check_fit_inputs(key, x, allow_none_key=True)  # a PRNG key or None; float data
   num_latents = _checks.check_positive_int(num_latents, "num_latents")
   _checks.check_choice(model, "model", MODELS)
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
