@@ -672,7 +672,8 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
     init: a name in :data:`INITS` (or one the family's ``initialize`` knows), the parameters to
       start from, or a result of this function to continue (its ``n_iter``, history and
       convergence test carry on; ``max_iter`` counts all iterations, so a fit split into blocks
-      equals the uninterrupted one).
+      equals the uninterrupted one: exactly for a family without ``data_shift``, up to the
+      rounding of shifting the parameters back and forth for one with it).
     n_init: restarts (one when ``init`` is parameters or a result).
     max_iter: the most EM iterations (0 returns the initial parameters).
     tol: convergence threshold on the change of the mean log-likelihood.

@@ -136,6 +136,18 @@ def test_sample_is_deterministic_in_key():
   assert a[0].dtype == jnp.float32
 
 
+def test_sample_takes_params_then_key_and_the_old_order_too():
+  p = random_params(0, 3, 2, "full", np.float32)
+  key = jax.random.key(7)
+  for new, old in ((gmm.sample(p, key, 50), gmm.sample(key, p, 50)),
+                   (gmm.sample_given(p, key, jnp.array([0, 2, 1])),
+                    gmm.sample_given(key, p, jnp.array([0, 2, 1])))):
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="GMMParams"):
+    gmm.sample(key, key, 5)
+
+
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 def test_bic_aic_and_num_parameters_match_sklearn(x64, cov_type):
   x = blobs()
@@ -412,3 +424,22 @@ def test_ill_defined_covariance_raises_instead_of_nan():
   x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)
   with pytest.raises(ValueError, match="reg_covar"):
     gmm.fit(jax.random.key(0), x, 3, reg_covar=0.0, init="random_from_data")
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_fit_continues_its_own_result(cov_type):
+  # Each call centres the data and maps the means back, so blocks equal one fit up to rounding.
+  x = blobs(dtype=np.float32)
+  key = jax.random.key(0)
+  full = gmm.fit(key, x, 3, cov_type, init="random", max_iter=25, tol=1e-4)
+  assert int(full.n_iter) > 6
+  part = gmm.fit(key, x, 3, cov_type, init="random", max_iter=3, tol=1e-4)
+  while not bool(part.converged) and int(part.n_iter) < 25:
+    part = gmm.fit(key, x, 3, cov_type, init=part, max_iter=min(int(part.n_iter) + 3, 25),
+                   tol=1e-4)
+  assert int(part.n_iter) == int(full.n_iter) and bool(part.converged) == bool(full.converged)
+  np.testing.assert_allclose(part.log_likelihood, full.log_likelihood, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(part.params), jax.tree.leaves(full.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  again = gmm.fit(key, x, 3, cov_type, init=full, max_iter=25, tol=1e-4)  # nothing left to do
+  assert int(again.n_iter) == int(full.n_iter)

@@ -200,3 +200,12 @@ def test_bad_input_raises():
     ppca.log_marginal(params._replace(noise_variance=jnp.ones(3)), x)
   with pytest.raises(ValueError, match="z must have shape"):
     ppca.sample_given(jax.random.key(0), params, jnp.zeros((3, 5)))
+
+
+def test_sample_takes_params_then_key_and_the_old_order_too():
+  params = ppca.PPCAParams(jnp.ones((4, 2)), jnp.zeros(4), jnp.asarray(0.5))
+  key = jax.random.key(7)
+  for a, b in zip(ppca.sample(params, key, 20), ppca.sample(key, params, 20)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(ppca.sample_given(params, key, jnp.ones((3, 2))),
+                                ppca.sample_given(key, params, jnp.ones((3, 2))))

@@ -7,8 +7,8 @@ Public API (see the README)::
   gmm.log_marginal(params, x)    # (...,)    log p(x)
   gmm.posterior(params, x)       # (..., K)  p(z=k | x)
   gmm.map_latent(params, x)      # (...,)    argmax_k p(z=k | x)
-  gmm.sample(key, params, n)     # (x, z)
-  gmm.sample_given(key, params, z)
+  gmm.sample(params, key, n)     # (x, z); the old order (key, params, n) works too
+  gmm.sample_given(params, key, z)
   result = gmm.fit(key, x, num_components, covariance_type="full", init="kmeans", n_init=1,
                    max_iter=100, tol=1e-3, reg_covar=1e-6, sample_weight=None)
   gmm.e_step(params, x, sample_weight) -> SuffStats;  gmm.m_step(params, stats, reg_covar)

@@ -45,6 +45,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
+from lvmjax import kmeans
 from lvmjax import linalg
 from lvmjax import mixture
 from lvmjax import sharding
@@ -428,39 +429,33 @@ def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, 
   """The GMM's initialisations, on one device (``shard=None``) or on this device's rows inside
   ``shard_map``: the same draws and the same responsibilities either way (global chunk indices
   and row ids)."""
-  from lvmjax import kmeans  # pylint: disable=g-import-not-at-top
   x_chunks, w_chunks = rows.x_chunks, rows.w_chunks
   num_chunks, chunk, _ = x_chunks.shape
   dtype = x_chunks.dtype
   if init in mixture.INITS:  # "random", "random_from_data"
     resp_fn = mixture.initial_responsibilities(key, rows, num_components, init, shard)
-  elif init == "kmeans":
-    if shard is None:
-      labels = kmeans.fit(key, rows.x, num_components, n_init=1, sample_weight=rows.w).labels
+  else:
+    # K-means labels ("kmeans") or k-means++ seeds ("k-means++") as hard responsibilities; on a
+    # mesh, kmeans' own collective code path (the same reduction hook ``shard``).
+    valid = None if shard is None else sharding.local_rows(shard.axis_name, shard.layout,
+                                                           rows.x.shape[0])[1]
+    if init == "kmeans":
+      labels = kmeans.fit_local(key, rows.x, rows.w, valid, None, jnp.asarray(1e-4, dtype), shard,
+                                num_clusters=num_components, init_kind="k-means++", n_init=1,
+                                max_iter=300,
+                                chunk_size=kmeans.default_chunk_size(num_components)).labels
       labels = jnp.pad(labels, (0, num_chunks * chunk - rows.x.shape[0]))
-    else:
-      from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
-      from lvmjax.kmeans import kmeans as km  # pylint: disable=g-import-not-at-top
-      _, valid = sharding.local_rows(shard.axis_name, shard.layout, rows.x.shape[0])
-      labels = ksh.fit_local(key, rows.x, rows.w, valid, None, jnp.asarray(1e-4, dtype), shard,
-                             num_clusters=num_components, init_kind="k-means++", n_init=1,
-                             max_iter=300, chunk_size=km._auto_chunk_size(num_components)  # pylint: disable=protected-access
-                             ).labels
-    labels = labels.reshape(num_chunks, chunk)
+      labels = labels.reshape(num_chunks, chunk)
 
-    def resp_fn(i, _):
-      return jax.nn.one_hot(labels[i], num_components, dtype=dtype)
-  else:  # k-means++: hard responsibilities at the seeds
-    if shard is None:
-      _, idx = kmeans.kmeans_plusplus(key, rows.x, num_components, sample_weight=rows.w)
+      def resp_fn(i, _):
+        return jax.nn.one_hot(labels[i], num_components, dtype=dtype)
     else:
-      from lvmjax.kmeans import sharded as ksh  # pylint: disable=g-import-not-at-top
-      _, valid = sharding.local_rows(shard.axis_name, shard.layout, rows.x.shape[0])
-      _, idx = ksh.kmeans_plusplus_local(key, rows.x, rows.w, valid, num_components, shard)
-    ids = mixture.row_ids(num_chunks, chunk, shard)
+      _, idx = kmeans.kmeans_plusplus(key, rows.x, num_components, rows.w, valid=valid,
+                                      shard=shard)
+      ids = mixture.row_ids(num_chunks, chunk, shard)
 
-    def resp_fn(i, _):
-      return (ids[i][:, None] == idx[None, :]).astype(dtype)
+      def resp_fn(i, _):
+        return (ids[i][:, None] == idx[None, :]).astype(dtype)
   return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
                                       covariance_type, reg_covar, shard=shard)
 
@@ -511,8 +506,10 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
       "random_from_data" (hard responsibilities at K distinct random points), a ``GMMParams`` to
       start from, or a ``GMMFitResult`` of an earlier call to continue: its ``n_iter``,
       ``log_likelihood`` history and convergence test carry on, so fitting in blocks
-      (``max_iter=10``, then ``init=result, max_iter=20``, ...) equals one uninterrupted fit
-      exactly (a converged result is returned as it is). Built-in initialisations normalise the
+      (``max_iter=10``, then ``init=result, max_iter=20``, ...) runs the iterations of one
+      uninterrupted fit (equal up to float rounding: each call centres the data and maps the
+      means back; the same blocks repeat bit for bit, which is what a checkpointed run resumes
+      with). A converged result is returned as it is. Built-in initialisations normalise the
       weights to sum to one.
     n_init: number of restarts (ignored, as one, when ``init`` is a GMMParams or GMMFitResult).
     max_iter: maximum number of EM iterations, counting those of a continued ``init`` result
@@ -548,9 +545,9 @@ def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str 
   Examples:
     >>> import jax
     >>> from lvmjax import gmm
-    >>> x, _ = gmm.sample(jax.random.key(0), gmm.GMMParams(
+    >>> x, _ = gmm.sample(gmm.GMMParams(
     ...     jax.numpy.array([.5, .5]), jax.numpy.array([[-3., 0.], [3., 0.]]),
-    ...     jax.numpy.array([1., 1.]), "spherical"), 500)
+    ...     jax.numpy.array([1., 1.]), "spherical"), jax.random.key(0), 500)
     >>> result = gmm.fit(jax.random.key(1), x, 2)
     >>> bool(result.converged)
     True

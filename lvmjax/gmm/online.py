@@ -115,7 +115,7 @@ def init_state(params: GMMParams) -> OnlineEMState:
   """The state before the first batch (its statistics are replaced by the first batch's)."""
   k, d = params.means.shape
   dtype = params.means.dtype
-  stats = em._zero_stats(k, d, params.covariance_type, dtype)  # pylint: disable=protected-access
+  stats = em.zero_stats(k, d, params.covariance_type, dtype)
   return OnlineEMState(params, stats, jnp.zeros((), jnp.int32))
 
 

@@ -9,8 +9,8 @@ parameters after each block, so a long fit (large N) that is killed resumes from
 Every block is one call of :func:`lvmjax.gmm.fit`: the first with the configured initialisation
 and restarts, the later ones with ``init=`` the previous block's ``GMMFitResult`` (restored from
 the checkpoint after a restart), which continues its history, iteration count and stopping rule
-(scikit-learn's: the change in mean log-likelihood below ``tol``), so the fit is exactly that of
-one uninterrupted call. With ``n_init > 1``
+(scikit-learn's: the change in mean log-likelihood below ``tol``). A run killed and resumed
+runs the same blocks, so it ends with exactly the parameters of an uninterrupted run. With ``n_init > 1``
 the restarts are compared after the first block (set ``checkpoint_every >= max_iter`` to compare
 them at convergence, as scikit-learn does).
 

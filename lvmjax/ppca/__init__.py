@@ -8,7 +8,7 @@ Public API:
   ``PPCAParams(weight (D, L), mean (D,), noise_variance () or (D,))``, ``check_params(params)``
   ``log_marginal(params, x) -> (N,)``, ``log_joint(params, x, z) -> (N,)``
   ``posterior(params, x) -> (mean (N, L), covariance (L, L))``, ``map_latent(params, x) -> (N, L)``
-  ``sample(key, params, n) -> (x, z)``, ``sample_given(key, params, z) -> x``
+  ``sample(params, key, n) -> (x, z)``, ``sample_given(params, key, z) -> x``
   ``covariance(params) -> (D, D)``, ``num_parameters(params)``
   ``fit_ppca(x, num_latents) -> PPCAParams`` (closed form)
   ``fit_em(key, x, num_latents, model="ppca"|"fa", max_iter=1000, tol=1e-6, init="random"|"pca"|

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvmjax import _checks
+from lvmjax import fixed_point
 from lvmjax.ppca.model import PPCAParams, check_params
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -157,25 +158,20 @@ def em_step(params: PPCAParams, x: jax.typing.ArrayLike, model: str = "ppca",
 
 @functools.partial(jax.jit, static_argnames=("model", "max_iter"))
 def _em_loop(params, scatter, tol, min_noise_variance, *, model, max_iter):
-  hist0 = jnp.full((max_iter,), jnp.nan, scatter.dtype)
+  """EM on :func:`lvmjax.fixed_point.fixed_point`; iteration t records the mean log-likelihood of
+  the parameters it starts from and, once it changed by less than ``tol``, keeps them."""
 
-  def cond(carry):
-    _, i, _, _, converged = carry
-    return jnp.logical_and(i < max_iter, jnp.logical_not(converged))
-
-  def body(carry):
-    params, i, prev, hist, _ = carry
+  def step(carry):
+    params, prev = carry
     ll = _mean_log_likelihood(params, scatter)
-    hist = hist.at[i].set(ll)
     converged = jnp.abs(ll - prev) < tol
     new_params = _em_step(params, scatter, model, min_noise_variance)
     params = jax.tree_util.tree_map(lambda a, b: jnp.where(converged, a, b), params, new_params)
-    return params, i + 1, ll, hist, converged
+    return (params, ll), ll, converged
 
-  carry = (params, jnp.asarray(0), jnp.asarray(-jnp.inf, scatter.dtype), hist0,
-           jnp.asarray(False))
-  params, n_iter, _, hist, converged = jax.lax.while_loop(cond, body, carry)
-  return EMResult(params, hist, n_iter, converged)
+  out = fixed_point.fixed_point(step, (params, jnp.asarray(-jnp.inf, scatter.dtype)), tol=tol,
+                                max_iter=max_iter)
+  return EMResult(out.iterate[0], out.history, out.n_iter, out.converged)
 
 
 def fit_em(key: Optional[jax.Array], x: jax.typing.ArrayLike, num_latents: int,

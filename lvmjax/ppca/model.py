@@ -158,8 +158,23 @@ def map_latent(params: PPCAParams, x: jax.typing.ArrayLike) -> jax.Array:
   return posterior(params, x)[0]
 
 
-def sample_given(key: jax.Array, params: PPCAParams, z: jax.typing.ArrayLike) -> jax.Array:
-  r"""Draws x ~ N(W z + mu, Psi) for given latents ``z (N, L)``: ``(N, D)``."""
+def _params_first(a: Any, b: Any, name: str) -> tuple[PPCAParams, Any]:
+  """(params, key) from ``name(params, key, ...)`` or the old order ``name(key, params, ...)``."""
+  if isinstance(a, PPCAParams):
+    return a, b
+  if isinstance(b, PPCAParams):
+    return b, a
+  raise ValueError(f"ppca.{name} takes (params, key, ...) with params a ppca.PPCAParams; got "
+                   f"{type(a).__name__} and {type(b).__name__}.")
+
+
+def sample_given(params: PPCAParams, key: jax.Array, z: jax.typing.ArrayLike) -> jax.Array:
+  r"""Draws x ~ N(W z + mu, Psi) for given latents ``z (N, L)``: ``(N, D)``.
+
+  Model, then key, then data (the project's key-order rule); the old order
+  ``sample_given(key, params, z)`` still works.
+  """
+  params, key = _params_first(params, key, "sample_given")
   check_params(params)
   z = jnp.asarray(z)
   if z.ndim != 2 or z.shape[1] != params.weight.shape[1]:
@@ -170,13 +185,18 @@ def sample_given(key: jax.Array, params: PPCAParams, z: jax.typing.ArrayLike) ->
   return loc + noise
 
 
-def sample(key: jax.Array, params: PPCAParams, n: int) -> tuple[jax.Array, jax.Array]:
-  """Draws (x, z) from the joint: z ~ N(0, I), x ~ p(x | z). Returns ``(x (n, D), z (n, L))``."""
+def sample(params: PPCAParams, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+  """Draws (x, z) from the joint: z ~ N(0, I), x ~ p(x | z). Returns ``(x (n, D), z (n, L))``.
+
+  Model, then key, then count (the project's key-order rule); the old order
+  ``sample(key, params, n)`` still works.
+  """
+  params, key = _params_first(params, key, "sample")
   check_params(params)
   n = _checks.check_positive_int(n, "n")
   key_z, key_x = jax.random.split(key)
   z = jax.random.normal(key_z, (n, params.weight.shape[1]), jnp.result_type(params.weight))
-  return sample_given(key_x, params, z), z
+  return sample_given(params, key_x, z), z
 
 
 def num_parameters(params: PPCAParams) -> int:
