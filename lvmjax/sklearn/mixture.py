@@ -249,9 +249,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         best = result
     return best
 
-  def _initial_parameters(self, d: int, dtype) -> tuple[Any, Any, Any]:
-    """Checks weights_init, means_init, precisions_init; returns (weights, means, covariances)."""
-    k, cov_type = self.n_components, self.covariance_type
+  def _initial_parameters(self, d: int, dtype, k: int | None = None) -> tuple[Any, Any, Any]:
+    """Checks weights_init, means_init, precisions_init for K = ``k`` (default n_components)
+    components; returns (weights, means, covariances)."""
+    k = self.n_components if k is None else k
+    cov_type = self.covariance_type
     weights = means = cov = None
     if self.weights_init is not None:
       w = np.asarray(self.weights_init, dtype=np.float64)
@@ -380,7 +382,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
       params = gmm.params_from_responsibilities(
           xj[None], jnp.ones((1, xj.shape[0]), dtype), lambda i, xc: r, r.shape[1],
           self.covariance_type, self.reg_covar)
-      given = self._initial_parameters(xj.shape[1], dtype)
+      given = self._initial_parameters(xj.shape[1], dtype, r.shape[1])
       params = gmm.GMMParams(*(p if g is None else g for g, p in zip(
           given, (params.weights, params.means, params.covariances))), self.covariance_type)
       self._set_gmm_params(params)
