@@ -197,7 +197,7 @@ def log_joint(params: GMMParams, x: ArrayLike) -> jax.Array:
     >>> gmm.log_joint(p, jnp.zeros((3, 1))).shape
     (3, 2)
   """
-  check_params(params, check_values=False)
+  check_params(params)  # values too when concrete (not under a user's jit)
   flat, batch = _flatten(params, x)
   flat = flat.astype(jnp.result_type(flat.dtype, params.means.dtype, float))
   log_gauss, _ = _log_gaussians(params, cholesky(params), flat)
@@ -244,17 +244,39 @@ def map_latent(params: GMMParams, x: ArrayLike) -> jax.Array:
   return jnp.argmax(log_joint(params, x), axis=-1)
 
 
-def sample_given(key: jax.Array, params: GMMParams, z: ArrayLike) -> jax.Array:
+def _params_first(a: Any, b: Any, name: str) -> tuple[GMMParams, Any]:
+  """(params, key) from ``name(params, key, ...)`` or the old order ``name(key, params, ...)``."""
+  if isinstance(a, GMMParams):
+    return a, b
+  if isinstance(b, GMMParams):
+    return b, a
+  raise ValueError(f"gmm.{name} takes (params, key, ...) with params a gmm.GMMParams; got "
+                   f"{type(a).__name__} and {type(b).__name__}.")
+
+
+def sample_given(params: GMMParams, key: jax.Array, z: ArrayLike) -> jax.Array:
   r"""Draws :math:`x_i \sim p(x \mid z_i) = \mathcal{N}(\mu_{z_i}, \Sigma_{z_i})`.
 
+  The model comes first, then the key, then the data (the project's key-order rule); the old
+  order ``sample_given(key, params, z)`` still works.
+
   Args:
-    key: PRNG key.
     params: mixture parameters.
+    key: PRNG key.
     z: (n,) integer components to draw from.
 
   Returns:
     x of shape (n, D).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from lvmjax import gmm
+    >>> p = gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.array([[0.], [9.]]), jnp.array([1., 1.]),
+    ...                   "spherical")
+    >>> gmm.sample_given(p, jax.random.key(0), jnp.array([0, 1, 1])).shape
+    (3, 1)
   """
+  params, key = _params_first(params, key, "sample_given")
   check_params(params, check_values=False)
   z = jnp.asarray(z)
   if z.ndim != 1:
@@ -276,22 +298,26 @@ def sample_given(key: jax.Array, params: GMMParams, z: ArrayLike) -> jax.Array:
   return means[z] + noise
 
 
-def sample(key: jax.Array, params: GMMParams, n: int) -> tuple[jax.Array, jax.Array]:
+def sample(params: GMMParams, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   r"""Draws n points from the mixture: :math:`z \sim \mathrm{Cat}(w)`, :math:`x \sim p(x \mid z)`.
 
+  The model comes first, then the key, then the count (the project's key-order rule); the old
+  order ``sample(key, params, n)`` still works.
+
   Args:
-    key: PRNG key.
     params: mixture parameters.
+    key: PRNG key.
     n: number of points.
 
   Returns:
     (x, z): points (n, D) and the components (n,) they were drawn from.
   """
+  params, key = _params_first(params, key, "sample")
   n = _checks.check_positive_int(n, "n", minimum=0)
   check_params(params, check_values=False)
   key_z, key_x = jax.random.split(key)
   z = jax.random.categorical(key_z, jnp.log(jnp.asarray(params.weights)), shape=(n,))
-  return sample_given(key_x, params, z), z
+  return sample_given(params, key_x, z), z
 
 
 def num_parameters(params: GMMParams) -> int:
