@@ -42,12 +42,13 @@ def _fit_gmm(out_dir, res):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from lvmjax import data  # pylint: disable=g-import-not-at-top
+  from lvmjax.data import datasets  # pylint: disable=g-import-not-at-top
   from lvmjax.gmm import train  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads(
       open(os.path.join(out_dir, "config.json")).read()))
   calls = []
-  load, np_load = data.load_dataset, np.load
+  # The launchers load through data.load_splits, which calls datasets.load_dataset.
+  load, np_load = datasets.load_dataset, np.load
 
   def recording_load(name, split="train", **kwargs):
     ds = load(name, split, **kwargs)
@@ -62,12 +63,12 @@ def _fit_gmm(out_dir, res):
       raise AssertionError(f"numpy.load({path}) read the whole data file")
     return np_load(path, *args, **kwargs)
 
-  data.load_dataset = recording_load
+  datasets.load_dataset = recording_load
   np.load = no_full_load
   try:
     run = train.fit_and_evaluate(config, os.path.join(out_dir, "gmm"), quiet=True)
   finally:
-    data.load_dataset, np.load = load, np_load
+    datasets.load_dataset, np.load = load, np_load
   res["load_calls"] = calls
   if jax.process_index() == 0:
     p = run.params
