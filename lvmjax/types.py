@@ -68,7 +68,7 @@ Latents = Float[Array, "n l"]
 History = Float[Array, "iter"]
 #: (..., L) latents, or posterior means / log-variances, with any leading batch shape.
 LatentBatch = Float[Array, "*batch l"]
-#: (N, *data_shape) a batch of points of any shape (a VAE's images, vectors).
+#: ``(N, *data_shape)`` a batch of points of any shape (a VAE's images, vectors).
 DataBatch = Float[Array, "n *data"]
-#: (N, *data_shape) such a batch as given by a user (floats, or integer / bool bits).
+#: ``(N, *data_shape)`` such a batch as given by a user (floats, or integer / bool bits).
 DataBatchLike = Union[Num[ArrayLike, "n *data"], np.ndarray]

@@ -35,8 +35,7 @@ Inference and generation
   ``active_units(model, params, x, threshold=0.01) -> (count, variances)``, from the additive
   ``posterior_mean_moments(model, params, x) -> LatentMoments`` by ``active_units_from_moments``.
 
-Training and evaluation (:mod:`lvmjax.vae.steps`; ``lvmjax.vae.training`` and
-``lvmjax.vae.parallel`` re-export it)
+Training and evaluation (:mod:`lvmjax.vae.steps`; ``vae.training``, ``vae.parallel`` re-export it)
   ``TrainState(step, params, opt_state)``, ``create_train_state(key, model, example_x, optimizer)``,
   ``make_train_step(model, optimizer, objective="elbo", num_samples=1, beta=1.0,
   compute_dtype=jnp.float32) -> train_step(state, x, key) -> (state, metrics)``; ``objective`` is a

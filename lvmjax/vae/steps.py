@@ -80,7 +80,7 @@ class TrainState:
 
 def create_train_state(key: Key, model: vae_model.VAE, example_x: DataBatchLike,
                        optimizer: optax.GradientTransformation) -> TrainState:
-  """Initialises params from ``example_x`` (N, *data_shape) and the optimizer state; step 0.
+  """Initialises params from ``example_x`` ``(N, *data_shape)`` and the optimizer state; step 0.
 
   The key comes first, as in :func:`lvmjax.vae.init` and the fits: there are no params yet.
   """
