@@ -51,6 +51,7 @@ from lvmjax import mixture
 from lvmjax import sharding
 from lvmjax.gmm import model
 from lvmjax.gmm.model import GMMParams
+from lvmjax.types import DataLike, Key, Scalar, WeightsLike
 
 INITS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -290,7 +291,7 @@ def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
   return x, jnp.asarray(sample_weight).astype(dtype)
 
 
-def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
+def e_step(params: GMMParams, x: DataLike, sample_weight: WeightsLike | None = None, *,
            chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
            axis_name: str | None = None) -> SuffStats:
   r"""E-step: responsibilities and their additive statistics, streamed over chunks of rows.
@@ -375,10 +376,10 @@ def m_step(params: GMMParams, stats: SuffStats, reg_covar: float = 1e-6) -> GMMP
   return GMMParams(weights, means, cov, cov_type)
 
 
-def em_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None, *,
+def em_step(params: GMMParams, x: DataLike, sample_weight: WeightsLike | None = None, *,
             reg_covar: float = 1e-6, chunk_size: int | None = None,
             mesh: jax.sharding.Mesh | None = None,
-            axis_name: str | None = None) -> tuple[GMMParams, jax.Array]:
+            axis_name: str | None = None) -> tuple[GMMParams, Scalar]:
   """One EM iteration: ``m_step(params, e_step(params, x))`` (``mesh``: see ``e_step``).
 
   Returns:
@@ -479,9 +480,9 @@ def check_fit_options(num_components, covariance_type, n_init, max_iter, tol, re
   return num_components, n_init, max_iter, tol, reg_covar
 
 
-def fit(key: jax.Array, x: ArrayLike, num_components: int, covariance_type: str = "full",
+def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full",
         init: str | GMMParams | GMMFitResult = "kmeans", n_init: int = 1, max_iter: int = 100,
-        tol: float = 1e-3, reg_covar: float = 1e-6, sample_weight: ArrayLike | None = None, *,
+        tol: float = 1e-3, reg_covar: float = 1e-6, sample_weight: WeightsLike | None = None, *,
         chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
         axis_name: str | None = None, check_finite: bool = True) -> GMMFitResult:
   r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.

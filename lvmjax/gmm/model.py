@@ -22,6 +22,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from lvmjax import _checks
+from lvmjax.types import Data, Key, Labels, LogDensity, LogJoint, Responsibilities
 from lvmjax import linalg
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -179,7 +180,7 @@ def _flatten(params: GMMParams, x: ArrayLike) -> tuple[jax.Array, tuple[int, ...
   return x.reshape(-1, d), x.shape[:-1]
 
 
-def log_joint(params: GMMParams, x: ArrayLike) -> jax.Array:
+def log_joint(params: GMMParams, x: ArrayLike) -> LogJoint:
   r"""The log-joint :math:`\log p(x, z{=}k) = \log w_k + \log \mathcal{N}(x; \mu_k, \Sigma_k)`.
 
   Args:
@@ -205,7 +206,7 @@ def log_joint(params: GMMParams, x: ArrayLike) -> jax.Array:
   return out.reshape(*batch, params.means.shape[0])
 
 
-def log_marginal(params: GMMParams, x: ArrayLike) -> jax.Array:
+def log_marginal(params: GMMParams, x: ArrayLike) -> LogDensity:
   r"""The log-likelihood :math:`\log p(x) = \operatorname{logsumexp}_k \log p(x, z{=}k)`.
 
   Args:
@@ -218,7 +219,7 @@ def log_marginal(params: GMMParams, x: ArrayLike) -> jax.Array:
   return jax.nn.logsumexp(log_joint(params, x), axis=-1)
 
 
-def posterior(params: GMMParams, x: ArrayLike) -> jax.Array:
+def posterior(params: GMMParams, x: ArrayLike) -> Responsibilities:
   r"""The responsibilities :math:`p(z{=}k \mid x) = \exp(\log p(x, z{=}k) - \log p(x))`.
 
   Args:
@@ -254,7 +255,7 @@ def _params_first(a: Any, b: Any, name: str) -> tuple[GMMParams, Any]:
                    f"{type(a).__name__} and {type(b).__name__}.")
 
 
-def sample_given(params: GMMParams, key: jax.Array, z: ArrayLike) -> jax.Array:
+def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
   r"""Draws :math:`x_i \sim p(x \mid z_i) = \mathcal{N}(\mu_{z_i}, \Sigma_{z_i})`.
 
   The model comes first, then the key, then the data (the project's key-order rule); the old
@@ -298,7 +299,7 @@ def sample_given(params: GMMParams, key: jax.Array, z: ArrayLike) -> jax.Array:
   return means[z] + noise
 
 
-def sample(params: GMMParams, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+def sample(params: GMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   r"""Draws n points from the mixture: :math:`z \sim \mathrm{Cat}(w)`, :math:`x \sim p(x \mid z)`.
 
   The model comes first, then the key, then the count (the project's key-order rule); the old

@@ -24,6 +24,7 @@ import numpy as np
 from lvmjax import _checks
 from lvmjax import fixed_point
 from lvmjax.ppca.model import PPCAParams, check_params
+from lvmjax.types import DataLike, Key
 
 _LOG_2PI = math.log(2.0 * math.pi)
 MODELS = ("ppca", "fa")
@@ -74,7 +75,7 @@ def _closed_form(mean, scatter, num_latents):
   return PPCAParams(eigvecs[:, :num_latents] * scale, mean, noise)
 
 
-def fit_ppca(x: jax.typing.ArrayLike, num_latents: int) -> PPCAParams:
+def fit_ppca(x: DataLike, num_latents: int) -> PPCAParams:
   r"""Closed-form maximum-likelihood PPCA (Tipping & Bishop, 1999).
 
   .. math::
@@ -174,7 +175,7 @@ def _em_loop(params, scatter, tol, min_noise_variance, *, model, max_iter):
   return EMResult(out.iterate[0], out.history, out.n_iter, out.converged)
 
 
-def fit_em(key: Optional[jax.Array], x: jax.typing.ArrayLike, num_latents: int,
+def fit_em(key: Optional[Key], x: DataLike, num_latents: int,
            model: str = "ppca", max_iter: int = 1000, tol: float = 1e-6,
            init: Union[str, PPCAParams] = "random",
            min_noise_variance: float = 1e-6) -> EMResult:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvmjax import _checks
+from lvmjax.types import Data, Key, Latents
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -168,7 +169,7 @@ def _params_first(a: Any, b: Any, name: str) -> tuple[PPCAParams, Any]:
                    f"{type(a).__name__} and {type(b).__name__}.")
 
 
-def sample_given(params: PPCAParams, key: jax.Array, z: jax.typing.ArrayLike) -> jax.Array:
+def sample_given(params: PPCAParams, key: Key, z: jax.typing.ArrayLike) -> Data:
   r"""Draws x ~ N(W z + mu, Psi) for given latents ``z (N, L)``: ``(N, D)``.
 
   Model, then key, then data (the project's key-order rule); the old order
@@ -185,7 +186,7 @@ def sample_given(params: PPCAParams, key: jax.Array, z: jax.typing.ArrayLike) ->
   return loc + noise
 
 
-def sample(params: PPCAParams, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+def sample(params: PPCAParams, key: Key, n: int) -> tuple[Data, Latents]:
   """Draws (x, z) from the joint: z ~ N(0, I), x ~ p(x | z). Returns ``(x (n, D), z (n, L))``.
 
   Model, then key, then count (the project's key-order rule); the old order
