@@ -278,7 +278,7 @@ def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
     (3, 1)
   """
   params, key = _params_first(params, key, "sample_given")
-  check_params(params, check_values=False)
+  check_params(params)  # values too when concrete (not under a user's jit)
   z = jnp.asarray(z)
   if z.ndim != 1:
     raise ValueError(f"z must be a 1-D array of component indices, got shape {z.shape}.")
