@@ -447,6 +447,7 @@ def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: An
   mean, _ = vae.encode(model, params, xs[:m])
   paths.append(plotting.save_figure(plotting.plot_latent_space(
       np.asarray(mean), None if d.eval_y is None else d.eval_y[:m],
+      class_names=plotting.class_names(config.dataset),
       title=f"Posterior means of {m} {config.eval_split} points"
       + ("" if config.latent_dim <= 2 else f" ({config.latent_dim}-D, PCA projection)")),
       workdir / f"{prefix}latent_space.png"))
