@@ -171,10 +171,6 @@ def default_chunk_size(num_clusters: int) -> int:
   return max(256, elements // max(num_clusters, 1))
 
 
-#: Old private name of :func:`default_chunk_size` (kept until every caller uses the public one).
-_auto_chunk_size = default_chunk_size
-
-
 def _num_chunks(num_points: int, chunk_size: int) -> int:
   if chunk_size >= num_points:
     return 1
