@@ -311,6 +311,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
   def transform(self, X):
     """Euclidean distances of each row to each centroid, (N, K)."""
+    check_is_fitted(self)
     k, d = self.cluster_centers_.shape
     block = max(256, _BLOCK_FLOATS // (k * d))
     return np.concatenate(self._blocks(X, lambda c, xb: _common.row_blocks(
