@@ -287,7 +287,6 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
     if config.figures:
       write_figures(workdir, config, model, state.params, d, data_shape,
                     jax.random.fold_in(eval_key, 1))
-  logging.info("VAE results: %s", results)
   return VAERun(model, state, results, data_shape)
 
 
