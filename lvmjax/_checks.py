@@ -171,3 +171,20 @@ def check_sample_weight(sample_weight: Any, num_points: int) -> None:
       raise ValueError("sample_weight must be finite and >= 0.")
     if not np.any(w > 0):
       raise ValueError("sample_weight is zero everywhere; at least one point needs positive weight.")
+
+
+def params_first(a: Any, b: Any, params_type: type, name: str) -> tuple[Any, Any]:
+  """``(params, key)`` from ``name(params, key, ...)`` or the older order ``name(key, params, ...)``.
+
+  The library's key-order rule puts what defines the model first; functions that once took the key
+  first keep accepting that order by recognising the params' type.
+
+  Raises:
+    ValueError: neither argument is a ``params_type``.
+  """
+  if isinstance(a, params_type):
+    return a, b
+  if isinstance(b, params_type):
+    return b, a
+  raise ValueError(f"{name} takes (params, key, ...) with params a {params_type.__name__}; got "
+                   f"{type(a).__name__} and {type(b).__name__}.")

@@ -245,16 +245,6 @@ def map_latent(params: GMMParams, x: ArrayLike) -> jax.Array:
   return jnp.argmax(log_joint(params, x), axis=-1)
 
 
-def _params_first(a: Any, b: Any, name: str) -> tuple[GMMParams, Any]:
-  """(params, key) from ``name(params, key, ...)`` or the old order ``name(key, params, ...)``."""
-  if isinstance(a, GMMParams):
-    return a, b
-  if isinstance(b, GMMParams):
-    return b, a
-  raise ValueError(f"gmm.{name} takes (params, key, ...) with params a gmm.GMMParams; got "
-                   f"{type(a).__name__} and {type(b).__name__}.")
-
-
 def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
   r"""Draws :math:`x_i \sim p(x \mid z_i) = \mathcal{N}(\mu_{z_i}, \Sigma_{z_i})`.
 
@@ -277,7 +267,7 @@ def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
     >>> gmm.sample_given(p, jax.random.key(0), jnp.array([0, 1, 1])).shape
     (3, 1)
   """
-  params, key = _params_first(params, key, "sample_given")
+  params, key = _checks.params_first(params, key, GMMParams, "gmm.sample_given")
   check_params(params)  # values too when concrete (not under a user's jit)
   z = jnp.asarray(z)
   if z.ndim != 1:
@@ -313,7 +303,7 @@ def sample(params: GMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   Returns:
     (x, z): points (n, D) and the components (n,) they were drawn from.
   """
-  params, key = _params_first(params, key, "sample")
+  params, key = _checks.params_first(params, key, GMMParams, "gmm.sample")
   n = _checks.check_positive_int(n, "n", minimum=0)
   check_params(params, check_values=False)
   key_z, key_x = jax.random.split(key)

@@ -159,23 +159,13 @@ def map_latent(params: PPCAParams, x: jax.typing.ArrayLike) -> jax.Array:
   return posterior(params, x)[0]
 
 
-def _params_first(a: Any, b: Any, name: str) -> tuple[PPCAParams, Any]:
-  """(params, key) from ``name(params, key, ...)`` or the old order ``name(key, params, ...)``."""
-  if isinstance(a, PPCAParams):
-    return a, b
-  if isinstance(b, PPCAParams):
-    return b, a
-  raise ValueError(f"ppca.{name} takes (params, key, ...) with params a ppca.PPCAParams; got "
-                   f"{type(a).__name__} and {type(b).__name__}.")
-
-
 def sample_given(params: PPCAParams, key: Key, z: jax.typing.ArrayLike) -> Data:
   r"""Draws x ~ N(W z + mu, Psi) for given latents ``z (N, L)``: ``(N, D)``.
 
   Model, then key, then data (the project's key-order rule); the old order
   ``sample_given(key, params, z)`` still works.
   """
-  params, key = _params_first(params, key, "sample_given")
+  params, key = _checks.params_first(params, key, PPCAParams, "ppca.sample_given")
   check_params(params)
   z = jnp.asarray(z)
   if z.ndim != 2 or z.shape[1] != params.weight.shape[1]:
@@ -192,7 +182,7 @@ def sample(params: PPCAParams, key: Key, n: int) -> tuple[Data, Latents]:
   Model, then key, then count (the project's key-order rule); the old order
   ``sample(key, params, n)`` still works.
   """
-  params, key = _params_first(params, key, "sample")
+  params, key = _checks.params_first(params, key, PPCAParams, "ppca.sample")
   check_params(params)
   n = _checks.check_positive_int(n, "n")
   key_z, key_x = jax.random.split(key)
