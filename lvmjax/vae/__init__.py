@@ -16,7 +16,14 @@ Model and networks
   ``ConvDecoder()``, ``LinearDecoder(output_dim)``; any flax module with the same contract works.
   likelihoods ``BernoulliLikelihood()``, ``GaussianLikelihood(scale=None|float)`` (distrax).
   priors (:mod:`lvmjax.vae.priors`) ``StandardNormal()`` (the default, N(0, I)),
-  ``GaussianPrior()`` (learnable N(m, diag s^2)), base class ``Prior``; ``has_analytic_kl(model)``.
+  ``GaussianPrior()`` (learnable N(m, diag s^2)), ``VampPrior(num_pseudo_inputs, data_shape)``
+  (Tomczak & Welling, 2018), ``GaussianMixturePrior(num_components)`` (VaDE's, :mod:`lvmjax.vae.vade`),
+  base class ``Prior``; ``has_analytic_kl(model)``.
+
+VaDE (:mod:`lvmjax.vae.vade`, Jiang et al., 2017): clustering with a Gaussian-mixture prior
+  ``vade.elbo``, ``vade.cluster_posterior``, ``vade.map_cluster``, ``vade.sample_given`` (per
+  cluster), ``vade.init_prior_from_data`` (a diagonal ``gmm.fit`` on the encodings), the
+  ``"vade"`` objective, ``vade.clustering_accuracy``.
 
 Bounds and estimates (each ``(N,)``), for every prior
   ``elbo(model, params, key, x, num_samples=1, beta=1.0, analytic_kl=True)`` (the prior's
@@ -91,7 +98,9 @@ from lvmjax.vae.model import (VAE, ElboTerms, LatentMoments, active_units,
                               reconstruct, sample, sample_given, sample_posterior)
 from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
                                  MLPDecoder, MLPEncoder, get_activation)
-from lvmjax.vae.priors import GaussianPrior, Prior, StandardNormal, gaussian_kl
+from lvmjax.vae.priors import GaussianPrior, Prior, StandardNormal, VampPrior, gaussian_kl
+from lvmjax.vae import vade  # pylint: disable=g-bad-import-order
+from lvmjax.vae.vade import GaussianMixturePrior
 from lvmjax.vae.steps import (OBJECTIVES, Objective, TrainState, create_train_state, evaluate,
                               jit_multi_train_step, jit_train_step, make_multi_train_step,
                               make_train_step)
@@ -101,7 +110,7 @@ __all__ = [
     "sample_posterior", "interpolate", "active_units", "elbo", "elbo_terms", "iwae_bound",
     "log_likelihood", "autoencoder_log_likelihood", "gaussian_kl", "cast_params",
     "has_analytic_kl", "LatentMoments", "posterior_mean_moments", "active_units_from_moments",
-    "Prior", "StandardNormal", "GaussianPrior",
+    "Prior", "StandardNormal", "GaussianPrior", "VampPrior", "GaussianMixturePrior",
     "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
     "create_train_state", "make_train_step", "jit_train_step", "make_multi_train_step",

@@ -56,6 +56,7 @@ from lvmjax import _checks
 from lvmjax import sharding
 from lvmjax.types import DataBatchLike, Key, LogDensity
 from lvmjax.vae import model as vae_model
+from lvmjax.vae import vade
 
 # XLA:CPU's copy insertion, by default, copies every donated parameter that the backward pass
 # reads before the in-place optimizer update overwrites it (~1 MB per step for the Burda et al.
@@ -111,17 +112,26 @@ def _autoencoder_objective(model, params, key, x, *, num_samples, beta, analytic
   return vae_model.autoencoder_log_likelihood(model, params, x, compute_dtype=compute_dtype), {}
 
 
+def _vade_objective(model, params, key, x, *, num_samples, beta, analytic_kl, compute_dtype):
+  del analytic_kl
+  terms = vade.elbo_terms(model, params, key, x, num_samples, beta, compute_dtype=compute_dtype)
+  return terms.elbo, {"reconstruction": terms.reconstruction, "kl": terms.kl}
+
+
 #: The named objectives of :func:`make_train_step`: name -> function
 #: ``f(model, params, key, x, *, num_samples, beta, analytic_kl, compute_dtype) ->
 #: (values (N,), extras)``, per-point values to maximise and a dict of per-point values whose
 #: batch means are reported as metrics. ``"elbo"``: :func:`lvmjax.vae.elbo` (extras
 #: ``reconstruction``, ``kl``); ``"iwae"``: :func:`lvmjax.vae.iwae_bound` with k =
-#: ``num_samples``; ``"autoencoder"``: :func:`lvmjax.vae.autoencoder_log_likelihood`.
+#: ``num_samples``; ``"autoencoder"``: :func:`lvmjax.vae.autoencoder_log_likelihood`;
+#: ``"vade"``: VaDE's ELBO :func:`lvmjax.vae.vade.elbo` (a Gaussian-mixture prior; extras
+#: ``reconstruction``, ``kl``).
 #: Add an entry to name an objective of your own (or pass a callable to ``make_train_step``).
 OBJECTIVES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     "elbo": _elbo_objective,
     "iwae": _iwae_objective,
     "autoencoder": _autoencoder_objective,
+    "vade": _vade_objective,
 }
 
 #: A user objective: ``objective(model, params, key, x) -> (N,)`` per-point values to maximise.
