@@ -25,6 +25,7 @@ figures (the figures from its own evaluation points).
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import time
@@ -46,10 +47,13 @@ from lvmjax import sharding
 from lvmjax import vae
 from lvmjax.vae import steps
 
-MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder"}
+MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder", "vade": "vade"}
+#: ``config.prior`` (absent: ``"standard"``): N(0, I), the learnable Gaussian, the VampPrior, the
+#: Gaussian mixture (``config.num_components``; always the prior of ``model="vade"``).
+PRIORS = ("standard", "gaussian", "vamp", "mixture")
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
-LR_SCHEDULES = ("constant", "burda")
+LR_SCHEDULES = ("constant", "burda", "step_decay")
 #: Environment variable: seconds to sleep after each training step. Only for testing fault
 #: handling (it makes a tiny run slow enough to be killed mid-training); never set it otherwise.
 STEP_DELAY_ENV = "LVMJAX_DEBUG_STEP_DELAY"
@@ -94,6 +98,19 @@ def validate_config(config: Any) -> None:
       "binarized_mnist", "mnist", "dynamic_mnist", "fashion_mnist"):
     raise ValueError(f"config.architecture='conv' needs 28x28 images; dataset {config.dataset!r} "
                      "is not. Use architecture='mlp'.")
+  experiment.check_choice({"prior": _prior_name(config)}, "prior", PRIORS)
+  if _prior_name(config) == "mixture" or config.model == "vade":
+    experiment.check_positive_ints(config, ["num_components"])
+  if _prior_name(config) == "vamp":
+    experiment.check_positive_ints(config, ["num_pseudo_inputs"])
+  if config.model == "vade":
+    experiment.check_positive_ints(config, ["pretrain_epochs", "gmm_n_init"], minimum=0)
+    experiment.check_positive_floats(config, ["pretrain_learning_rate"])
+  if config.lr_schedule == "step_decay":
+    experiment.check_positive_ints(config, ["lr_decay_epochs"])
+    experiment.check_positive_floats(config, ["lr_decay_rate", "min_learning_rate"])
+  if config.get("fit_all", False) and jax.process_count() > 1:
+    raise ValueError("config.fit_all (train and evaluate on all splits) runs in one process.")
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got "
                      f"{config.compute_dtype!r}.")
@@ -114,7 +131,24 @@ def build_model(config: Any, num_features: int) -> vae.VAE:
     likelihood = vae.BernoulliLikelihood()
   else:
     likelihood = vae.GaussianLikelihood(scale=config.gaussian_scale or None)
-  return vae.VAE(encoder, decoder, likelihood)
+  return vae.VAE(encoder, decoder, likelihood, prior=build_prior(config, num_features))
+
+
+def _prior_name(config: Any) -> str:
+  return "mixture" if config.model == "vade" else config.get("prior", "standard")
+
+
+def build_prior(config: Any, num_features: int) -> vae.Prior | None:
+  """The prior ``config.prior`` names (None: the standard normal); the mixture for VaDE."""
+  name = _prior_name(config)
+  if name == "gaussian":
+    return vae.GaussianPrior()
+  if name == "mixture":
+    return vae.GaussianMixturePrior(num_components=int(config.num_components))
+  if name == "vamp":
+    shape = (28, 28, 1) if config.architecture == "conv" else (num_features,)
+    return vae.VampPrior(num_pseudo_inputs=int(config.num_pseudo_inputs), data_shape=shape)
+  return None
 
 
 def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -122,9 +156,16 @@ def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransfor
 
   ``"burda"`` is the schedule of Burda, Grosse & Salakhutdinov (2015): 3^i epochs at learning
   rate ``lr * 10^(-i/7)`` for i = 0, 1, ..., 7 (3280 epochs in all), constant afterwards.
+  ``"step_decay"`` (VaDE's) multiplies the rate by ``config.lr_decay_rate`` every
+  ``config.lr_decay_epochs`` epochs, down to ``config.min_learning_rate``.
   """
   if config.lr_schedule == "constant":
     lr = config.learning_rate
+  elif config.lr_schedule == "step_decay":  # VaDE's: x lr_decay_rate every lr_decay_epochs
+    lr = optax.exponential_decay(
+        config.learning_rate, int(config.lr_decay_epochs) * steps_per_epoch,
+        config.lr_decay_rate, staircase=True,
+        end_value=min(config.min_learning_rate, config.learning_rate))
   else:
     boundaries, epochs = {}, 0
     for i in range(7):  # after stage i (3^i epochs) the rate drops by 10^(-1/7)
@@ -162,6 +203,8 @@ def load_data(config: Any) -> _Data:
   kwargs = dict(data_dir=config.data_dir or None)
   if config.dataset == "synthetic_gmm":
     kwargs["synthetic_options"] = config.synthetic.to_dict()
+  if config.get("fit_all", False):
+    return _load_all(config, kwargs)
   train, num_train = data.load_process_share(config.dataset, "train",
                                              subset=config.num_train_points,
                                              subset_seed=[config.seed, 7], multiple=1, **kwargs)
@@ -191,6 +234,29 @@ def load_data(config: Any) -> _Data:
   if train.binarize:
     x = data.binarize_once(x, config.seed, first_row=first_row)
   return _Data(train, x, y, train.image_shape, num_train, first_batch)
+
+
+def _load_all(config: Any, kwargs: dict) -> _Data:
+  """``config.fit_all``: every split together for training and evaluation (one process).
+
+  Clustering is unsupervised, and the VaDE and DEC papers train and score on all 70,000 MNIST
+  digits; the labels are used only for the score. ``num_train_points`` / ``num_eval_points``
+  take fixed random subsets of the union.
+  """
+  parts = [data.load_dataset(config.dataset, s, **kwargs)
+           for s in data.SPLITS[config.dataset] if s not in ("all", "valid", "validation")]
+  x = np.concatenate([p.x for p in parts])
+  y = None if any(p.y is None for p in parts) else np.concatenate([p.y for p in parts])
+  rows = data.random_subset(len(x), config.num_train_points, [config.seed, 7])
+  train = parts[0]._replace(x=x if rows is None else x[rows],
+                            y=y if (rows is None or y is None) else y[rows])
+  if config.dynamic_binarization:
+    train = train._replace(binarize=True)
+  rows = data.random_subset(len(x), config.num_eval_points, [config.seed, 11])
+  ex, ey = (x, y) if rows is None else (x[rows], None if y is None else y[rows])
+  if train.binarize:
+    ex = data.binarize_once(ex, config.seed)
+  return _Data(train, ex, ey, train.image_shape, train.num_points)
 
 
 def _reshape(x: np.ndarray, data_shape: tuple[int, ...]) -> np.ndarray:
@@ -271,6 +337,14 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
       writer.truncate_after(None)
     if primary:
       progress.write_config_json(workdir, config)
+    if config.model == "vade" and meta is None:
+      # The paper's initialisation, before step 0: an autoencoder, then a GMM on its codes; saved
+      # as checkpoint 0, so that a resumed run does not pretrain again.
+      state = _pretrain_vade(config, model, state, optimizer, train, data_shape,
+                             jax.random.fold_in(init_key, 1), workdir if primary else None,
+                             quiet or not primary)
+      ckpt.save(0, {"train_state": state, "key": jax.random.key_data(train_key)},
+                {"config": config, "position": [0, 0], "step": 0})
     state = _train_loop(config, model, optimizer, state, train, data_shape, num_steps, position,
                         train_key, eval_key, d, ckpt, writer, quiet or not primary)
     ckpt.wait_until_finished()
@@ -282,11 +356,21 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
                       quiet=quiet or not primary, first_batch=d.eval_first_batch)
   results.update(step=int(state.step), epochs=int(state.step) / batches_per_epoch,
                  num_parameters=int(sum(np.size(a) for a in jax.tree.leaves(state.params))))
+  if config.model == "vade":
+    results.update(evaluate_clustering(model, state.params, jax.random.fold_in(eval_key, 2),
+                                       _reshape(d.eval_x, data_shape), d.eval_y,
+                                       config.eval_batch_size))
+    pretrain_info = workdir / "pretrain.json"
+    if pretrain_info.exists():
+      results["pretrain"] = json.loads(pretrain_info.read_text())
   if primary:
     experiment.write_results(workdir, results)
     if config.figures:
       write_figures(workdir, config, model, state.params, d, data_shape,
                     jax.random.fold_in(eval_key, 1))
+      if config.model == "vade" and d.image_shape is not None:
+        write_cluster_figure(workdir, model, state.params, d.image_shape,
+                             jax.random.fold_in(eval_key, 3))
   return VAERun(model, state, results, data_shape)
 
 
@@ -551,3 +635,100 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
       write_figures(out, config, model, state.params, d, data_shape,
                     jax.random.fold_in(eval_key, 1), prefix="eval_")
   return results
+
+
+# ----------------------------------------------------------------------------------------------
+# VaDE: pretraining, clustering figures
+
+
+def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
+                   optimizer: optax.GradientTransformation, train: data.Dataset,
+                   data_shape: tuple[int, ...], key: jax.Array, workdir: pathlib.Path | None,
+                   quiet: bool) -> steps.TrainState:
+  """VaDE's initialisation (Jiang et al., 2017): train the networks as an autoencoder for
+  ``config.pretrain_epochs`` epochs (``objective="autoencoder"``, Adam at
+  ``config.pretrain_learning_rate``), then fit a diagonal GMM to the encoder means of the training
+  points (:func:`lvmjax.vae.vade.init_prior_from_data`, ``config.gmm_n_init`` restarts from
+  ``config.gmm_init``, by default ``"kmeans"`` as scikit-learn's, which the paper used). Returns
+  the train state at step 0 with these params and a fresh optimizer state; writes
+  ``pretrain.json`` (time, last autoencoder loss, the GMM's log-likelihood).
+  """
+  t0 = time.perf_counter()
+  params = state.params
+  pre_opt = optax.adam(config.pretrain_learning_rate, b1=config.adam_b1, b2=config.adam_b2,
+                       eps=config.adam_eps)
+  pre = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                         opt_state=pre_opt.init(params))
+  num_steps = int(config.pretrain_epochs) * data.steps_per_epoch(train.num_points,
+                                                                 config.batch_size)
+  info = {"pretrain_epochs": int(config.pretrain_epochs), "pretrain_steps": num_steps}
+  if num_steps:
+    step_fn = steps.jit_train_step(model, pre_opt, objective="autoencoder",
+                                   compute_dtype=_compute_dtype(config))
+    batches = data.BatchIterator(train.x, config.batch_size, seed=config.seed + 1,
+                                 binarize=train.binarize)
+    bar = progress.Progress(num_steps, desc="pretrain (autoencoder)", quiet=quiet)
+    for i in range(num_steps):
+      pre, metrics = step_fn(pre, jnp.asarray(_reshape(next(batches).x, data_shape)), key)
+      if (i + 1) % config.log_every == 0 or i + 1 == num_steps:
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+          raise experiment.NonFiniteLossError(
+              f"The autoencoder pretraining loss is {loss} at pretraining step {i + 1}; no "
+              "checkpoint is written before pretraining ends. Lower "
+              "config.pretrain_learning_rate.")
+        info["pretrain_loss"] = loss
+        bar.update(i + 1, {"loss": loss})
+    bar.close()
+    params = pre.params
+  params, fit = vae.vade.init_prior_from_data(
+      model, params, key, _reshape(train.x, data_shape), n_init=max(int(config.gmm_n_init), 1),
+      init=config.get("gmm_init", "kmeans"))
+  if not _finite_tree(params):
+    raise experiment.NonFiniteLossError("The pretrained parameters or the GMM fitted to the "
+                                        "encodings are not finite; lower "
+                                        "config.pretrain_learning_rate.")
+  info.update(gmm_log_likelihood=float(fit.log_likelihood[-1]), gmm_converged=bool(fit.converged),
+              pretrain_seconds=time.perf_counter() - t0)
+  if workdir is not None:
+    progress.write_json(workdir / "pretrain.json", info)
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+
+def evaluate_clustering(model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
+                        labels: np.ndarray | None, batch_size: int = 1000) -> dict:
+  """VaDE's clusters of ``x``: the MAP of q(c | x) (:func:`lvmjax.vae.vade.map_cluster`, one
+  sample of z as in the paper's code), VaDE's ELBO (``vade_elbo``, mean per point) and, with labels,
+  ``clustering_accuracy`` (best one-to-one matching of clusters to labels) and
+  ``adjusted_rand_index``.
+  """
+  @jax.jit
+  def batch(k, xb):
+    k_c, k_e = jax.random.split(k)
+    return (vae.vade.map_cluster(model, params, k_c, xb),
+            jnp.sum(vae.vade.elbo(model, params, k_e, xb)))
+
+  parts = [batch(jax.random.fold_in(key, i), jnp.asarray(x[s:s + batch_size]))
+           for i, s in enumerate(range(0, len(x), batch_size))]
+  clusters = np.concatenate([np.asarray(c) for c, _ in parts])
+  out = {"vade_elbo": float(sum(float(e) for _, e in parts)) / len(x),
+         "num_clusters_used": int(len(np.unique(clusters))),
+         "cluster_sizes": np.bincount(clusters, minlength=model.prior.num_components).tolist()}
+  if labels is not None:
+    out["clustering_accuracy"] = vae.vade.clustering_accuracy(labels, clusters)
+    out["adjusted_rand_index"] = experiment.adjusted_rand_index(labels, clusters)
+  return out
+
+
+def write_cluster_figure(workdir: pathlib.Path, model: vae.VAE, params: Any,
+                         image_shape: tuple[int, ...], key: jax.Array,
+                         per_cluster: int = 10) -> pathlib.Path:
+  """``vade_cluster_samples.png``: one row per cluster c, means of p(x | z) for z ~ p(z | c)."""
+  k = model.prior.num_components
+  clusters = np.repeat(np.arange(k), per_cluster)
+  images, _ = vae.vade.sample_given(model, params, key, clusters, use_mean=True)
+  return plotting.save_figure(plotting.plot_image_grid(
+      np.asarray(images).reshape(len(clusters), -1), image_shape, per_cluster,
+      title="VaDE: samples per cluster (row c: z ~ p(z|c), mean of p(x|z))"),
+      workdir / "vade_cluster_samples.png")
