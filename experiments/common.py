@@ -6,6 +6,10 @@ overrides), ``--workdir``, ``--quiet`` and the multi-host flags ``--coordinator_
 machine) or ``--distributed_auto`` (let JAX detect a Cloud TPU / SLURM cluster), and
 ``--cpu_devices`` (0: one JAX device per CPU core, so that a fit uses every core).
 
+:func:`start` turns on JAX's persistent compilation cache (`lvmjax.compile_cache.enable`), so a
+second run with the same shapes loads its compiled programs instead of compiling them; the
+user's own ``JAX_COMPILATION_CACHE_DIR``, or ``LVMJAX_NO_COMPILE_CACHE=1``, wins.
+
 Errors that are the user's (an unknown or badly typed config field, a config file that does not
 load, missing data, a bad workdir, a bad value caught by the library's checks: ``ValueError``,
 ``OSError``, flag errors, a non-finite loss) end the launcher with one message on stderr, the
@@ -249,9 +253,11 @@ def _remove_empty_workdir() -> None:
 
 
 def start() -> None:
-  """Initializes multi-host JAX from the flags (nothing on a single process) and logging."""
+  """Initializes multi-host JAX from the flags (nothing on a single process), logging, and the
+  persistent compilation cache."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+  from lvmjax import compile_cache  # pylint: disable=g-import-not-at-top
   from lvmjax import distributed  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   install_error_handler()
@@ -267,6 +273,7 @@ def start() -> None:
     sharding.use_cpu_cores(cpu_devices or None)
   distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id,
                                auto=f.distributed_auto)
+  compile_cache.enable()
 
 
 class _LibraryInfoFilter:

@@ -12,6 +12,12 @@ turn it on only around their own computation with JAX's scoped context
 and float32 work (theirs, and the estimators' on float32 input) is untouched. JAX's jit caches
 key on the x64 state, so the float32 and float64 versions of each function are compiled (and
 cached) apart.
+
+The estimators turn on JAX's persistent compilation cache (`lvmjax.compile_cache.enable`: a
+directory under ``~/.cache/lvmjax``) when they first validate an X, so that a new process with the
+same data shapes loads the compiled fit instead of compiling it again. A user's own cache setting,
+or ``LVMJAX_NO_COMPILE_CACHE=1``, wins; importing ``lvmjax.gmm`` and the other math modules leaves
+JAX's settings alone.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 from lvmjax import _checks
+from lvmjax import compile_cache
 
 #: Rows densified at a time from sparse input in predict-like methods.
 SPARSE_BLOCK_ROWS = 4096
@@ -87,8 +94,10 @@ def validate_x(estimator: Any, x: Any, *, reset: bool, ensure_min_samples: int =
   float32, integers to float64, finite, 2-D, feature-count and feature-name checks, sets
   ``n_features_in_`` when ``reset``); with ``accept_sparse``, a SciPy sparse matrix becomes CSR.
   JAX arrays are checked on their device with the same rules. The result's ``dtype`` (float32
-  or float64) is the one to compute in.
+  or float64) is the one to compute in. Turns on JAX's persistent compilation cache (see the module
+  docstring) before the estimator's first compilation.
   """
+  compile_cache.enable()
   if isinstance(x, jax.Array):
     validate_data(estimator, x, reset=reset, skip_check_array=True)  # feature count / names
     if x.ndim != 2:
