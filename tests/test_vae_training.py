@@ -260,7 +260,7 @@ def test_objective_callable_and_registry_entry_equal_the_named_objective(monkeyp
   opt = optax.adam(1e-2)
   state = vae.create_train_state(jax.random.key(0), model, x, opt)
   key = jax.random.key(1)
-  assert tuple(vae.OBJECTIVES) == ("elbo", "iwae", "autoencoder")
+  assert tuple(vae.OBJECTIVES) == ("elbo", "iwae", "autoencoder", "vade")
   named, m_named = vae.jit_train_step(model, opt, objective="elbo", beta=0.5)(_copy(state), x, key)
   custom, m_custom = vae.jit_train_step(model, opt, objective=_half_beta_elbo)(
       _copy(state), x, key)

@@ -1,0 +1,278 @@
+"""VaDE (lvmjax.vae.vade): its ELBO against a brute-force Monte Carlo evaluation in numpy, the
+one-component case against the learnable-Gaussian-prior VAE, the four tasks, the launcher."""
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import special, stats
+
+from configs import vade_mnist
+from lvmjax import experiment
+from lvmjax import gmm
+from lvmjax import vae
+from lvmjax.vae import train as vae_train
+from lvmjax.vae import vade
+
+L, D, K, H = 2, 6, 3, 5
+
+
+def _mlp(p, h, out_names):
+  """numpy forward pass of lvmjax's MLP (tanh hidden layers) in float64."""
+  h = np.asarray(h, np.float64)
+  i = 0
+  while f"hidden_{i}" in p:
+    h = np.tanh(h @ np.asarray(p[f"hidden_{i}"]["kernel"]) + np.asarray(p[f"hidden_{i}"]["bias"]))
+    i += 1
+  return [h @ np.asarray(p[n]["kernel"]) + np.asarray(p[n]["bias"]) for n in out_names]
+
+
+def _model(k=K, latent=L, prior=None):
+  return vae.VAE(vae.MLPEncoder(latent, (H,)), vae.MLPDecoder(D, (H,)), vae.BernoulliLikelihood(),
+                 prior=prior or vade.GaussianMixturePrior(num_components=k))
+
+
+def _mixture(rng, k=K, latent=L):
+  w = rng.random(k) + 0.2
+  return gmm.GMMParams(jnp.asarray(w / w.sum()), jnp.asarray(rng.normal(size=(k, latent)) * 1.5),
+                       jnp.asarray(rng.random((k, latent)) + 0.3), "diag")
+
+
+def _setup(seed=0, k=K, latent=L):
+  rng = np.random.default_rng(seed)
+  model = _model(k, latent)
+  x = (rng.random((4, D)) < 0.5).astype(np.float64)
+  params = vae.cast_params(vae.init(jax.random.key(seed), model, x), jnp.float64)
+  params = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape), params)  # not at init
+  return model, vade.set_mixture_params(params, _mixture(rng, k, latent)), x, rng
+
+
+def _log_normal(z, mean, var):
+  return np.sum(-0.5 * np.log(2 * np.pi * var) - 0.5 * np.square(z - mean) / var, axis=-1)
+
+
+def test_elbo_equals_a_brute_force_monte_carlo_evaluation(x64):
+  model, params, x, rng = _setup(0)
+  key = jax.random.key(3)
+  terms = vade.elbo_terms(model, params, key, x, num_samples=2)
+  gamma_lib = vade.cluster_posterior(model, params, key, x, num_samples=2)
+  mix = vade.mixture_params(params)
+  w, mu, var = (np.asarray(a, np.float64) for a in (mix.weights, mix.means, mix.covariances))
+  mean, log_var = _mlp(params["params"]["encoder"], x, ["mean", "log_variance"])
+  sd = np.exp(0.5 * log_var)
+  for n, k_n in enumerate(jax.random.split(key, len(x))):
+    eps = np.asarray(jax.random.normal(k_n, (2, L), jnp.float64))  # the library's draws for point n
+    values, gammas, recs = [], [], []
+    for s in range(2):
+      z = mean[n] + sd[n] * eps[s]
+      (logits,) = _mlp(params["params"]["decoder"], z, ["output"])
+      rec = np.sum(x[n] * logits - np.logaddexp(0.0, logits))          # log Bernoulli(x | z)
+      log_joint = np.log(w) + _log_normal(z, mu, var)                    # (K,)
+      gamma = np.exp(log_joint - special.logsumexp(log_joint))          # p(c | z_s)
+      # E_{z' ~ q(z|x)} [sum_c gamma_c (log p(c) + log p(z'|c) - log gamma_c) - log q(z'|x)]
+      zz = mean[n] + sd[n] * rng.normal(size=(200_000, L))
+      inner = (np.log(w) + _log_normal(zz[:, None, :], mu, var) - np.log(gamma)) @ gamma
+      f = inner - _log_normal(zz, mean[n], sd[n] ** 2)
+      values.append(rec + f.mean())
+      recs.append(rec)
+      gammas.append(gamma)
+      se = f.std() / np.sqrt(len(f))
+    np.testing.assert_allclose(terms.reconstruction[n], np.mean(recs), rtol=1e-10)
+    np.testing.assert_allclose(gamma_lib[n], np.mean(gammas, 0), rtol=1e-10)
+    assert abs(float(terms.elbo[n]) - np.mean(values)) < 5 * se + 1e-9, (terms.elbo[n], values, se)
+  np.testing.assert_allclose(terms.elbo, terms.reconstruction - terms.kl, rtol=1e-12)
+
+
+def test_elbo_is_below_log_likelihood_in_expectation(x64):
+  model, params, x, _ = _setup(1)
+  elbo = vade.elbo(model, params, jax.random.key(0), x, num_samples=2000)
+  ll = vae.log_likelihood(model, params, jax.random.key(1), x, num_samples=20000)
+  assert np.all(np.asarray(elbo) < np.asarray(ll) + 0.02)
+
+
+def test_one_component_is_the_vae_with_a_learnable_gaussian_prior(x64):
+  model, params, x, _ = _setup(2, k=1)
+  mix = vade.mixture_params(params)
+  g_model = _model(prior=vae.GaussianPrior())
+  g_params = {"params": {**params["params"], "prior": {
+      "mean": mix.means[0], "log_scale": 0.5 * jnp.log(mix.covariances[0])}}}
+  key = jax.random.key(4)
+  a = vade.elbo_terms(model, params, key, x, num_samples=3)
+  b = vae.elbo_terms(g_model, g_params, key, x, num_samples=3)  # closed-form KL
+  for u, v in zip(a, b):
+    np.testing.assert_allclose(u, v, rtol=1e-10)
+  np.testing.assert_allclose(vae.log_likelihood(model, params, key, x, 50),
+                             vae.log_likelihood(g_model, g_params, key, x, 50), rtol=1e-10)
+  # the same gradients for the networks
+  ga = jax.grad(lambda p: jnp.sum(vade.elbo(model, p, key, x)))(params)
+  gb = jax.grad(lambda p: jnp.sum(vae.elbo(g_model, p, key, x)))(g_params)
+  for name in ("encoder", "decoder"):
+    for u, v in zip(jax.tree.leaves(ga["params"][name]), jax.tree.leaves(gb["params"][name])):
+      np.testing.assert_allclose(u, v, rtol=1e-8, atol=1e-12)
+
+
+def test_cluster_posterior_map_and_generation_per_cluster(x64):
+  model, params, x, rng = _setup(3)
+  post = vade.cluster_posterior(model, params, jax.random.key(0), x, num_samples=5)
+  assert post.shape == (len(x), K)
+  np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-12)
+  assert np.all(post >= 0)
+  np.testing.assert_array_equal(vade.map_cluster(model, params, jax.random.key(0), x, 5),
+                                np.argmax(post, -1))
+  # generation: z ~ p(z | c) from the chosen component, x ~ p(x | z)
+  far = gmm.GMMParams(jnp.full((K,), 1.0 / K), jnp.asarray([[-20.0, 0], [0, 0], [20, 5]]),
+                      jnp.full((K, L), 1e-4), "diag")
+  params = vade.set_mixture_params(params, far)
+  clusters = np.array([2, 0, 1, 1, 2])
+  xs, z = vade.sample_given(model, params, jax.random.key(5), clusters, use_mean=True)
+  assert xs.shape == (5, D)
+  np.testing.assert_allclose(z, np.asarray(far.means)[clusters], atol=0.1)
+  np.testing.assert_allclose(xs, vae.decode(model, params, z).mean(), rtol=1e-12)
+  xb, _ = vade.sample_given(model, params, jax.random.key(5), clusters)
+  assert set(np.unique(np.asarray(xb))) <= {0.0, 1.0}
+  # the prior's own draws come from the mixture
+  _, zs = vae.sample(model, params, jax.random.key(6), 3000)
+  counts = np.bincount(np.argmin(np.abs(np.asarray(zs)[:, :1] - np.array([[-20.0, 0, 20]])), 1),
+                       minlength=K)
+  np.testing.assert_allclose(counts / 3000, 1 / K, atol=0.04)
+
+
+def test_prior_log_prob_is_gmm_log_marginal_against_scipy(x64):
+  model, params, _, rng = _setup(4)
+  mix = vade.mixture_params(params)
+  z = rng.normal(size=(7, 3, L)) * 2
+  got = model.apply(params, jnp.asarray(z), method=lambda m, z: m.prior.log_prob(z))
+  comps = np.stack([stats.multivariate_normal(np.asarray(mix.means[c]),
+                                              np.diag(np.asarray(mix.covariances[c]))).logpdf(z)
+                    for c in range(K)], -1)
+  np.testing.assert_allclose(got, special.logsumexp(comps + np.log(np.asarray(mix.weights)), -1),
+                             rtol=1e-10)
+
+
+def test_init_prior_from_data_is_gmm_fit_on_the_codes():
+  model, params, x, rng = _setup(5)
+  params = vae.cast_params(params, jnp.float32)
+  x = (rng.random((120, D)) < 0.5).astype(np.float32)
+  new, fit = vade.init_prior_from_data(model, params, jax.random.key(0), x, batch_size=50)
+  ref = gmm.fit(jax.random.key(0), vae.encode(model, params, x)[0], K, covariance_type="diag")
+  for a, b in zip(jax.tree.leaves(vade.mixture_params(new)), jax.tree.leaves(ref.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for name in ("encoder", "decoder"):  # the networks are untouched
+    for a, b in zip(jax.tree.leaves(new["params"][name]), jax.tree.leaves(params["params"][name])):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_vade_objective_trains_prior_and_networks():
+  model = _model()
+  rng = np.random.default_rng(6)
+  x = (rng.random((64, D)) < 0.3).astype(np.float32)
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  step = vae.jit_train_step(model, opt, objective="vade")
+  first = None
+  for _ in range(60):
+    new, metrics = step(state, x, jax.random.key(1))
+    first = float(metrics["loss"]) if first is None else first
+    state = new
+  assert float(metrics["loss"]) < first - 0.3
+  assert set(metrics) >= {"loss", "objective", "reconstruction", "kl", "grad_norm"}
+  assert not np.allclose(state.params["params"]["prior"]["means"],
+                         vae.init(jax.random.key(0), model, x)["params"]["prior"]["means"])
+
+
+def test_clustering_accuracy_is_the_best_one_to_one_matching():
+  y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  c = np.array([5, 5, 1, 1, 1, 7, 7, 7, 5])
+  # brute force over the 3! maps of the clusters {1, 5, 7} to the labels
+  import itertools  # pylint: disable=g-import-not-at-top
+  best = max(np.mean(np.array([dict(zip((1, 5, 7), perm))[ci] for ci in c]) == y)
+             for perm in itertools.permutations(range(3)))
+  assert vade.clustering_accuracy(y, c) == pytest.approx(best)
+  assert vade.clustering_accuracy(y, y + 3) == 1.0
+  assert vade.clustering_accuracy(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 2])) == 0.5
+
+
+def test_bad_input_raises_value_error():
+  model, params, x, _ = _setup(7)
+  plain = vae.VAE(vae.MLPEncoder(L, (H,)), vae.MLPDecoder(D, (H,)), vae.BernoulliLikelihood())
+  plain_params = vae.init(jax.random.key(0), plain, x)
+  with pytest.raises(ValueError, match="Gaussian-mixture prior"):
+    vade.elbo(plain, plain_params, jax.random.key(0), x)
+  with pytest.raises(ValueError, match="Gaussian-mixture prior"):
+    vade.mixture_params(plain_params)
+  with pytest.raises(ValueError, match=r"jax.random.key\(0\)"):
+    vade.elbo(model, params, 0, x)
+  with pytest.raises(ValueError, match="batch axis"):
+    vade.cluster_posterior(model, params, jax.random.key(0), x[0])
+  with pytest.raises(ValueError, match="num_samples"):
+    vade.elbo(model, params, jax.random.key(0), x, num_samples=0)
+  with pytest.raises(ValueError, match=r"\[0, 3\)"):
+    vade.sample_given(model, params, jax.random.key(0), np.array([0, 3]))
+  with pytest.raises(ValueError, match="1-D integer"):
+    vade.sample_given(model, params, jax.random.key(0), np.array([0.5]))
+  with pytest.raises(ValueError, match="diag"):
+    vade.set_mixture_params(params, gmm.GMMParams(jnp.ones(3) / 3, jnp.zeros((3, L)),
+                                                  jnp.ones(3), "spherical"))
+  with pytest.raises(ValueError, match="same non-zero length"):
+    vade.clustering_accuracy(np.zeros(3, int), np.zeros(4, int))
+  config = vade_mnist.get_config("smoke")
+  config.num_components = 0
+  with pytest.raises(ValueError, match="num_components"):
+    vae_train.train_and_evaluate(config, "/tmp/unused_vade_workdir_never_created")
+  with pytest.raises(ValueError, match="variant"):
+    vade_mnist.get_config("smoke,nonsense")
+
+
+# ----------------------------------------------------------------------------------------------
+# the launcher: one smoke run (module fixture), then a resume from its middle checkpoint
+
+_SMOKE = dict(num_steps=20, checkpoint_every=10, num_importance_samples=0)
+
+
+def _smoke_config(**overrides):
+  config = vade_mnist.get_config("smoke")
+  for k, v in {**_SMOKE, **overrides}.items():
+    config[k] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("vade_smoke")
+  run = vae_train.train_and_evaluate(_smoke_config(), workdir, quiet=True)
+  return workdir, run
+
+
+def test_smoke_config_runs_end_to_end(smoke_run):
+  workdir, run = smoke_run
+  results = json.loads((workdir / "results.json").read_text())
+  keys = [k for k in results if "accuracy" in k]
+  assert keys == ["clustering_accuracy"]
+  assert 0.1 <= results["clustering_accuracy"] <= 1.0  # 10 digit classes: chance is >= 0.1
+  assert results["step"] == 20 and np.isfinite(results["vade_elbo"])
+  assert sum(results["cluster_sizes"]) == results["num_points"] == 400
+  assert results["pretrain"]["pretrain_steps"] > 0 and results["pretrain"]["gmm_converged"]
+  assert (workdir / "vade_cluster_samples.png").stat().st_size > 1000
+  assert isinstance(run.model.prior, vade.GaussianMixturePrior)
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(smoke_run, tmp_path):
+  workdir, run = smoke_run
+  resumed_dir = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed_dir)
+  shutil.rmtree(resumed_dir / "checkpoints" / "20")  # as if killed between steps 10 and 20
+  (resumed_dir / "pretrain.json").unlink()           # a second pretraining would write it again
+  again = vae_train.train_and_evaluate(_smoke_config(figures=False), resumed_dir, quiet=True)
+  assert not (resumed_dir / "pretrain.json").exists()
+  for a, b in zip(jax.tree.leaves(again.state.params), jax.tree.leaves(run.state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_pretraining_loss_raises(tmp_path):
+  config = _smoke_config(pretrain_learning_rate=1e30, num_train_points=100, log_every=2)
+  with pytest.raises(experiment.NonFiniteLossError, match="pretraining"):
+    vae_train.train_and_evaluate(config, tmp_path, quiet=True)
