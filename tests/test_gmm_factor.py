@@ -103,8 +103,9 @@ def _fit(x, noise, init, **kw):
       "max_iter": 12, "tol": 0.0, "reg_covar": 1e-6, "chunk_size": 64, **kw})
 
 
-def _reference_step(p, x, s, reg):
-  """One EM step with explicit D x D covariances and inverses (numpy, float64)."""
+def _reference_step(p, x, s, reg, fix_means=False):
+  """One EM step with explicit D x D covariances and inverses (numpy, float64); ``fix_means``:
+  the diagonal model's regression without intercept about the fixed means."""
   weights, means, facs = (np.asarray(a, np.float64) for a in p[:3])
   k, d, q = facs.shape
   cov = np.asarray(p.covariances())
@@ -123,8 +124,14 @@ def _reference_step(p, x, s, reg):
       sez = rj @ ez
       big = np.block([[ezz, sez[:, None]], [sez[None, :], np.array([[counts[j]]])]])
       ezt = np.concatenate([ez, np.ones((len(x), 1))], axis=1)
-      wmu = ((rj[:, None] * x).T @ ezt) @ np.linalg.inv(big)
-      psi = np.diag((rj[:, None] * x).T @ x - wmu @ ((rj[:, None] * ezt).T @ x)) / counts[j]
+      if fix_means:
+        xc = x - means[j]
+        wj = ((rj[:, None] * xc).T @ ez) @ np.linalg.inv(ezz)
+        wmu = np.concatenate([wj, means[j][:, None]], axis=1)
+        psi = np.diag((rj[:, None] * xc).T @ xc - wj @ ((rj[:, None] * ez).T @ xc)) / counts[j]
+      else:
+        wmu = ((rj[:, None] * x).T @ ezt) @ np.linalg.inv(big)
+        psi = np.diag((rj[:, None] * x).T @ x - wmu @ ((rj[:, None] * ezt).T @ x)) / counts[j]
       new_w.append(wmu[:, :q]), new_means.append(wmu[:, q]), new_noise.append(psi + reg)
     else:  # Tipping & Bishop (1999), eqs. 3.x: mean, then W and sigma^2 from S_k
       mu = rj @ x / counts[j]
@@ -162,6 +169,27 @@ def test_log_likelihood_never_decreases_from_builtin_init(noise):
   ll = np.asarray(res.log_likelihood)
   assert np.all(np.diff(ll) >= -1e-4 * np.abs(ll[1:])), np.diff(ll).min()
   assert res.params.factors.dtype == jnp.float32 and np.isfinite(float(res.lower_bound))
+
+
+@pytest.mark.parametrize("noise,fixed", [("diagonal", ("means", "weights")),
+                                         ("isotropic", ("factors",))])
+def test_fixed_fields_stay_bit_for_bit_and_em_still_ascends(x64, noise, fixed):
+  x = _data()
+  start = _start(noise)
+  res = _fit(x, noise, start, fixed=fixed, max_iter=15)
+  for name in fixed:
+    np.testing.assert_array_equal(getattr(res.params, name), getattr(start, name))
+  free = [f for f in factor.FactorParams._fields if f not in fixed]
+  assert all(not np.allclose(getattr(res.params, f), getattr(start, f)) for f in free)
+  ll = np.asarray(res.log_likelihood)
+  assert np.all(np.diff(ll) >= -1e-10) and ll[-1] > ll[0] + 0.1
+  if "means" in fixed:  # the conditional M-step against the D x D reference
+    p = start
+    for _ in range(15):
+      p, _ = _reference_step(p, x, np.ones(len(x)), 1e-6, fix_means=True)
+      p = p._replace(weights=start.weights)
+    for got, want in zip(res.params, p):
+      np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
 # ---- Special cases: rank 0 is the diag / spherical GMM, K = 1 is PPCA / factor analysis -----
@@ -342,7 +370,7 @@ def test_bad_input_is_a_value_error_that_says_what_to_do():
     factor.fit(0, x, 2, 1)
   with pytest.raises(ValueError, match="num_components"):
     factor.fit(key, x[:1], 2, 1)
-  with pytest.raises(ValueError, match="name in fixed"):
+  with pytest.raises(ValueError, match="not fields of the parameters"):
     factor.fit(key, x, 2, 1, fixed=("covariances",))
   p = _params(np.random.default_rng(1), k=2, d=4, q=1, noise="isotropic")
   with pytest.raises(ValueError, match="rank 1 with isotropic noise"):

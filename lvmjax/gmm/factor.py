@@ -408,7 +408,8 @@ def _spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
   return linalg.triangular_solve(chol, y, left_side=True, lower=True, transpose_a=True)
 
 
-def m_step(params: FactorParams, stats: FactorStats, reg_covar: Any = 1e-6) -> FactorParams:
+def m_step(params: FactorParams, stats: FactorStats, reg_covar: Any = 1e-6,
+           fixed: tuple[str, ...] = ()) -> FactorParams:
   r"""The closed-form M-step (module docstring) on summed :class:`FactorStats`, O(K D q^2).
 
   The noise type is that of ``params`` (Ghahramani & Hinton's joint update for diagonal noise,
@@ -416,10 +417,21 @@ def m_step(params: FactorParams, stats: FactorStats, reg_covar: Any = 1e-6) -> F
   a component that lost all its points keeps its mean with :math:`W_k = 0` and noise
   ``reg_covar``.
 
+  With ``fixed``, the free fields maximise the expected complete-data log-likelihood given the
+  fixed ones (a conditional M-step, so EM still never decreases the likelihood): fixed means drop
+  the intercept of the regression of :math:`x` on :math:`\tilde z` (and :math:`S_k` is taken about
+  them), fixed factors leave :math:`\mu_k = \bar x_k - W_k \overline{\mathbb{E}[z]}_k`, and the
+  noise is the expected squared residual of whatever :math:`[W_k\ \mu_k]` results:
+  :math:`\Psi_k = \operatorname{diag}(\overline{x'x'^\top} - 2 A \bar R^\top + A \bar G A^\top)`
+  with :math:`A = [W_k\ \mu'_k]`, :math:`\bar R = \overline{x' \mathbb{E}[\tilde z]^\top}`,
+  :math:`\bar G = \overline{\mathbb{E}[\tilde z \tilde z^\top]}` (bars: responsibility-weighted
+  means). Fixed weights or noise change no other update.
+
   Args:
     params: the parameters the statistics were taken with (their means are the centres).
     stats: the E-step's statistics.
     reg_covar: :math:`\epsilon`, added to the noise variances.
+    fixed: names of fields kept at their values in ``params``.
 
   Returns:
     The new :class:`FactorParams`.
@@ -429,10 +441,13 @@ def m_step(params: FactorParams, stats: FactorStats, reg_covar: Any = 1e-6) -> F
   m_inv = jnp.einsum("kpq,kpr->kqr", chol_inv, chol_inv, precision=_HIGHEST)
   counts = stats.counts + 10 * jnp.finfo(stats.counts.dtype).eps
   delta = stats.sum_x / counts[:, None]                                    # (K, D)
+  if "means" in fixed:
+    delta = jnp.zeros_like(delta)  # moments about the fixed means (the E-step's centres)
   xu = stats.sum_xu / counts[:, None, None]                                # (K, D, q)
   bd = jnp.einsum("kdq,kd->kq", proj, delta, precision=_HIGHEST)           # B^T delta
   uu = jnp.einsum("kdq,kdp->kqp", proj, xu, precision=_HIGHEST)            # sum r u u^T / N
-  weights = counts / jnp.sum(counts)
+  xx = stats.sum_xx / counts[:, None]
+  weights = params.weights if "weights" in fixed else counts / jnp.sum(counts)
   if params.noise_type == "diagonal":
     # [W mu'] (sum r E[z~ z~^T]) = sum r x' E[z~]^T, all divided by N_k; x' = x - c_k.
     ez = jnp.einsum("kqp,kp->kq", m_inv, bd, precision=_HIGHEST)           # sum r E[z] / N
@@ -441,16 +456,32 @@ def m_step(params: FactorParams, stats: FactorStats, reg_covar: Any = 1e-6) -> F
         jnp.concatenate([ezz, ez[:, :, None]], axis=2),
         jnp.concatenate([ez[:, None, :], jnp.ones((k, 1, 1), ezz.dtype)], axis=2)], axis=1)
     rhs = jnp.concatenate([xu @ m_inv, delta[:, :, None]], axis=2)         # (K, D, q + 1)
-    sol = jnp.swapaxes(_spd_solve(gram, jnp.swapaxes(rhs, 1, 2)), 1, 2)   # (K, D, q + 1)
-    psi = jnp.maximum(stats.sum_xx / counts[:, None] - jnp.sum(sol * rhs, axis=2), 0.0)
-    return FactorParams(weights, params.means + sol[:, :, q], sol[:, :, :q], psi + reg_covar)
+    if "factors" not in fixed and "means" not in fixed:
+      sol = jnp.swapaxes(_spd_solve(gram, jnp.swapaxes(rhs, 1, 2)), 1, 2)  # (K, D, q + 1)
+      resid = xx - jnp.sum(sol * rhs, axis=2)
+    else:
+      if "factors" in fixed:
+        w = params.factors
+      else:  # means fixed: no intercept
+        w = jnp.swapaxes(_spd_solve(ezz, jnp.swapaxes(rhs[:, :, :q], 1, 2)), 1, 2)
+      mu = jnp.zeros_like(delta) if "means" in fixed else delta - jnp.einsum(
+          "kdq,kq->kd", w, ez, precision=_HIGHEST)
+      sol = jnp.concatenate([w, mu[:, :, None]], axis=2)
+      resid = xx - 2 * jnp.sum(sol * rhs, axis=2) + jnp.sum((sol @ gram) * sol, axis=2)
+    psi = jnp.maximum(resid, 0.0) + reg_covar
+    return FactorParams(weights, params.means + sol[:, :, q], sol[:, :, :q], psi)
   # Tipping & Bishop: S_k about the new mean mu_k + delta_k; S G^T = S B M^{-1}.
   sg = (xu - delta[:, :, None] * bd[:, None, :]) @ m_inv                  # (K, D, q)
   e = m_inv + m_inv @ (uu - bd[:, :, None] * bd[:, None, :]) @ m_inv      # M^-1 + G S G^T
-  w_new = jnp.swapaxes(_spd_solve(e, jnp.swapaxes(sg, 1, 2)), 1, 2)
-  trace = jnp.sum(stats.sum_xx / counts[:, None] - delta * delta, axis=1)
-  sigma2 = jnp.maximum((trace - jnp.sum(w_new * sg, axis=(1, 2))) / d, 0.0)
-  return FactorParams(weights, params.means + delta, w_new, sigma2 + reg_covar)
+  trace = jnp.sum(xx - delta * delta, axis=1)
+  if "factors" in fixed:
+    w = params.factors
+    resid = trace - 2 * jnp.sum(w * sg, axis=(1, 2)) + jnp.sum((w @ e) * w, axis=(1, 2))
+  else:
+    w = jnp.swapaxes(_spd_solve(e, jnp.swapaxes(sg, 1, 2)), 1, 2)
+    resid = trace - jnp.sum(w * sg, axis=(1, 2))
+  sigma2 = jnp.maximum(resid / d, 0.0) + reg_covar
+  return FactorParams(weights, params.means + delta, w, sigma2)
 
 
 @struct.dataclass
@@ -481,6 +512,11 @@ class FactorFamily(mixture.MixtureFamily):
   def m_step(self, params: FactorParams, stats: FactorStats) -> FactorParams:
     """:func:`m_step` with this family's ``reg_covar``."""
     return m_step(params, stats, self.reg_covar)
+
+  def m_step_fixed(self, params: FactorParams, stats: FactorStats,
+                   fixed: tuple[str, ...]) -> FactorParams:
+    """:func:`m_step` given the fields named in ``fixed`` (the conditional maximiser)."""
+    return m_step(params, stats, self.reg_covar, fixed)
 
   def prepare(self, params: FactorParams) -> _Prepared:
     return _prepare(params)
@@ -586,7 +622,7 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
     raise ValueError(f"rank must be smaller than the number of features D={d}, got rank={rank}; "
                      "with rank >= D use gmm.fit(covariance_type='full').")
   _checks.check_choice(noise, "noise", NOISE_TYPES)
-  fixed = _check_fixed(fixed)
+  fixed = mixture.check_fixed(fixed, FactorParams(None, None, None, None))
   if n < num_components:
     raise ValueError(
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
@@ -616,10 +652,9 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       mixture.default_chunk_size(n, num_components, d))
   family = FactorFamily(noise, rank, jnp.asarray(reg_covar, dtype))
-  options = {"fixed": fixed} if fixed else {}
   result = FactorFitResult(*mixture.fit_arrays(
       family, key, x, w, num_components, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
-      chunk_size=chunk, placement=placement, **options))
+      chunk_size=chunk, placement=placement, fixed=fixed))
   if _checks.is_concrete(result.n_iter) and not all(
       bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(result.params)):
     raise ValueError("The mixture of factor analysers produced non-finite parameters (a "
@@ -627,11 +662,3 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
                      "num_components or rank.")
   return result
 
-
-def _check_fixed(fixed: Any) -> tuple[str, ...]:
-  if isinstance(fixed, str):
-    fixed = (fixed,)
-  fixed = tuple(fixed)
-  for name in fixed:
-    _checks.check_choice(name, "name in fixed", FactorParams._fields)
-  return fixed
