@@ -30,7 +30,10 @@ else comes from this module, the same code the Gaussian mixture (:mod:`lvmjax.gm
 * device meshes: with ``mesh=`` (or an x already row-sharded) the whole fit is one
   ``shard_map``; each device sums its rows' statistics and one ``psum`` per iteration adds them;
 * streaming: :func:`fit_streaming` makes every iteration one pass over batches of data that do
-  not fit in memory (and, with several processes, adds the passes of all processes).
+  not fit in memory (and, with several processes, adds the passes of all processes);
+* frozen parameters: ``fixed=("weights", ...)`` keeps the named fields of the parameters at their
+  initial values, bit for bit, on one device, a mesh or a stream (:func:`keep_fields`; a family
+  whose free updates depend on a fixed field overrides ``m_step_fixed``).
 
 A family with a faster E-step than the generic one (the GMM's whitened one) overrides
 ``chunk_stats`` (and ``prepare``/``finalize``, work done once per E-step before and after the sum).
@@ -60,6 +63,7 @@ Examples:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -80,6 +84,7 @@ __all__ = [
     "generic_chunk_stats", "run_em", "fit_arrays", "resume_state", "chunk_rows", "sum_stats",
     "zero_stats", "e_step", "em_step", "fit", "responsibility_stats", "initial_responsibilities",
     "streamed_stats", "fit_streaming", "check_mesh", "mean_log_likelihood", "default_chunk_size",
+    "param_fields", "keep_fields", "check_fixed", "check_data",
 ]
 
 #: The initialisations every family gets: uniform random responsibilities, or hard
@@ -153,6 +158,13 @@ class MixtureFamily:
   Optional (defaults in brackets):
 
   * ``log_weights(params) -> (K,)``: :math:`\log w_k` [``jnp.log(params.weights)``].
+  * ``objective(params, stats) -> scalar``: the value the loop records and tests for
+    convergence, from the summed statistics and ``params``, the M-step's output from them
+    [:func:`mean_log_likelihood` of the statistics; a variational family records its bound].
+  * ``m_step_fixed(params, stats, fixed) -> params``: the M-step with the fields named in
+    ``fixed`` held at ``params``' values [``m_step``, then those fields put back: right when no
+    free update depends on a fixed field; the GMM overrides it so that its covariances are
+    taken about fixed means].
   * ``statistic(x) -> pytree of (n, ...)``: :math:`T(x)` whose responsibility-weighted sums the
     M-step needs [``x``].
   * ``prepare(params)``: work done once per E-step (e.g. Cholesky factors) [``params``].
@@ -167,11 +179,16 @@ class MixtureFamily:
   * ``data_shift(x, w, shard) -> (D,) or None`` and ``shift_params(params, shift)``: fit on
     ``x - shift`` and map the parameters back (the GMM centres its data for float32 accuracy)
     [no shift].
+  * ``missing_values``: a class attribute, True when NaN entries of x are missing values the
+    family handles itself (the data checks then let NaN through) [False].
 
   Families are passed to ``jax.jit`` as arguments: make them frozen dataclasses (hashable,
   e.g. ``@dataclasses.dataclass(frozen=True)``) or ``flax.struct.dataclass`` pytrees whose float
   fields (hyperparameters such as a regulariser) are then traced, not compiled in.
   """
+
+  #: True: NaN entries of x are missing values that the family handles (lvmjax.gmm.missing).
+  missing_values: bool = False
 
   # -- required ----------------------------------------------------------------------------
 
@@ -188,6 +205,25 @@ class MixtureFamily:
   def log_weights(self, params: Any) -> jax.Array:
     """(K,) log mixing weights."""
     return jnp.log(params.weights)
+
+  def objective(self, params: Any, stats: Any) -> jax.Array:
+    """The value recorded per iteration (mean log-likelihood of the E-step's parameters).
+
+    Args:
+      params: the M-step's output from ``stats`` (unused by the default).
+      stats: the summed E-step statistics.
+    """
+    del params
+    return mean_log_likelihood(stats)
+
+  def m_step_fixed(self, params: Any, stats: Any, fixed: tuple[str, ...]) -> Any:
+    """The M-step with the fields named in ``fixed`` kept at their values in ``params``.
+
+    The default is the maximiser of the expected complete-data log-likelihood when no free
+    field's update depends on a fixed one (e.g. any subset for a family whose parameters update
+    independently); override it otherwise.
+    """
+    return keep_fields(self.m_step(params, stats), params, fixed)
 
   def statistic(self, x: Data) -> Any:
     """Per-row statistic T(x) (pytree of (n, ...) arrays); its weighted sums feed the M-step."""
@@ -485,6 +521,73 @@ def responsibility_stats(family: MixtureFamily, x_chunks: jax.Array, w_chunks: j
 
 
 # --------------------------------------------------------------------------------------------
+# Frozen parameters.
+
+
+def param_fields(params: Any) -> tuple[str, ...]:
+  """The field names of a parameters object (a NamedTuple or a dataclass, flax's included).
+
+  Raises:
+    ValueError: params of another kind (``fixed=`` needs named fields).
+  """
+  if isinstance(params, tuple) and hasattr(params, "_fields"):
+    return tuple(params._fields)
+  if dataclasses.is_dataclass(params) and not isinstance(params, type):
+    return tuple(f.name for f in dataclasses.fields(params))
+  raise ValueError(f"fixed= needs parameters with named fields (a NamedTuple or a dataclass), "
+                   f"got {type(params).__name__}.")
+
+
+def keep_fields(params: Any, source: Any, fixed: tuple[str, ...]) -> Any:
+  """``params`` with the fields named in ``fixed`` taken from ``source`` (the same object, bit for
+  bit; no arithmetic), e.g. the M-step's output with the frozen fields put back.
+
+  Args:
+    params: a NamedTuple or dataclass of parameters.
+    source: parameters of the same kind holding the values to keep.
+    fixed: field names.
+
+  Returns:
+    The parameters with those fields replaced (``params`` itself when ``fixed`` is empty).
+  """
+  if not fixed:
+    return params
+  values = {name: getattr(source, name) for name in fixed}
+  if isinstance(params, tuple) and hasattr(params, "_fields"):
+    return params._replace(**values)
+  if hasattr(params, "replace"):  # flax.struct.dataclass
+    return params.replace(**values)
+  return dataclasses.replace(params, **values)
+
+
+def check_fixed(fixed: Any, params: Any = None) -> tuple[str, ...]:
+  """Checks ``fixed=`` at the door: a tuple (or list) of distinct field names, all of them fields
+  of ``params`` when given (initial parameters or a result).
+
+  Returns:
+    ``fixed`` as a tuple of str.
+
+  Raises:
+    ValueError: not a sequence of str, repeated names, or names that are not fields.
+  """
+  if isinstance(fixed, str):
+    fixed = (fixed,)
+  if not isinstance(fixed, (tuple, list)) or not all(isinstance(f, str) for f in fixed):
+    raise ValueError(f"fixed must be a tuple of parameter field names, e.g. ('weights',), got "
+                     f"{fixed!r}.")
+  fixed = tuple(fixed)
+  if len(set(fixed)) != len(fixed):
+    raise ValueError(f"fixed names a field more than once: {fixed!r}.")
+  if params is not None and fixed:
+    valid = param_fields(params)
+    unknown = [f for f in fixed if f not in valid]
+    if unknown:
+      raise ValueError(f"fixed names {unknown!r}, which are not fields of the parameters; valid "
+                       f"names: {', '.join(map(repr, valid))}.")
+  return fixed
+
+
+# --------------------------------------------------------------------------------------------
 # The fit.
 
 
@@ -506,11 +609,12 @@ def _join(dynamic, static) -> MixtureFamily:
 
 
 def run_em(family: MixtureFamily, params_or_state: Any, x_chunks: jax.Array, w_chunks: jax.Array,
-           *, tol: Any, max_iter: int, shard: sharding.Shard | None = None) -> fp.FixedPointState:
+           *, tol: Any, max_iter: int, shard: sharding.Shard | None = None,
+           fixed: tuple[str, ...] = ()) -> fp.FixedPointState:
   r"""The EM loop on chunked rows: :func:`lvmjax.fixed_point.fixed_point` of one EM step.
 
   Iteration t computes the statistics of :math:`\theta_t`, records their mean log-likelihood
-  :math:`\ell_t` and sets :math:`\theta_{t+1} = \mathrm{M}(S(\theta_t))`; it stops when
+  :math:`\ell_t` (``family.objective``) and sets :math:`\theta_{t+1} = \mathrm{M}(S(\theta_t))`; it stops when
   :math:`|\ell_t - \ell_{t-1}| < \mathrm{tol}` (scikit-learn's rule) or after ``max_iter``.
 
   Args:
@@ -520,19 +624,26 @@ def run_em(family: MixtureFamily, params_or_state: Any, x_chunks: jax.Array, w_c
     tol: convergence threshold on the change of the mean log-likelihood.
     max_iter: the most iterations in all (static).
     shard: the reduction hook (inside ``shard_map``).
+    fixed: names of parameter fields to keep at their initial values (static): every M-step is
+      ``family.m_step_fixed``, whose output gets those fields of the parameters it started from
+      back bit for bit.
 
   Returns:
     The final ``FixedPointState``; ``iterate`` holds the parameters after the last M-step.
   """
   def step(params):
     stats = sum_stats(family, params, x_chunks, w_chunks, shard)
-    return family.m_step(params, stats), mean_log_likelihood(stats)
+    if not fixed:
+      new = family.m_step(params, stats)
+    else:
+      new = keep_fields(family.m_step_fixed(params, stats, fixed), params, fixed)
+    return new, family.objective(new, stats)
 
   return fp.fixed_point(step, params_or_state, tol=tol, max_iter=max_iter)
 
 
 def _fit_body(family_leaves, key, x, w, start, tol, *, family_static, num_components, init,
-              n_init, max_iter, chunk_size, shard=None):
+              n_init, max_iter, chunk_size, fixed=(), shard=None):
   """The whole fit; with ``shard``, the body run on each device inside ``shard_map``, where x
   and w are this device's block of rows. ``start`` is None, initial params (``init="params"``)
   or a FixedPointState (``init="resume"``)."""
@@ -552,13 +663,20 @@ def _fit_body(family_leaves, key, x, w, start, tol, *, family_static, num_compon
 
   def one(k):
     if init == "resume":
-      begin = start._replace(iterate=to_frame(start.iterate))
+      original = start.iterate
+      begin = start._replace(iterate=to_frame(original))
     elif init == "params":
-      begin = to_frame(start)
+      original = start
+      begin = to_frame(original)
     else:
       begin = family.initialize(k, Rows(x, w, x_chunks, w_chunks), num_components, init, shard)
-    s = run_em(family, begin, x_chunks, w_chunks, tol=tol, max_iter=max_iter, shard=shard)
+      original = begin if shift is None else family.shift_params(begin, shift)
+      check_fixed(fixed, begin)
+    s = run_em(family, begin, x_chunks, w_chunks, tol=tol, max_iter=max_iter, shard=shard,
+               fixed=fixed)
     params = s.iterate if shift is None else family.shift_params(s.iterate, shift)
+    # Frozen fields come back as they went in: shifting there and back may round.
+    params = keep_fields(params, original, fixed)
     return MixtureFitResult(params, s.history, s.n_iter, s.converged, s.value)
 
   if n_init == 1:
@@ -569,7 +687,8 @@ def _fit_body(family_leaves, key, x, w, start, tol, *, family_static, num_compon
   return jax.tree.map(lambda a: a[best], results)
 
 
-_STATIC = ("family_static", "num_components", "init", "n_init", "max_iter", "chunk_size")
+_STATIC = ("family_static", "num_components", "init", "n_init", "max_iter", "chunk_size",
+           "fixed")
 _fit_jit = jax.jit(_fit_body, static_argnames=_STATIC + ("shard",))
 
 
@@ -596,15 +715,18 @@ def resume_state(result: Any, dtype: Any) -> tuple[fp.FixedPointState, int | Non
 
 def fit_arrays(family: MixtureFamily, key: Key, x: Any, w: Any, num_components: int, *,
                init: Any = "random", n_init: int = 1, max_iter: int = 100, tol: Any = 1e-3,
-               chunk_size: int, placement: tuple | None = None) -> MixtureFitResult:
+               chunk_size: int, placement: tuple | None = None,
+               fixed: tuple[str, ...] = ()) -> MixtureFitResult:
   """:func:`fit` after its checks, on float arrays ``x`` (N, D) and weights ``w`` (N,) (or, with
   ``placement = (mesh, axis_name)``, host or row-sharded arrays and optional weights).
 
   ``init`` is a name the family's ``initialize`` knows, initial parameters (anything else that
   is not a fit result), or a fit result to continue: with a concrete ``n_iter`` the compiled loop
   runs only the ``max_iter - n_iter`` new iterations (one compilation serves every block of the
-  same length) and the histories are joined here.
+  same length) and the histories are joined here. ``fixed``: as :func:`fit` (checked here).
   """
+  fixed = check_fixed(fixed, None if isinstance(init, str) else (
+      init.params if _is_result(init) else init))
   dtype = x.dtype if placement is None else jnp.result_type(x.dtype, float)
   tol = jnp.asarray(tol, dtype)
   dynamic, static = _split(family)
@@ -625,7 +747,7 @@ def fit_arrays(family: MixtureFamily, key: Key, x: Any, w: Any, num_components: 
     start = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     n_init, kind = 1, "params"
   static_args = dict(family_static=static, num_components=num_components, init=kind,
-                     n_init=n_init, max_iter=max_iter - n_prev)
+                     n_init=n_init, max_iter=max_iter - n_prev, fixed=fixed)
   if placement is None:
     result = _fit_jit(dynamic, key, x, w, start, tol, chunk_size=min(chunk_size, x.shape[0]),
                       **static_args)
@@ -652,10 +774,30 @@ def _is_result(init: Any) -> bool:
   return all(hasattr(init, f) for f in MixtureFitResult._fields) and isinstance(init, tuple)
 
 
+def _without_missing(family: MixtureFamily, x: Any) -> Any:
+  """x for the data checks: with a family of ``missing_values``, its NaN entries as 0."""
+  if (not family.missing_values or not _checks.is_concrete(x) or sharding.is_global(x)
+      or not np.issubdtype(np.asarray(x).dtype, np.floating)):
+    return x
+  x = np.asarray(x)
+  return np.where(np.isnan(x), 0, x)
+
+
+def check_data(family: MixtureFamily, x: Any) -> None:
+  """``lvmjax.sharding.check_data`` of a fit's rows, NaN allowed for a family of
+  ``missing_values``.
+
+  Raises:
+    ValueError: not 2-D, no rows, or non-finite values (NaN only without ``missing_values``).
+  """
+  sharding.check_data(_without_missing(family, x))
+
+
 def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
         init: Any = "random", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
         sample_weight: ArrayLike | None = None, chunk_size: int | None = None,
-        mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None) -> MixtureFitResult:
+        mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None,
+        fixed: tuple[str, ...] = ()) -> MixtureFitResult:
   r"""Fits a mixture of ``family`` components by EM, in one compiled call.
 
   Each iteration runs the E-step over chunks of rows (:func:`sum_stats`) and the family's
@@ -683,15 +825,20 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
       one ``shard_map`` with one ``psum`` of the statistics per iteration). A row-sharded
       ``jax.Array`` x is fitted this way without ``mesh``.
     axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
+    fixed: names of parameter fields (of the family's NamedTuple or dataclass, e.g.
+      ``("weights",)``) to keep at their initial values: after every M-step
+      (``family.m_step_fixed``) they are put back, and the result holds them bit for bit as they
+      came in (``init`` parameters or a result; with a named ``init``, the initialisation's
+      values, after any ``data_shift`` is undone).
 
   Returns:
     :class:`MixtureFitResult` ``(params, log_likelihood, n_iter, converged, lower_bound)``.
 
   Raises:
-    ValueError: bad x, weights or options.
+    ValueError: bad x, weights or options (``fixed`` naming fields the parameters lack).
   """
   placement = sharding.mesh_of(x, mesh, axis_name)
-  sharding.check_data(x)
+  check_data(family, x)
   n, d = np.shape(x)
   num_components = _checks.check_positive_int(num_components, "num_components")
   n_init = _checks.check_positive_int(n_init, "n_init")
@@ -711,7 +858,8 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
   else:
     w = sample_weight
   return fit_arrays(family, key, x, w, num_components, init=init, n_init=n_init,
-                    max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement)
+                    max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement,
+                    fixed=fixed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,7 +929,7 @@ def _local_pass(family, params, batches, num_features, batch_size, chunk_size, m
   seen = 0
   for xb, wb in batches():
     if check:
-      data.check_batch(np.asarray(xb), wb, d)
+      data.check_batch(_without_missing(family, np.asarray(xb)), wb, d)
     if np.shape(xb)[0] == 0:
       continue
     seen += np.shape(xb)[0]
@@ -866,7 +1014,8 @@ def fit_streaming(family: MixtureFamily, init: Any, batches: Batches, num_featur
                   max_iter: int = 100, tol: float = 1e-3, batch_size: int = 65536,
                   chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
                   axis_name: str | None = None, dtype: Any = None,
-                  callback: Callable[[int, float], None] | None = None) -> MixtureFitResult:
+                  callback: Callable[[int, float], None] | None = None,
+                  fixed: tuple[str, ...] = ()) -> MixtureFitResult:
   r"""EM over data streamed in batches: every iteration is one pass, :math:`\theta' =
   \mathrm{M}(\sum_b S_b(\theta))`, so the fit equals the in-memory one from the same start (up to
   the order of float additions) with memory independent of N.
@@ -883,10 +1032,12 @@ def fit_streaming(family: MixtureFamily, init: Any, batches: Batches, num_featur
     batch_size, chunk_size, mesh, axis_name: as :func:`streamed_stats`.
     dtype: float dtype (default that of the initial parameters).
     callback: optional ``callback(iteration, mean_log_likelihood)`` after each pass.
+    fixed: parameter fields kept at their values in ``init``, bit for bit (as :func:`fit`).
 
   Returns:
     :class:`MixtureFitResult`; ``log_likelihood`` has one entry per pass.
   """
+  fixed = check_fixed(fixed, init.params if _is_result(init) else init)
   if _is_result(init):
     dtype = dtype or jnp.result_type(*[jnp.asarray(a).dtype
                                        for a in jax.tree.leaves(init.params)], float)
@@ -896,8 +1047,14 @@ def fit_streaming(family: MixtureFamily, init: Any, batches: Batches, num_featur
                                      float)
     start = fp.start(jax.tree.map(lambda a: jnp.asarray(a, dtype), init), max_iter, dtype)
   dtype = jnp.dtype(dtype)
-  m_step = jax.jit(lambda leaves, params, stats, static: _join(leaves, static).m_step(
-      params, stats), static_argnums=3)
+  def m_step_of(leaves, params, stats, static):
+    family = _join(leaves, static)
+    if not fixed:
+      new = family.m_step(params, stats)
+    else:
+      new = keep_fields(family.m_step_fixed(params, stats, fixed), params, fixed)
+    return new, family.objective(new, stats)
+  m_step = jax.jit(m_step_of, static_argnums=3)
   dynamic, static = _split(family)
 
   def step(params):
@@ -906,8 +1063,8 @@ def fit_streaming(family: MixtureFamily, init: Any, batches: Batches, num_featur
                            chunk_size=chunk_size, mesh=mesh, axis_name=axis_name, check=first,
                            dtype=dtype)
     done[0] += 1
-    ll = jnp.asarray(float(mean_log_likelihood(stats)), dtype)
-    return m_step(dynamic, params, stats, static), ll
+    new, value = m_step(dynamic, params, stats, static)
+    return new, jnp.asarray(float(value), dtype)
 
   def after(state):
     value = float(state.value)

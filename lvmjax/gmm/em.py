@@ -49,11 +49,15 @@ from lvmjax import kmeans
 from lvmjax import linalg
 from lvmjax import mixture
 from lvmjax import sharding
+from lvmjax.gmm import missing as missing_data
 from lvmjax.gmm import model
 from lvmjax.gmm.model import GMMParams
 from lvmjax.types import DataLike, Key, Scalar, WeightsLike
 
 INITS = ("kmeans", "k-means++", "random", "random_from_data")
+
+#: The parameter fields ``fit(..., fixed=...)`` can hold at their initial values.
+FIXABLE = ("weights", "means", "covariances")
 
 
 class SuffStats(NamedTuple):
@@ -211,6 +215,16 @@ class GaussianFamily(mixture.MixtureFamily):
     """:func:`lvmjax.gmm.m_step` with this family's ``reg_covar``."""
     return m_step(params, stats, self.reg_covar)
 
+  def m_step_fixed(self, params: GMMParams, stats: SuffStats,
+                   fixed: tuple[str, ...]) -> GMMParams:
+    r"""The M-step with the fields in ``fixed`` held: with fixed means the covariances are the
+    moments about them, :math:`\Sigma_k = S^{(2)}_k / N_k + \epsilon I` (the moments are taken
+    about the E-step's means, so :math:`S^{(1)}` is dropped); the other updates do not depend on
+    each other."""
+    if "means" in fixed:
+      stats = stats._replace(sum_x=jnp.zeros_like(stats.sum_x))
+    return mixture.keep_fields(m_step(params, stats, self.reg_covar), params, fixed)
+
   def prepare(self, params: GMMParams) -> Any:
     cov_type = params.covariance_type
     k, d = params.means.shape
@@ -274,6 +288,45 @@ class GaussianFamily(mixture.MixtureFamily):
 
   def shift_params(self, params: GMMParams, shift: jax.Array) -> GMMParams:
     return params.replace(means=params.means + shift)
+
+
+@struct.dataclass
+class MissingGaussianFamily(GaussianFamily):
+  r"""The Gaussian mixture on data whose NaN entries are missing: the E-step of
+  :func:`lvmjax.gmm.missing.expected_stats` (Ghahramani & Jordan 1994), which takes the
+  conditional moments of the missing entries; the M-step, frozen parameters and parameter shift
+  are :class:`GaussianFamily`'s. It centres the data by each column's observed mean, and its
+  named initialisations run on the data with the missing entries set to that mean.
+
+  Attributes:
+    covariance_type: "full", "tied", "diag" or "spherical" (static).
+    reg_covar: added to the diagonal of every covariance in the M-step (traced).
+  """
+  missing_values = True
+
+  def log_component(self, params: GMMParams, x: jax.Array) -> jax.Array:
+    r"""(n, K) :math:`\log \mathcal{N}(x_{n,o}; \mu_{k,o}, \Sigma_{k,oo})`, NaN = missing."""
+    return model.log_joint(params, missing_data.fill_missing(x), ~jnp.isnan(x)) - jnp.log(
+        params.weights)[None, :]
+
+  def prepare(self, params: GMMParams) -> GMMParams:
+    return params
+
+  def chunk_stats(self, prepared: GMMParams, x: jax.Array, w: jax.Array) -> SuffStats:
+    return SuffStats(*missing_data.expected_stats(prepared, x, w))
+
+  def finalize(self, prepared: Any, stats: SuffStats) -> SuffStats:
+    del prepared
+    return stats
+
+  def data_shift(self, x: jax.Array, w: jax.Array, shard: sharding.Shard | None = None):
+    return missing_data.observed_mean(x, w, shard)
+
+  def initialize(self, key: jax.Array, rows: mixture.Rows, num_components: int, init: str,
+                 shard: sharding.Shard | None = None) -> GMMParams:
+    filled = mixture.Rows(missing_data.fill_missing(rows.x), rows.w,
+                          missing_data.fill_missing(rows.x_chunks), rows.w_chunks)
+    return super().initialize(key, filled, num_components, init, shard)
 
 
 def default_chunk_size(num_points: int, num_components: int, num_features: int) -> int:
@@ -480,11 +533,36 @@ def check_fit_options(num_components, covariance_type, n_init, max_iter, tol, re
   return num_components, n_init, max_iter, tol, reg_covar
 
 
+def check_fixed(fixed: Any, init: Any) -> tuple[str, ...]:
+  """Checks ``fit``'s ``fixed=``: names in :data:`FIXABLE`, and an ``init`` holding their values.
+
+  Returns:
+    ``fixed`` as a tuple.
+
+  Raises:
+    ValueError: unknown names, or ``fixed`` with a named initialisation.
+  """
+  fixed = mixture.check_fixed(fixed)
+  unknown = [f for f in fixed if f not in FIXABLE]
+  if unknown:
+    raise ValueError(f"fixed names {unknown!r}; the fields that can be fixed are "
+                     f"{', '.join(map(repr, FIXABLE))}.")
+  if fixed and isinstance(init, str):
+    raise ValueError(
+        f"fixed={fixed!r} keeps fields at the values of init, so init must hold them: pass "
+        "init=gmm.GMMParams(weights, means, covariances, covariance_type) (its other fields are "
+        "the starting values of the free ones), not the named initialisation "
+        f"{init!r}. Starting values from an initialisation: "
+        f"gmm.fit(key, x, K, init={init!r}, max_iter=0).params.")
+  return fixed
+
+
 def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full",
         init: str | GMMParams | GMMFitResult = "kmeans", n_init: int = 1, max_iter: int = 100,
         tol: float = 1e-3, reg_covar: float = 1e-6, sample_weight: WeightsLike | None = None, *,
         chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
-        axis_name: str | None = None, check_finite: bool = True) -> GMMFitResult:
+        axis_name: str | None = None, check_finite: bool = True,
+        fixed: tuple[str, ...] = (), missing: str = "error") -> GMMFitResult:
   r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.
 
   Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is
@@ -535,6 +613,19 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
     axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
     check_finite: raise ValueError when the fitted parameters are not finite (False returns
       them, for a caller that reports the failure itself, e.g. with the iteration it happened).
+    fixed: a subset of ("weights", "means", "covariances") kept at the values of ``init``, which
+      must then be a ``GMMParams`` (or a ``GMMFitResult``) holding them: the fit returns those
+      fields bit for bit, on one device or a mesh, and the free ones are the constrained maximum
+      likelihood (with fixed means, the covariances are the moments about them). A named
+      ``init`` with ``fixed`` is a ValueError: the values an initialisation draws are no
+      values to freeze.
+    missing: "error" (NaN in x is a ValueError) or "marginalize": NaN entries are missing at
+      random and integrated out exactly; EM with the conditional moments of the missing entries
+      (:class:`MissingGaussianFamily`, :mod:`lvmjax.gmm.missing`), whose ``log_likelihood`` is
+      that of the observed entries. Named initialisations run on the data with each missing
+      entry set to its column's observed mean. A row or a column with nothing observed is a
+      ValueError. The default ``chunk_size`` is smaller (the E-step holds (chunk, K, D, D)
+      for "full").
 
   Returns:
     ``GMMFitResult(params, log_likelihood, n_iter, converged, lower_bound)``.
@@ -555,7 +646,10 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
   """
   _checks.check_fit_inputs(key, x)  # a PRNG key; float32/float64 data (ints converted)
   placement = sharding.mesh_of(x, mesh, axis_name)
-  sharding.check_data(x)
+  missing_data.check_missing_data(x, missing)
+  marginalize = missing == "marginalize"
+  family_class = MissingGaussianFamily if marginalize else GaussianFamily
+  mixture.check_data(family_class(covariance_type), x)
   n, d = np.shape(x)
   num_components, n_init, max_iter, tol, reg_covar = check_fit_options(
       num_components, covariance_type, n_init, max_iter, tol, reg_covar)
@@ -570,6 +664,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
   else:
     dtype = jnp.result_type(x.dtype, float)
     w = sample_weight
+  fixed = check_fixed(fixed, init)
   if isinstance(init, GMMFitResult):
     model.check_init(init.params, d, num_components, covariance_type)
     init_kind = "result"
@@ -586,11 +681,16 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
       and init_kind in ("random_from_data", "k-means++", "kmeans")):
     raise ValueError(f"Only {int(np.count_nonzero(np.asarray(w)))} points have positive "
                      f"sample_weight, fewer than num_components={num_components}.")
-  chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
-      default_chunk_size(n, num_components, d))
-  family = GaussianFamily(covariance_type, jnp.asarray(reg_covar, dtype))
+  if chunk_size:
+    chunk = _checks.check_positive_int(chunk_size, "chunk_size")
+  elif marginalize:
+    chunk = missing_data.default_chunk_size(n, num_components, d, covariance_type)
+  else:
+    chunk = default_chunk_size(n, num_components, d)
+  family = family_class(covariance_type, jnp.asarray(reg_covar, dtype))
   result = mixture.fit_arrays(family, key, x, w, num_components, init=init, n_init=n_init,
-                              max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement)
+                              max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement,
+                              fixed=fixed)
   result = GMMFitResult(*result)
   if check_finite and _checks.is_concrete(result.n_iter):
     leaves = jax.tree.leaves(result.params)

@@ -171,6 +171,127 @@ def _log_gaussians(params: GMMParams, chol: jax.Array, x: jax.Array) -> tuple[ja
   return log_norm - half_logdet[None, :] - 0.5 * maha, diff
 
 
+def _masked_gaussians(params: GMMParams, x: jax.Array, observed: jax.Array, *,
+                      moments: bool = False) -> tuple[jax.Array, Any, Any]:
+  r"""Gaussians of the observed entries of each row, and the conditional moments of the others.
+
+  For row n with observed entries o (``observed[n]``) and missing entries m,
+
+  .. math::
+
+    \log \mathcal{N}(x_o; \mu_{k,o}, \Sigma_{k,oo}), \qquad
+    \hat x_{nk} = egin{pmatrix} x_o \ \mu_{k,m} + \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
+    (x_o - \mu_{k,o}) \end{pmatrix}, \qquad
+    C_{nk} = egin{pmatrix} 0 & 0 \ 0 & \Sigma_{k,mm} - \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
+    \Sigma_{k,om} \end{pmatrix}.
+
+  "full" and "tied" take every row through one masked matrix, without a loop over rows or mask
+  patterns: :math:`	ilde\Sigma = M \Sigma M + (I - M)`, :math:`M = \mathrm{diag}(o_n)`, is
+  :math:`\Sigma_{oo}` on the observed block and the identity on the missing one, so with
+  :math:`	ilde\Sigma = 	ilde L 	ilde L^	op` and the residual :math:`r = M(x - \mu)` (0 where
+  missing), :math:`\lVert 	ilde L^{-1} rVert^2` and :math:`\log\det	ilde\Sigma` are those of
+  the observed block; with :math:`v = 	ilde L^{-1} r` and :math:`B = 	ilde L^{-1} M \Sigma`,
+  :math:`\Sigma_{mo}\Sigma_{oo}^{-1} r_o = (B^	op v)_m` and
+  :math:`\Sigma_{mo}\Sigma_{oo}^{-1}\Sigma_{om} = (B^	op B)_{mm}`. O(D³) per row and component.
+  "diag" and "spherical" factorise over the entries: the observed ones enter the density, the
+  missing ones keep the component's mean and variance.
+
+  Args:
+    params: mixture parameters.
+    x: (n, D) rows; the values at missing entries are ignored (they may be NaN).
+    observed: (n, D) bool, True where observed.
+    moments: also return :math:`\hat x` and :math:`C`.
+
+  Returns:
+    ``(log_gauss (n, K), x_hat (n, K, D) or None, cond)`` where ``cond`` is :math:`C`: (n, K, D, D)
+    for "full", (n, D, D) for "tied" (the same for every component), (n, K, D) diagonals for
+    "diag" and "spherical"; None without ``moments``.
+  """
+  means = jnp.asarray(params.means)
+  k, d = means.shape
+  dtype = means.dtype
+  obs = observed.astype(dtype)  # (n, D)
+  x = jnp.where(observed, x, 0).astype(dtype)
+  diff = obs[:, None, :] * (x[:, None, :] - means[None])  # (n, K, D), 0 where missing
+  n_obs = jnp.sum(obs, axis=1)  # (n,)
+  cov_type = params.covariance_type
+  cov = jnp.asarray(params.covariances)
+  x_hat = cond = None
+  if cov_type in ("full", "tied"):
+    eye = jnp.eye(d, dtype=dtype)
+    outer = obs[:, :, None] * obs[:, None, :]  # (n, D, D)
+    fill = eye * (1 - obs)[:, None, :]  # identity on the missing block
+    if cov_type == "full":
+      masked = outer[:, None] * cov[None] + fill[:, None]  # (n, K, D, D)
+      chol = linalg.cholesky(masked)
+      v = linalg.triangular_solve(chol, diff[..., None], left_side=True, lower=True)[..., 0]
+    else:
+      masked = outer * cov[None] + fill  # (n, D, D)
+      chol = linalg.cholesky(masked)
+      # The same factor for every component: solve the K residuals as K right-hand sides.
+      v = jnp.swapaxes(linalg.triangular_solve(chol, jnp.swapaxes(diff, 1, 2), left_side=True,
+                                               lower=True), 1, 2)
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    if cov_type == "tied":
+      half_logdet = half_logdet[:, None]
+    maha = jnp.sum(jnp.square(v), axis=-1)  # (n, K)
+    if moments:
+      missing = 1 - obs
+      if cov_type == "full":
+        b = linalg.triangular_solve(chol, obs[:, None, :, None] * cov[None], left_side=True,
+                                    lower=True)  # (n, K, D, D)
+        shift = jnp.einsum("nkde,nkd->nke", b, v)
+        schur = cov[None] - jnp.swapaxes(b, -1, -2) @ b
+        cond = (missing[:, :, None] * missing[:, None, :])[:, None] * schur
+      else:
+        b = linalg.triangular_solve(chol, obs[:, :, None] * cov[None], left_side=True,
+                                    lower=True)  # (n, D, D)
+        shift = jnp.einsum("nde,nkd->nke", b, v)
+        schur = cov[None] - jnp.swapaxes(b, -1, -2) @ b
+        cond = missing[:, :, None] * missing[:, None, :] * schur
+      x_hat = jnp.where(observed[:, None, :], x[:, None, :], means[None] + shift)
+  else:
+    var = cov if cov_type == "diag" else jnp.broadcast_to(cov[:, None], (k, d))  # (K, D)
+    maha = jnp.einsum("nkd,kd->nk", jnp.square(diff), 1.0 / var)
+    half_logdet = 0.5 * obs @ jnp.log(var).T  # (n, K)
+    if moments:
+      x_hat = jnp.where(observed[:, None, :], x[:, None, :], means[None])
+      cond = (1 - obs)[:, None, :] * var[None]
+  log_gauss = (-0.5 * math.log(2 * math.pi) * n_obs[:, None] - half_logdet - 0.5 * maha)
+  return log_gauss, x_hat, cond
+
+
+def check_mask(mask: Any, x: Any) -> jax.Array:
+  """Checks a mask of observed entries at the door: boolean, x's shape, and (when concrete)
+  at least one observed entry per row.
+
+  Returns:
+    The mask as a bool array.
+
+  Raises:
+    ValueError: a mask of another shape or dtype, or a row with nothing observed.
+  """
+  x_shape, m_shape = np.shape(x), np.shape(mask)
+  if m_shape != x_shape:
+    raise ValueError(f"mask must have the shape of x, {x_shape} (True where x is observed), got "
+                     f"{m_shape}. For NaN-coded data use mask = ~np.isnan(x).")
+  dtype = getattr(mask, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(mask).dtype
+  if dtype != bool:
+    raise ValueError(f"mask must be a boolean array (True where x is observed), got dtype "
+                     f"{dtype}. Convert it, e.g. mask.astype(bool) or mask = ~np.isnan(x).")
+  if _checks.is_concrete(mask) and len(m_shape) and m_shape[-1]:
+    empty = ~np.asarray(mask).reshape(-1, m_shape[-1]).any(axis=1)
+    if empty.any():
+      rows = np.flatnonzero(empty)
+      raise ValueError(
+          f"{rows.size} row(s) of x have no observed entry (mask all False), e.g. row "
+          f"{int(rows[0])}: nothing is known about them. Drop them first, e.g. "
+          "keep = mask.any(axis=-1); x, mask = x[keep], mask[keep].")
+  return jnp.asarray(mask, bool)
+
+
 def _flatten(params: GMMParams, x: ArrayLike) -> tuple[jax.Array, tuple[int, ...]]:
   x = jnp.asarray(x)
   d = params.means.shape[-1]
@@ -180,15 +301,25 @@ def _flatten(params: GMMParams, x: ArrayLike) -> tuple[jax.Array, tuple[int, ...
   return x.reshape(-1, d), x.shape[:-1]
 
 
-def log_joint(params: GMMParams, x: ArrayLike) -> LogJoint:
+def log_joint(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> LogJoint:
   r"""The log-joint :math:`\log p(x, z{=}k) = \log w_k + \log \mathcal{N}(x; \mu_k, \Sigma_k)`.
+
+  With ``mask``, the missing entries are marginalised exactly (the marginal of a Gaussian is the
+  Gaussian of the observed block): :math:`\log p(x_o, z{=}k) = \log w_k +
+  \log \mathcal{N}(x_o; \mu_{k,o}, \Sigma_{k,oo})`, o the entries of the row with mask True.
 
   Args:
     params: mixture parameters.
     x: points of shape (..., D).
+    mask: optional bool array of x's shape, True where x is observed; the values of x at the
+      other entries are ignored (NaN allowed). Every row needs an observed entry.
 
   Returns:
     (..., K) log-joint for every component.
+
+  Raises:
+    ValueError: bad params, x of the wrong width, or a bad mask (wrong shape or dtype, a row
+      with nothing observed).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -201,48 +332,58 @@ def log_joint(params: GMMParams, x: ArrayLike) -> LogJoint:
   check_params(params)  # values too when concrete (not under a user's jit)
   flat, batch = _flatten(params, x)
   flat = flat.astype(jnp.result_type(flat.dtype, params.means.dtype, float))
-  log_gauss, _ = _log_gaussians(params, cholesky(params), flat)
+  if mask is None:
+    log_gauss, _ = _log_gaussians(params, cholesky(params), flat)
+  else:
+    observed = check_mask(mask, x).reshape(flat.shape)
+    log_gauss, _, _ = _masked_gaussians(params.replace(
+        means=jnp.asarray(params.means, flat.dtype),
+        covariances=jnp.asarray(params.covariances, flat.dtype)), flat, observed)
   out = jnp.log(jnp.asarray(params.weights))[None, :] + log_gauss
   return out.reshape(*batch, params.means.shape[0])
 
 
-def log_marginal(params: GMMParams, x: ArrayLike) -> LogDensity:
+def log_marginal(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> LogDensity:
   r"""The log-likelihood :math:`\log p(x) = \operatorname{logsumexp}_k \log p(x, z{=}k)`.
 
   Args:
     params: mixture parameters.
     x: points of shape (..., D).
+    mask: optional, True where x is observed (see :func:`log_joint`): then
+      :math:`\log p(x_o)`, the missing entries marginalised.
 
   Returns:
     (...,) log-density of each point.
   """
-  return jax.nn.logsumexp(log_joint(params, x), axis=-1)
+  return jax.nn.logsumexp(log_joint(params, x, mask), axis=-1)
 
 
-def posterior(params: GMMParams, x: ArrayLike) -> Responsibilities:
+def posterior(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> Responsibilities:
   r"""The responsibilities :math:`p(z{=}k \mid x) = \exp(\log p(x, z{=}k) - \log p(x))`.
 
   Args:
     params: mixture parameters.
     x: points of shape (..., D).
+    mask: optional, True where x is observed: then :math:`p(z{=}k \mid x_o)`.
 
   Returns:
     (..., K) posterior probabilities; each row sums to one.
   """
-  return jax.nn.softmax(log_joint(params, x), axis=-1)
+  return jax.nn.softmax(log_joint(params, x, mask), axis=-1)
 
 
-def map_latent(params: GMMParams, x: ArrayLike) -> jax.Array:
+def map_latent(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
   r"""The MAP component :math:`\arg\max_k p(z{=}k \mid x) = \arg\max_k \log p(x, z{=}k)`.
 
   Args:
     params: mixture parameters.
     x: points of shape (..., D).
+    mask: optional, True where x is observed: then :math:`\arg\max_k p(z{=}k \mid x_o)`.
 
   Returns:
     (...,) integer component index of each point.
   """
-  return jnp.argmax(log_joint(params, x), axis=-1)
+  return jnp.argmax(log_joint(params, x, mask), axis=-1)
 
 
 def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
