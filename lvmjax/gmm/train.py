@@ -46,6 +46,19 @@ from lvmjax import sharding
 
 SELECT_K = ("none", "bic", "aic")
 
+# The scores run as one compiled program per shape (not op by op, which compiles each of ~30
+# operations per K and per split: most of the main job's compilations, time and memory).
+_log_marginal = jax.jit(gmm.log_marginal)
+_map_latent = jax.jit(gmm.map_latent)
+
+
+def _to_device(a: Any, dtype: Any = None) -> jax.Array:
+  """A host array on the default device (``jax.device_put``: unlike ``jnp.asarray`` of a NumPy
+  array, it compiles nothing); a JAX array stays where it is."""
+  if isinstance(a, jax.Array):
+    return a if dtype is None else a.astype(dtype)
+  return jax.device_put(np.asarray(a, dtype))
+
 
 class GMMRun(NamedTuple):
   """What :func:`fit_and_evaluate` returns.
@@ -98,7 +111,7 @@ def load_data(config: Any) -> tuple[data.Dataset, data.Dataset | None]:
 
 def _total_log_likelihood(params: gmm.GMMParams, x: Any) -> tuple[float, int]:
   """(sum of log p(x) over the rows of every process, number of those rows)."""
-  ll = np.asarray(gmm.log_marginal(params, jnp.asarray(x)), np.float64)
+  ll = np.asarray(_log_marginal(params, _to_device(x)), np.float64)
   total, n = sharding.process_sum((ll.sum(), ll.shape[0]))
   return float(total), int(n)
 
@@ -113,13 +126,13 @@ def _scores(params: gmm.GMMParams, x: Any) -> dict:
 
 def _ari(params: gmm.GMMParams, x: Any, y: np.ndarray) -> float:
   """ARI of the MAP components against the labels, over the rows of every process."""
-  pred = np.asarray(gmm.map_latent(params, jnp.asarray(x)))
+  pred = np.asarray(_map_latent(params, _to_device(x)))
   return experiment.adjusted_rand_index(sharding.process_concat(y), sharding.process_concat(pred))
 
 
 def _on_host(params: gmm.GMMParams) -> gmm.GMMParams:
   """A one-device copy of (possibly mesh-replicated, multi-process) parameters."""
-  return jax.tree.map(jnp.asarray, jax.device_get(params))
+  return jax.device_put(jax.device_get(params))
 
 
 def _params_template(k: int, d: int, covariance_type: str, dtype) -> dict:
@@ -134,7 +147,8 @@ def _state_of(params: gmm.GMMParams, lower_bound) -> dict:
 
 
 def _finite_params(params: gmm.GMMParams) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params))
+  """All parameters finite (checked on the host: no program compiled per K)."""
+  return all(bool(np.all(np.isfinite(a))) for a in jax.tree.leaves(jax.device_get(params)))
 
 
 def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
@@ -174,8 +188,13 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
     res = gmm.fit(jax.random.fold_in(key, k), fx, k, config.covariance_type, init=config.init,
                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
                   reg_covar=config.reg_covar, chunk_size=config.chunk_size or None,
-                  sample_weight=fw)
+                  sample_weight=fw, check_finite=False)
     params = _on_host(res.params)
+    if not _finite_params(params):
+      raise ValueError(
+          f"Model selection: the fit with K={k} components has non-finite parameters (a "
+          "component with an ill-defined covariance: singleton or collapsed points). Increase "
+          "config.reg_covar or remove the largest Ks from config.k_values.")
     scores = _scores(params, x)
     row = {"k": int(k), "bic": scores["bic"], "aic": scores["aic"],
            "train_log_likelihood": scores["log_likelihood"],
@@ -223,8 +242,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   workdir = experiment.prepare_workdir(workdir)
   primary = distributed.is_primary()
   train, test = load_data(config)  # with several processes: this process's rows only
-  x = jnp.asarray(train.x)
-  x_test = None if test is None else jnp.asarray(test.x)
+  x = _to_device(train.x)
+  x_test = None if test is None else _to_device(test.x)
   # With several devices (or hosts), EM runs data-parallel: each process puts its own block of
   # rows on its devices (padding rows, at the end, get weight 0); the evaluation sums over the
   # processes' rows.
@@ -268,8 +287,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
                              config.covariance_type)
       n_iter, converged = int(meta["n_iter"]), bool(meta["converged"])
       history = list(meta["history"])
-      result = gmm.GMMFitResult(params, jnp.asarray(history, x.dtype), jnp.asarray(n_iter),
-                                jnp.asarray(converged), restored["lower_bound"])
+      result = gmm.GMMFitResult(params, _to_device(history, x.dtype), _to_device(n_iter),
+                                _to_device(converged), restored["lower_bound"])
       writer.truncate_after(n_iter)
       logging.info("Resuming the EM fit from iteration %d (%s).", n_iter, ckpt.directory)
     else:
@@ -287,7 +306,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
                        reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w,
                        check_finite=False)
       done = int(result.n_iter) - n_iter
-      new = [float(v) for v in np.asarray(result.log_likelihood[n_iter:])]
+      new = [float(v) for v in np.asarray(result.log_likelihood)[n_iter:]]
       bad = [i for i, v in enumerate(new) if not np.isfinite(v)]
       if bad or not _finite_params(result.params):
         step = n_iter + (bad[0] + 1 if bad else done)
@@ -329,7 +348,7 @@ def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | No
   the rows of all processes (sums of log-likelihoods added over processes, labels gathered for
   the ARI), so it equals the one-process number. Every process must call this.
   """
-  x = jnp.asarray(train.x)
+  x = _to_device(train.x)
   scores = _scores(params, x)
   results = {
       "train_log_likelihood": scores["log_likelihood"], "bic": scores["bic"],
@@ -339,21 +358,21 @@ def evaluate(params: gmm.GMMParams, train: data.Dataset, test: data.Dataset | No
   if train.y is not None:
     results["train_ari"] = _ari(params, x, train.y)
   if test is not None:
-    xt = jnp.asarray(test.x)
+    xt = _to_device(test.x)
     results["test_log_likelihood"] = _scores(params, xt)["log_likelihood"]
     if test.y is not None:
       results["test_ari"] = _ari(params, xt, test.y)
   if config.dataset == "synthetic_gmm":
     s = config.synthetic
     truth = data.make_gmm(s.seed, s.num_components, s.num_features, s.separation)
-    true_params = gmm.GMMParams(jnp.asarray(truth.weights, x.dtype),
-                                jnp.asarray(truth.means, x.dtype),
-                                jnp.asarray(truth.covariances, x.dtype), "full")
+    true_params = gmm.GMMParams(_to_device(truth.weights, x.dtype),
+                                _to_device(truth.means, x.dtype),
+                                _to_device(truth.covariances, x.dtype), "full")
     results["true_num_components"] = int(s.num_components)
     results["true_train_log_likelihood"] = _scores(true_params, x)["log_likelihood"]
     if test is not None:
       results["true_test_log_likelihood"] = _scores(true_params,
-                                                    jnp.asarray(test.x))["log_likelihood"]
+                                                    _to_device(test.x))["log_likelihood"]
   return results
 
 
@@ -373,8 +392,8 @@ def write_figures(workdir: pathlib.Path, params: gmm.GMMParams, train: data.Data
   The scatter plot shows the points of ``train``: with several processes, process 0 calls this
   with its own rows only (the first block of the training set).
   """
-  x = jnp.asarray(train.x)
-  assignments = np.asarray(gmm.map_latent(params, x))
+  x = _to_device(train.x)
+  assignments = np.asarray(_map_latent(params, x))
   paths = []
   fig = plotting.plot_gmm(
       train.x, np.asarray(params.weights), np.asarray(params.means),
