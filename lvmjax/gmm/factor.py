@@ -101,7 +101,7 @@ from lvmjax.types import (Data, DataLike, Key, Labels, Latents, LogDensity, LogJ
 __all__ = [
     "NOISE_TYPES", "INITS", "FactorParams", "FactorStats", "FactorFitResult", "FactorFamily",
     "check_params", "fit", "log_joint", "log_marginal", "posterior", "map_latent",
-    "latent_posterior", "sample", "to_gmm_params", "num_parameters",
+    "latent_posterior", "m_step", "sample", "to_gmm_params", "num_parameters",
 ]
 
 #: ``"diagonal"``: a diagonal :math:`\Psi_k` (factor analysers); ``"isotropic"``:
