@@ -16,6 +16,11 @@ Usage::
   python -m experiments.benchmark_gmm --sizes=4096x8x4 --kmeans_size=20000x8x8 --iters=3
                                       --sklearn_iters=3 --kmeans_iters=3   # seconds, a smoke run
 
+Missing data (``--missing_size=NxDxK``, e.g. with ``--sizes= --kmeans_size=`` to run it alone):
+ordinary EM on complete data against ``gmm.fit(..., missing="marginalize")`` on the same data with
+``--missing_fraction`` (default 20%) of its entries removed completely at random, from the same
+initial parameters, "full" and "diag".
+
 gmmx (``pip install gmmx``) is run where it is installed and skipped with a note otherwise.
 
 lvmjax is timed twice on a CPU: on one device (XLA threads only its large matrix products), and
@@ -52,6 +57,12 @@ flags.DEFINE_integer("repeats", 2, "Timed repeats; the fastest is reported.")
 flags.DEFINE_boolean("gmmx", True, "Also run gmmx where it is installed.")
 flags.DEFINE_string("json_out", "", "Write the results as JSON here.")
 flags.DEFINE_integer("seed", 0, "Data seed.")
+flags.DEFINE_string("missing_size", "",
+                    "Missing-data EM size as NxDxK ('' to skip): ordinary EM on complete data "
+                    "against gmm.fit(missing='marginalize') on the same data with "
+                    "--missing_fraction of the entries removed, full and diag covariances.")
+flags.DEFINE_float("missing_fraction", 0.2, "Fraction of entries removed completely at random.")
+flags.DEFINE_integer("missing_iters", 5, "EM iterations timed in the missing-data comparison.")
 flags.DEFINE_integer("cpu_devices", 0,
                      "Host CPU devices JAX creates (jax_num_cpu_devices); 0: one per core. With "
                      "more than one device, lvmjax is also timed data-parallel over a mesh of "
@@ -234,6 +245,41 @@ def bench_kmeans(n, d, k):
   return row
 
 
+def bench_missing(n, d, k, fraction):
+  """Seconds per EM iteration: complete data (ordinary EM) against the same data with
+  ``fraction`` of the entries missing completely at random (marginalised EM), one device, from
+  the same initial parameters; "full" and "diag"."""
+  x, init = make_data(n, d, k, FLAGS.seed + 2)
+  rng = np.random.default_rng(FLAGS.seed + 3)
+  gone = rng.uniform(size=x.shape) < fraction
+  gone[np.arange(n), rng.integers(0, d, n)] = False  # every row keeps an observed entry
+  x_missing = jnp.asarray(np.where(gone, np.nan, x))
+  xj = jnp.asarray(x)
+  rows = []
+  for cov_type in ("full", "diag"):
+    cov = init["covariances"] if cov_type == "full" else np.ascontiguousarray(
+        np.diagonal(init["covariances"], axis1=1, axis2=2))
+    p0 = gmm.GMMParams(jnp.asarray(init["weights"]), jnp.asarray(init["means"]),
+                       jnp.asarray(cov), cov_type)
+    row = {"N": n, "D": d, "K": k, "covariance_type": cov_type, "missing_fraction": fraction,
+           "missing_entries": int(gone.sum())}
+    for name, data, missing in (("complete", xj, "error"), ("missing", x_missing, "marginalize")):
+      def run(iters, data=data, missing=missing):
+        r = gmm.fit(jax.random.key(0), data, k, cov_type, init=p0, max_iter=iters, tol=0.0,
+                    missing=missing)
+        return jax.block_until_ready(r)
+      sec, comp, res = per_iteration(run, FLAGS.missing_iters, FLAGS.repeats)
+      row.update({f"{name}_s_per_iter": sec, f"{name}_compile_s": comp,
+                  f"{name}_ll": float(res.log_likelihood[-1])})
+    row["slowdown"] = row["missing_s_per_iter"] / row["complete_s_per_iter"]
+    rows.append(row)
+    print(f"| {n:,} | {d} | {k} | {cov_type} | {100 * fraction:.0f}% | "
+          f"{row['complete_s_per_iter']:.4f} | {row['missing_s_per_iter']:.4f} | "
+          f"{row['slowdown']:.1f}x | {row['complete_compile_s']:.1f} / "
+          f"{row['missing_compile_s']:.1f} |", flush=True)
+  return rows
+
+
 def _cpu_mesh():
   """A data mesh over the host CPU devices when there are several (else None)."""
   if jax.default_backend() != "cpu" or jax.device_count() < 2:
@@ -299,6 +345,13 @@ def main(argv):
             f"{krow['lvmjax_mesh_compile_s']:.1f} | {krow['sklearn_s_per_iter']:.4f} | "
             f"{krow['mesh_speedup_vs_sklearn']:.2f}x | {krow['inertia_rel_diff']:.1e} (mesh vs "
             f"1 device {krow['lvmjax_mesh_inertia_rel_diff']:.1e}) |")
+  if FLAGS.missing_size:
+    print("\n## Missing data: EM on complete data vs marginalised EM with entries missing "
+          "(float32, one device, seconds per iteration)")
+    print("| N | D | K | covariance | missing | complete-data EM s/it | missing-data EM s/it |"
+          " ratio | compile s (complete / missing) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    result["missing"] = bench_missing(*_parse(FLAGS.missing_size), FLAGS.missing_fraction)
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(result, f, indent=2)
