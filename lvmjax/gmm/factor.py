@@ -1,4 +1,4 @@
-r"""Mixtures of factor analysers and of probabilistic PCA: Gaussian mixtures with low-rank covariances.
+r"""Mixtures of factor analysers and of probabilistic PCA: Gaussian mixtures of low-rank covariance.
 
 Component k is a factor analyser with q latent factors:
 
@@ -655,8 +655,8 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   result = FactorFitResult(*mixture.fit_arrays(
       family, key, x, w, num_components, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
       chunk_size=chunk, placement=placement, fixed=fixed))
-  if _checks.is_concrete(result.n_iter) and not all(
-      bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(result.params)):
+  if _checks.is_concrete(result.n_iter) and not all(  # on the host: no program per leaf shape
+      np.all(np.isfinite(np.asarray(jax.device_get(a)))) for a in jax.tree.leaves(result.params)):
     raise ValueError("The mixture of factor analysers produced non-finite parameters (a "
                      "component collapsed onto too few points). Increase reg_covar or reduce "
                      "num_components or rank.")
