@@ -372,6 +372,8 @@ def test_bad_input_is_a_value_error_that_says_what_to_do():
     factor.fit(key, x[:1], 2, 1)
   with pytest.raises(ValueError, match="not fields of the parameters"):
     factor.fit(key, x, 2, 1, fixed=("covariances",))
+  with pytest.raises(ValueError, match="init=gmm.factor.FactorParams"):
+    factor.fit(key, x, 2, 1, fixed=("means",))
   p = _params(np.random.default_rng(1), k=2, d=4, q=1, noise="isotropic")
   with pytest.raises(ValueError, match="rank 1 with isotropic noise"):
     factor.fit(key, x, 2, 1, noise="diagonal", init=p)

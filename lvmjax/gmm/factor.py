@@ -593,8 +593,9 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
     chunk_size: rows per E-step chunk (memory O(chunk_size · K · D)).
     mesh: a ``jax.sharding.Mesh`` to split the rows over (see :func:`lvmjax.gmm.fit`).
     axis_name: the mesh axis of the rows.
-    fixed: names of :class:`FactorParams` fields kept at their initial values, e.g.
-      ``("weights",)`` (passed to :func:`lvmjax.mixture.fit_arrays`).
+    fixed: names of :class:`FactorParams` fields kept bit for bit at their values in ``init``
+      (which must then be parameters or a result), e.g. ``("weights", "means")``; the free
+      fields get the conditional M-step of :func:`m_step`.
 
   Returns:
     :class:`FactorFitResult` ``(params, log_likelihood, n_iter, converged, lower_bound)``.
@@ -635,6 +636,9 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   elif not isinstance(init, str) or init not in INITS:
     raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}, "
                      "a gmm.factor.FactorParams or a gmm.factor.FactorFitResult to continue.")
+  elif fixed:  # as gmm.fit: a named initialisation leaves nothing meaningful to freeze
+    raise ValueError(f"fixed={fixed} keeps fields at the values you start from: pass them as "
+                     "init=gmm.factor.FactorParams(...) (or a FactorFitResult).")
   if placement is None:
     x = jnp.asarray(x)
     x = x.astype(jnp.result_type(x.dtype, float))
