@@ -14,7 +14,9 @@ Usage::
 
   python -m experiments.benchmark_gmm                         # the README's table (~10 min)
   python -m experiments.benchmark_gmm --sizes=4096x8x4 --kmeans_size=20000x8x8 --iters=3
-                                      --sklearn_iters=3 --kmeans_iters=3   # seconds, a smoke run
+                                      --sklearn_iters=3 --kmeans_iters=3 --small_fits=200
+                                      --small_sklearn_fits=8   # seconds, a smoke run
+  python -m experiments.benchmark_gmm --sizes= --kmeans_size= --small_fits=10000  # small fits only
 
 Missing data (``--missing_size=NxDxK``, e.g. with ``--sizes= --kmeans_size=`` to run it alone):
 ordinary EM on complete data against ``gmm.fit(..., missing="marginalize")`` on the same data with
@@ -22,6 +24,11 @@ ordinary EM on complete data against ``gmm.fit(..., missing="marginalize")`` on 
 initial parameters, "full" and "diag".
 
 gmmx (``pip install gmmx``) is run where it is installed and skipped with a note otherwise.
+
+Thousands of small fits (``--small_fits``, default 10,000 mixtures of N=200, D=2, K=3): one
+``jax.jit(jax.vmap(gmm.fit))`` call over all of them against a loop of scikit-learn fits, both
+with scikit-learn's defaults, in interleaved rounds (a scikit-learn subsample, extrapolated), with
+the time of the vmapped initialisation alone and the iteration counts (see `bench_small_fits`).
 
 lvmjax is timed twice on a CPU: on one device (XLA threads only its large matrix products), and
 data-parallel over one host device per core (``jax_num_cpu_devices``; the fit's ``mesh=``
@@ -57,6 +64,13 @@ flags.DEFINE_integer("repeats", 2, "Timed repeats; the fastest is reported.")
 flags.DEFINE_boolean("gmmx", True, "Also run gmmx where it is installed.")
 flags.DEFINE_string("json_out", "", "Write the results as JSON here.")
 flags.DEFINE_integer("seed", 0, "Data seed.")
+flags.DEFINE_integer("small_fits", 10000, "Small mixtures (N=200, D=2, K=3) fitted in one "
+                     "jax.jit(jax.vmap(gmm.fit)) call, against a loop of scikit-learn fits "
+                     "(0 to skip).")
+flags.DEFINE_integer("small_sklearn_fits", 200, "scikit-learn fits timed (spread over the "
+                     "rounds) and extrapolated to --small_fits.")
+flags.DEFINE_integer("small_rounds", 4, "Interleaved rounds: one lvmjax batch call, then "
+                     "--small_sklearn_fits / rounds scikit-learn fits.")
 flags.DEFINE_string("missing_size", "",
                     "Missing-data EM size as NxDxK ('' to skip): ordinary EM on complete data "
                     "against gmm.fit(missing='marginalize') on the same data with "
@@ -280,6 +294,76 @@ def bench_missing(n, d, k, fraction):
   return rows
 
 
+def small_mixtures(num, n=200, d=2, k=3, seed=0):
+  """``num`` independent data sets of n points from k well-separated Gaussians in d dimensions."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(num, k, d)) * 3
+  z = rng.integers(0, k, (num, n))
+  return (np.take_along_axis(centers, z[..., None], axis=1)
+          + rng.normal(size=(num, n, d))).astype(np.float32)
+
+
+def bench_small_fits(num, sklearn_fits, rounds, k=3):
+  """Thousands of small fits: ``jax.jit(jax.vmap(gmm.fit))`` against a scikit-learn loop.
+
+  Both with scikit-learn's defaults (full covariances, k-means initialisation, ``max_iter=100``,
+  ``tol=1e-3``). The rounds interleave the two, so that the machine's load hits both alike: each
+  round times one lvmjax call over all ``num`` mixtures, then ``sklearn_fits // rounds``
+  scikit-learn fits (the next mixtures in order), whose time per fit is extrapolated to ``num``.
+  Also timed once: the initialisation alone (``max_iter=0``: the vmapped K-means), to show where
+  the batch's time goes, and the iteration counts (a vmapped loop runs until its slowest member
+  stops).
+  """
+  from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
+  xs_host = small_mixtures(num, k=k, seed=FLAGS.seed + 4)
+  xs = jax.device_put(xs_host)
+  keys = jax.random.split(jax.random.key(0), num)
+  fit = jax.jit(jax.vmap(lambda key, x: gmm.fit(key, x, k)))
+  init_only = jax.jit(jax.vmap(lambda key, x: gmm.fit(key, x, k, max_iter=0)))
+  start = time.perf_counter()
+  res = jax.block_until_ready(fit(keys, xs))
+  first = time.perf_counter() - start
+  jax.block_until_ready(init_only(keys, xs))
+  per_round = max(1, sklearn_fits // rounds)
+  ours, theirs, sk_lb, load = [], [], [], [os.getloadavg()[0]]
+  for r in range(rounds):
+    start = time.perf_counter()
+    res = jax.block_until_ready(fit(keys, xs))
+    ours.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(r * per_round, (r + 1) * per_round):
+      g = GaussianMixture(k, covariance_type="full", max_iter=100, tol=1e-3, random_state=i)
+      sk_lb.append(g.fit(xs_host[i % num]).lower_bound_)
+    theirs.append((time.perf_counter() - start) / per_round)
+    load.append(os.getloadavg()[0])
+  start = time.perf_counter()
+  jax.block_until_ready(init_only(keys, xs))
+  t_init = time.perf_counter() - start
+  n_iter = np.asarray(res.n_iter)
+  row = {"num_mixtures": num, "N": 200, "D": 2, "K": k, "rounds": rounds,
+         "lvmjax_s": ours, "lvmjax_first_call_s": first,
+         "lvmjax_ms_per_fit_best": 1e3 * min(ours) / num,
+         "lvmjax_ms_per_fit_median": 1e3 * float(np.median(ours)) / num,
+         "lvmjax_init_only_s": t_init,
+         "sklearn_fits_timed": per_round * rounds, "sklearn_ms_per_fit": [1e3 * t for t in theirs],
+         "sklearn_ms_per_fit_median": 1e3 * float(np.median(theirs)),
+         "speedup_median": float(np.median(theirs)) * num / float(np.median(ours)),
+         "speedup_by_round": [t * num / o for t, o in zip(theirs, ours)],
+         "lvmjax_n_iter_mean": float(n_iter.mean()), "lvmjax_n_iter_max": int(n_iter.max()),
+         "lvmjax_converged_fraction": float(np.mean(np.asarray(res.converged))),
+         "lvmjax_mean_lower_bound_timed": float(np.mean(np.asarray(res.lower_bound)[
+             [i % num for i in range(per_round * rounds)]])),
+         "sklearn_mean_lower_bound": float(np.mean(sk_lb)), "load_average_1min": load}
+  print(f"| {num:,} | {row['lvmjax_ms_per_fit_median']:.3f} (best "
+        f"{row['lvmjax_ms_per_fit_best']:.3f}) | {first:.1f} | {t_init:.2f} | "
+        f"{row['lvmjax_n_iter_mean']:.1f} / {row['lvmjax_n_iter_max']} | "
+        f"{row['sklearn_ms_per_fit_median']:.2f} ({row['sklearn_fits_timed']} fits) | "
+        f"{row['speedup_median']:.0f}x ({min(row['speedup_by_round']):.0f}-"
+        f"{max(row['speedup_by_round']):.0f}x) | {row['lvmjax_mean_lower_bound_timed']:.4f} / "
+        f"{row['sklearn_mean_lower_bound']:.4f} | {min(load):.1f}-{max(load):.1f} |", flush=True)
+  return row
+
+
 def _cpu_mesh():
   """A data mesh over the host CPU devices when there are several (else None)."""
   if jax.default_backend() != "cpu" or jax.device_count() < 2:
@@ -352,6 +436,16 @@ def main(argv):
           " ratio | compile s (complete / missing) |")
     print("|---|---|---|---|---|---|---|---|---|")
     result["missing"] = bench_missing(*_parse(FLAGS.missing_size), FLAGS.missing_fraction)
+  if FLAGS.small_fits:
+    print(f"\n## {FLAGS.small_fits:,} small mixtures (N=200, D=2, K=3, full, k-means init, "
+          "max_iter=100, tol=1e-3): one jax.jit(jax.vmap(gmm.fit)) call against a scikit-learn "
+          f"loop, {FLAGS.small_rounds} interleaved rounds")
+    print("| mixtures | lvmjax ms/fit, median (best) | first call s | init alone s | EM iterations"
+          " mean / max | scikit-learn ms/fit (timed) | speed-up, median (range over rounds) |"
+          " mean lower bound lvmjax / sklearn | 1-min load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    result["small_fits"] = bench_small_fits(FLAGS.small_fits, FLAGS.small_sklearn_fits,
+                                            FLAGS.small_rounds)
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(result, f, indent=2)
