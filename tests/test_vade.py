@@ -58,8 +58,8 @@ def _log_normal(z, mean, var):
 def test_elbo_equals_a_brute_force_monte_carlo_evaluation(x64):
   model, params, x, rng = _setup(0)
   key = jax.random.key(3)
-  terms = vade.elbo_terms(model, params, key, x, num_samples=2)
-  gamma_lib = vade.cluster_posterior(model, params, key, x, num_samples=2)
+  terms, gamma_lib = jax.jit(lambda p: (vade.elbo_terms(model, p, key, x, num_samples=2),
+                                        vade.cluster_posterior(model, p, key, x, 2)))(params)
   mix = vade.mixture_params(params)
   w, mu, var = (np.asarray(a, np.float64) for a in (mix.weights, mix.means, mix.covariances))
   mean, log_var = _mlp(params["params"]["encoder"], x, ["mean", "log_variance"])
@@ -87,13 +87,6 @@ def test_elbo_equals_a_brute_force_monte_carlo_evaluation(x64):
   np.testing.assert_allclose(terms.elbo, terms.reconstruction - terms.kl, rtol=1e-12)
 
 
-def test_elbo_is_below_log_likelihood_in_expectation(x64):
-  model, params, x, _ = _setup(1)
-  elbo = vade.elbo(model, params, jax.random.key(0), x, num_samples=2000)
-  ll = vae.log_likelihood(model, params, jax.random.key(1), x, num_samples=20000)
-  assert np.all(np.asarray(elbo) < np.asarray(ll) + 0.02)
-
-
 def test_one_component_is_the_vae_with_a_learnable_gaussian_prior(x64):
   model, params, x, _ = _setup(2, k=1)
   mix = vade.mixture_params(params)
@@ -101,15 +94,21 @@ def test_one_component_is_the_vae_with_a_learnable_gaussian_prior(x64):
   g_params = {"params": {**params["params"], "prior": {
       "mean": mix.means[0], "log_scale": 0.5 * jnp.log(mix.covariances[0])}}}
   key = jax.random.key(4)
-  a = vade.elbo_terms(model, params, key, x, num_samples=3)
-  b = vae.elbo_terms(g_model, g_params, key, x, num_samples=3)  # closed-form KL
+
+  @jax.jit
+  def both(p, gp):
+    a = vade.elbo_terms(model, p, key, x, num_samples=3)
+    b = vae.elbo_terms(g_model, gp, key, x, num_samples=3)  # closed-form KL
+    lls = [vae.log_likelihood(m, q, key, x, 50) for m, q in ((model, p), (g_model, gp))]
+    # the same gradients for the networks
+    ga = jax.grad(lambda q: jnp.sum(vade.elbo(model, q, key, x)))(p)
+    gb = jax.grad(lambda q: jnp.sum(vae.elbo(g_model, q, key, x)))(gp)
+    return a, b, lls, ga, gb
+
+  a, b, lls, ga, gb = both(params, g_params)
   for u, v in zip(a, b):
     np.testing.assert_allclose(u, v, rtol=1e-10)
-  np.testing.assert_allclose(vae.log_likelihood(model, params, key, x, 50),
-                             vae.log_likelihood(g_model, g_params, key, x, 50), rtol=1e-10)
-  # the same gradients for the networks
-  ga = jax.grad(lambda p: jnp.sum(vade.elbo(model, p, key, x)))(params)
-  gb = jax.grad(lambda p: jnp.sum(vae.elbo(g_model, p, key, x)))(g_params)
+  np.testing.assert_allclose(lls[0], lls[1], rtol=1e-10)
   for name in ("encoder", "decoder"):
     for u, v in zip(jax.tree.leaves(ga["params"][name]), jax.tree.leaves(gb["params"][name])):
       np.testing.assert_allclose(u, v, rtol=1e-8, atol=1e-12)
@@ -117,12 +116,12 @@ def test_one_component_is_the_vae_with_a_learnable_gaussian_prior(x64):
 
 def test_cluster_posterior_map_and_generation_per_cluster(x64):
   model, params, x, rng = _setup(3)
-  post = vade.cluster_posterior(model, params, jax.random.key(0), x, num_samples=5)
+  post, map_c = jax.jit(lambda p: (vade.cluster_posterior(model, p, jax.random.key(0), x, 5),
+                                   vade.map_cluster(model, p, jax.random.key(0), x, 5)))(params)
   assert post.shape == (len(x), K)
   np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-12)
   assert np.all(post >= 0)
-  np.testing.assert_array_equal(vade.map_cluster(model, params, jax.random.key(0), x, 5),
-                                np.argmax(post, -1))
+  np.testing.assert_array_equal(map_c, np.argmax(post, -1))
   # generation: z ~ p(z | c) from the chosen component, x ~ p(x | z)
   far = gmm.GMMParams(jnp.full((K,), 1.0 / K), jnp.asarray([[-20.0, 0], [0, 0], [20, 5]]),
                       jnp.full((K, L), 1e-4), "diag")
@@ -135,7 +134,7 @@ def test_cluster_posterior_map_and_generation_per_cluster(x64):
   xb, _ = vade.sample_given(model, params, jax.random.key(5), clusters)
   assert set(np.unique(np.asarray(xb))) <= {0.0, 1.0}
   # the prior's own draws come from the mixture
-  _, zs = vae.sample(model, params, jax.random.key(6), 3000)
+  _, zs = jax.jit(lambda p: vae.sample(model, p, jax.random.key(6), 3000))(params)
   counts = np.bincount(np.argmin(np.abs(np.asarray(zs)[:, :1] - np.array([[-20.0, 0, 20]])), 1),
                        minlength=K)
   np.testing.assert_allclose(counts / 3000, 1 / K, atol=0.04)
@@ -153,12 +152,16 @@ def test_prior_log_prob_is_gmm_log_marginal_against_scipy(x64):
                              rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_init_prior_from_data_is_gmm_fit_on_the_codes():
   model, params, x, rng = _setup(5)
   params = vae.cast_params(params, jnp.float32)
   x = (rng.random((120, D)) < 0.5).astype(np.float32)
-  new, fit = vade.init_prior_from_data(model, params, jax.random.key(0), x, batch_size=50)
-  ref = gmm.fit(jax.random.key(0), vae.encode(model, params, x)[0], K, covariance_type="diag")
+  new, fit = vade.init_prior_from_data(model, params, jax.random.key(0), x, batch_size=50,
+                                       init="random_from_data")
+  ref = gmm.fit(jax.random.key(0), vae.encode(model, params, x)[0], K, covariance_type="diag",
+                init="random_from_data")
+  assert fit.converged
   for a, b in zip(jax.tree.leaves(vade.mixture_params(new)), jax.tree.leaves(ref.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   for name in ("encoder", "decoder"):  # the networks are untouched
@@ -166,6 +169,7 @@ def test_init_prior_from_data_is_gmm_fit_on_the_codes():
       np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_vade_objective_trains_prior_and_networks():
   model = _model()
   rng = np.random.default_rng(6)
@@ -174,7 +178,7 @@ def test_vade_objective_trains_prior_and_networks():
   state = vae.create_train_state(jax.random.key(0), model, x, opt)
   step = vae.jit_train_step(model, opt, objective="vade")
   first = None
-  for _ in range(60):
+  for _ in range(40):
     new, metrics = step(state, x, jax.random.key(1))
     first = float(metrics["loss"]) if first is None else first
     state = new
@@ -272,6 +276,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(smoke_run, tmp_pa
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_non_finite_pretraining_loss_raises(tmp_path):
   config = _smoke_config(pretrain_learning_rate=1e30, num_train_points=100, log_every=2)
   with pytest.raises(experiment.NonFiniteLossError, match="pretraining"):
