@@ -25,6 +25,8 @@ import os
 
 import jax
 
+__all__ = ["DISABLE_ENV", "default_dir", "disabled_by_user", "enable", "user_cache_dir"]
+
 #: Environment variable that keeps lvmjax from turning the cache on (``1``, ``true`` or ``yes``).
 DISABLE_ENV = "LVMJAX_NO_COMPILE_CACHE"
 

@@ -87,12 +87,14 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
 
 
 def validate_x(estimator: Any, x: Any, *, reset: bool, ensure_min_samples: int = 1,
-               ensure_min_features: int = 1, accept_sparse: bool = False) -> Any:
+               ensure_min_features: int = 1, accept_sparse: bool = False,
+               allow_nan: bool = False) -> Any:
   """Validates X and returns it, not yet converted to a device array (see `to_device`).
 
   NumPy-like inputs go through ``sklearn.utils.validation.validate_data`` (dtype float64 or
   float32, integers to float64, finite, 2-D, feature-count and feature-name checks, sets
-  ``n_features_in_`` when ``reset``); with ``accept_sparse``, a SciPy sparse matrix becomes CSR.
+  ``n_features_in_`` when ``reset``); with ``accept_sparse``, a SciPy sparse matrix becomes CSR;
+  with ``allow_nan``, NaN entries pass (missing values) and only infinities are refused.
   JAX arrays are checked on their device with the same rules. The result's ``dtype`` (float32
   or float64) is the one to compute in. Turns on JAX's persistent compilation cache (see the module
   docstring) before the estimator's first compilation.
@@ -116,13 +118,17 @@ def validate_x(estimator: Any, x: Any, *, reset: bool, ensure_min_samples: int =
         x = x.astype(jnp.float64)
     elif jnp.finfo(x.dtype).bits < 32:
       x = x.astype(jnp.float32)
-    if not bool(jnp.all(jnp.isfinite(x))):
+    if allow_nan:
+      if bool(jnp.any(jnp.isinf(x))):
+        raise ValueError("Input X contains infinity.")
+    elif not bool(jnp.all(jnp.isfinite(x))):
       raise ValueError("Input X contains NaN or infinity.")
     return x
   return validate_data(estimator, x, reset=reset, dtype=[np.float64, np.float32],
                        accept_sparse="csr" if accept_sparse else False,
                        accept_large_sparse=False, ensure_min_samples=ensure_min_samples,
-                       ensure_min_features=ensure_min_features)
+                       ensure_min_features=ensure_min_features,
+                       ensure_all_finite="allow-nan" if allow_nan else True)
 
 
 def to_device(x: Any, dtype: Any = None) -> jax.Array:
@@ -141,7 +147,9 @@ def to_device(x: Any, dtype: Any = None) -> jax.Array:
           "features first, e.g. with sklearn.decomposition.TruncatedSVD, or use scikit-learn's "
           "estimator, which works on sparse X directly.")
     x = x.toarray()
-  return jnp.asarray(x, dtype)
+  if isinstance(x, jax.Array):
+    return x.astype(dtype)
+  return jax.device_put(np.asarray(x, dtype))  # unlike jnp.asarray, compiles no copy per shape
 
 
 def dense_blocks(x: Any, dtype: Any, block: int | None = None) -> Iterator[jax.Array]:
