@@ -600,11 +600,13 @@ def _split(family: MixtureFamily):
   leaves, treedef = jax.tree.flatten(family)
   dynamic = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
   static = tuple(None if _is_dynamic(leaf) else leaf for leaf in leaves)
-  return dynamic, (treedef, static)
+  # The class too: the treedefs of a flax dataclass and of its subclass compare equal, so without
+  # it jit's cache would run one family's compiled fit for the other's.
+  return dynamic, (type(family), treedef, static)
 
 
 def _join(dynamic, static) -> MixtureFamily:
-  treedef, rest = static
+  _, treedef, rest = static
   return treedef.unflatten([d if s is None else s for d, s in zip(dynamic, rest)])
 
 
@@ -762,11 +764,15 @@ def fit_arrays(family: MixtureFamily, key: Key, x: Any, w: Any, num_components: 
                               shard=sharding.Shard(axis_name, layout), **static_args)
   if prev_history is not None:
     n_new = int(result.n_iter)
+    # Joined and sliced on the host: a device slice would compile a program per n_iter.
     result = result._replace(
-        log_likelihood=jnp.concatenate([prev_history, result.log_likelihood[:n_new]]),
+        log_likelihood=jax.device_put(np.concatenate([
+            np.asarray(jax.device_get(prev_history)),
+            np.asarray(jax.device_get(result.log_likelihood))[:n_new]])),
         n_iter=jnp.asarray(n_prev + n_new, jnp.int32))
   elif _checks.is_concrete(result.n_iter):
-    result = result._replace(log_likelihood=result.log_likelihood[:int(result.n_iter)])
+    result = result._replace(log_likelihood=jax.device_put(
+        np.asarray(jax.device_get(result.log_likelihood))[:int(result.n_iter)]))
   return result
 
 

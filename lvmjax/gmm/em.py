@@ -694,7 +694,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
   result = GMMFitResult(*result)
   if check_finite and _checks.is_concrete(result.n_iter):
     leaves = jax.tree.leaves(result.params)
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+    if not all(np.all(np.isfinite(np.asarray(jax.device_get(a)))) for a in leaves):
       raise ValueError(
           "Fitting the mixture model failed because some components have ill-defined empirical "
           "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
