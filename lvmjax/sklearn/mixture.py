@@ -52,6 +52,15 @@ _log_marginal = jax.jit(gmm.log_marginal)
 _map_latent = jax.jit(gmm.map_latent)
 
 
+def _marginalized(fn):
+  """``fn(params, x, mask)`` as a jitted function of ``(params, x)`` with NaN marking missing."""
+  return jax.jit(lambda params, x: fn(params, jnp.where(jnp.isnan(x), 0, x), ~jnp.isnan(x)))
+
+
+_MASKED = {_posterior: _marginalized(gmm.posterior), _log_marginal: _marginalized(gmm.log_marginal),
+           _map_latent: _marginalized(gmm.map_latent)}
+
+
 @jax.jit
 def _precision_factors(params: gmm.GMMParams) -> tuple[jax.Array, jax.Array]:
   """scikit-learn's ``precisions_cholesky_`` (upper-triangular L^{-T}) and ``precisions_``."""
@@ -92,6 +101,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     float64 when either X or the fitted model is float64.
   * ``verbose`` messages are printed after the compiled fit, for the returned initialisation
     only; the per-iteration "time lapse" is the fit's time divided evenly over its iterations.
+  * ``missing="marginalize"`` (not in scikit-learn) fits data whose NaN entries are missing at
+    random, integrating them out exactly (``lvmjax.gmm.fit(..., missing="marginalize")``);
+    ``score_samples``, ``score``, ``predict``, ``predict_proba``, ``bic`` and ``aic`` then take
+    rows with NaN too (the density of their observed entries). Each row needs an observed entry.
 
   Args:
     n_components: number of mixture components K.
@@ -110,6 +123,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
       initialisation), as in scikit-learn.
     verbose: 0 silent, 1 iterations and convergence, 2 also log-likelihood changes.
     verbose_interval: iterations between messages.
+    missing: "error" (scikit-learn's: NaN in X is a ValueError) or "marginalize" (NaN entries
+      are missing values, integrated out).
 
   Attributes:
     weights_: (K,) mixing weights.
@@ -125,12 +140,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_features_in_: D; ``feature_names_in_`` when X had string column names.
   """
 
+  # scikit-learn's checks; ``missing`` (lvmjax's own) is checked in ``_fit``.
   _parameter_constraints: dict = dict(_sk_mixture.GaussianMixture._parameter_constraints)
 
   def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                max_iter=100, n_init=1, init_params="kmeans", weights_init=None, means_init=None,
                precisions_init=None, random_state=None, warm_start=False, verbose=0,
-               verbose_interval=10):
+               verbose_interval=10, missing="error"):
     self.n_components = n_components
     self.covariance_type = covariance_type
     self.tol = tol
@@ -145,6 +161,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     self.warm_start = warm_start
     self.verbose = verbose
     self.verbose_interval = verbose_interval
+    self.missing = missing
 
   # ------------------------------------------------------------------------------------------
   # Fitting.
@@ -173,7 +190,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
   def _fit(self, X, sample_weight):
     self._validate_params()
-    x = _common.validate_x(self, X, reset=True, ensure_min_samples=2)
+    if not isinstance(self.missing, str) or self.missing not in gmm.MISSING:
+      raise ValueError(f"The 'missing' parameter of {type(self).__name__} must be a str among "
+                       f"{set(gmm.MISSING)}. Got {self.missing!r} instead.")
+    x = self._validate_x(X, reset=True, ensure_min_samples=2)
     n = x.shape[0]
     k = self.n_components
     if n < k:
@@ -201,7 +221,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     do_init = not (self.warm_start and hasattr(self, "converged_"))
     key = _common.key_from_random_state(self.random_state)
     common = dict(num_components=k, covariance_type=self.covariance_type, tol=self.tol,
-                  reg_covar=self.reg_covar, sample_weight=w)
+                  reg_covar=self.reg_covar, sample_weight=w, missing=self.missing)
     start = time.perf_counter()
     previous_bound = -math.inf
     if not do_init:
@@ -390,11 +410,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
   # ------------------------------------------------------------------------------------------
   # Inference.
 
+  def _validate_x(self, X, **options):
+    """``_common.validate_x``; NaN allowed with ``missing="marginalize"`` (then every row needs an
+    observed entry), and otherwise scikit-learn's NaN error with a pointer to that option."""
+    marginalize = getattr(self, "missing", "error") == "marginalize"
+    try:
+      x = _common.validate_x(self, X, allow_nan=marginalize, **options)
+    except ValueError as e:
+      if marginalize or "NaN" not in str(e):
+        raise
+      raise ValueError(f"{e} To treat NaN entries as missing values, integrated out exactly, use "
+                       "GaussianMixture(..., missing=\"marginalize\").") from e
+    if marginalize:
+      empty = (jnp.all(jnp.isnan(x), axis=1) if isinstance(x, jax.Array)
+               else np.isnan(np.asarray(x)).all(axis=1))
+      if bool(empty.any()):
+        raise ValueError(f"{int(empty.sum())} row(s) of X are all NaN (nothing observed); drop "
+                         "them first, e.g. X[~np.isnan(X).all(axis=1)].")
+    return x
+
   def _rows(self, fn, X):
     """``fn(params, x)`` on the rows of X, in blocks, in the dtype of X or of the fit (float64
-    if either is)."""
+    if either is); with ``missing="marginalize"``, NaN entries are integrated out."""
     check_is_fitted(self)
-    x = _common.validate_x(self, X, reset=False)
+    x = self._validate_x(X, reset=False)
+    if getattr(self, "missing", "error") == "marginalize":
+      fn = _MASKED[fn]
     dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
     k, d = self.means_.shape
     block = max(256, _BLOCK_FLOATS // (k * d))
@@ -422,6 +463,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
   def _criterion(self, fn, X) -> float:
     check_is_fitted(self)
+    if getattr(self, "missing", "error") == "marginalize":
+      # -2 log p(X) + penalty, log p(X) summed over the rows' observed entries.
+      total = float(np.sum(self.score_samples(X), dtype=np.float64))
+      penalty = {gmm.bic: self._n_parameters() * math.log(self._validate_x(X, reset=False).shape[0]),
+                 gmm.aic: 2.0 * self._n_parameters()}[fn]
+      return -2.0 * total + penalty
     x = _common.validate_x(self, X, reset=False)
     dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
     with _common.precision(dtype):
