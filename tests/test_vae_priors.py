@@ -63,6 +63,7 @@ def test_vamp_prior_log_prob_is_the_mean_of_the_encoder_gaussians(x64):
   assert np.any(np.asarray(params["params"]["prior"]["pseudo_inputs"]) < 0)
 
 
+@pytest.mark.slow
 def test_vamp_prior_samples_come_from_the_encoder_gaussians(x64):
   model = _vamp_model()
   params, _ = _params(model, 1, np.zeros((1, D)))
@@ -72,6 +73,7 @@ def test_vamp_prior_samples_come_from_the_encoder_gaussians(x64):
   np.testing.assert_allclose(np.mean(np.square(z), 0), (var + mean ** 2).mean(0), rtol=0.05)
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_pseudo_inputs_and_the_encoder_through_the_prior(x64):
   model = _vamp_model()
   x = (np.random.default_rng(3).random((8, D)) < 0.5).astype(np.float64)
@@ -96,7 +98,7 @@ def _mixture_model():
   return model
 
 
-@pytest.mark.parametrize("prior", ["vamp", "mixture"])
+@pytest.mark.parametrize("prior", ["vamp", pytest.param("mixture", marks=pytest.mark.slow)])
 def test_log_likelihood_iwae_and_active_units_for_every_prior(prior, x64):
   """log p(x) by quadrature over a 1-D latent, the independent reference."""
   model = _vamp_model(latent=1) if prior == "vamp" else _mixture_model()
