@@ -29,7 +29,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.start()
   from lvmjax.gmm import train  # pylint: disable=g-import-not-at-top
-  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet)
+  # release_programs: the model selection's programs (one per K) are freed after use, which
+  # keeps the main job's peak memory down; nothing else runs in this process.
+  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet,
+                               release_programs=True)
   common.print_results(run.results, flags.FLAGS.workdir)
 
 

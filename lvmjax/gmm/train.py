@@ -153,13 +153,17 @@ def _finite_params(params: gmm.GMMParams) -> bool:
 
 def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
                           x_test: jax.Array | None = None, *,
-                          fit_data: tuple[jax.Array, jax.Array | None] | None = None) -> dict:
+                          fit_data: tuple[jax.Array, jax.Array | None] | None = None,
+                          release_programs: bool = False) -> dict:
   """Fits one mixture per K in ``config.k_values`` and scores it by BIC and AIC on the train data.
 
   Results are saved to ``<workdir>/model_selection.json`` after each K (by process 0), and a
   restarted run reuses the Ks already done. With several processes, ``x`` and ``x_test`` are this
   process's rows, ``fit_data`` the global (row-sharded) training rows and weights, and the
   scores are over the rows of all processes; every process must call this.
+  With ``release_programs``, each K's compiled programs are freed after its row
+  (``jax.clear_caches()``): each K compiles programs of its own shapes (about four), which are
+  not run again.
 
   Returns:
     ``{"k": [...], "bic": [...], "aic": [...], "train_log_likelihood": [...],
@@ -204,6 +208,10 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
     logging.info("model selection: K=%d BIC %.1f AIC %.1f (%d iterations)", k, row["bic"],
                  row["aic"], row["n_iter"])
     rows.append(row)
+    if release_programs:
+      # This K's programs are not run again: free them (the launcher's peak memory; a later
+      # run loads them from the persistent compilation cache).
+      jax.clear_caches()
     table = {name: [r.get(name) for r in rows] for name in row}
     if primary:
       experiment.write_results(workdir, table, "model_selection.json")
@@ -215,7 +223,8 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   return table
 
 
-def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False) -> GMMRun:
+def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False,
+                     release_programs: bool = False) -> GMMRun:
   """Fits a GMM as described by ``config`` and writes metrics, checkpoints and figures to workdir.
 
   Writes ``config.json``, ``metrics.jsonl`` (one line per EM iteration: ``step`` = iteration,
@@ -229,6 +238,10 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     config: an ``ml_collections.ConfigDict`` like ``configs/gmm_digits.py``'s.
     workdir: the run's directory.
     quiet: no progress display.
+    release_programs: free each K's compiled programs after its model-selection fit
+      (``jax.clear_caches()``, which empties every in-memory JAX cache of the process: for the
+      launcher, where it lowers the peak memory; the persistent compilation cache still holds
+      them).
 
   Returns:
     A :class:`GMMRun`.
@@ -264,7 +277,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     selection = None
     if config.k_values:
       selection = select_num_components(config, x, selection_key, workdir, x_test,
-                                        fit_data=(fit_x, fit_w))
+                                        fit_data=(fit_x, fit_w),
+                                        release_programs=release_programs)
     k = config.num_components
     if config.select_k != "none":
       k = selection[f"best_{config.select_k}"]
