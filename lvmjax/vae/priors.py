@@ -193,9 +193,9 @@ class VampPrior(Prior):
      = \frac1K \sum_k \mathcal{N}(z; \mu(u_k), \operatorname{diag} \sigma^2(u_k))
 
   with :math:`q(z \mid u)` the owning VAE's own encoder (:meth:`Prior.encode`), so gradients reach
-  both the pseudo-inputs and the encoder. The pseudo-inputs ``pseudo_inputs`` (K, *data_shape)
+  both the pseudo-inputs and the encoder. The pseudo-inputs ``pseudo_inputs`` ``(K, *data_shape)``
   live in ``params["params"]["prior"]``, drawn at :func:`lvmjax.vae.init` from
-  N(``pseudo_input_mean``, ``pseudo_input_std``\ :sup:`2`) (the paper's 0.05 and 0.01 for
+  N(``pseudo_input_mean``, ``pseudo_input_std`` squared) (the paper's 0.05 and 0.01 for
   MNIST) and, with ``pseudo_input_range=(lo, hi)``, clipped to it where they are used (the paper's
   hard-tanh to [0, 1]). The density is :func:`lvmjax.gmm.log_marginal` of the equal-weight
   diagonal mixture :meth:`mixture`. There is no closed-form KL: the ELBO uses the Monte Carlo KL
