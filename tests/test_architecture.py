@@ -257,6 +257,8 @@ def test_no_circle_between_modules_of_a_package(lvmjax_graph):
 SKLEARN_ESTIMATOR_API = frozenset({
     "lvmjax.sklearn.cluster uses sklearn.cluster.KMeans._parameter_constraints",
     "lvmjax.sklearn.mixture uses sklearn.mixture.GaussianMixture._parameter_constraints",
+    "lvmjax.sklearn.bayesian_mixture uses "
+    "sklearn.mixture.BayesianGaussianMixture._parameter_constraints",
     "lvmjax.sklearn.decomposition uses sklearn.utils._param_validation",
 })
 

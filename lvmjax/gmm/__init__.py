@@ -38,5 +38,6 @@ __all__ = [
 from lvmjax.gmm import online, streaming  # pylint: disable=g-import-not-at-top,g-bad-import-order
 # Fitting by gradient descent: softmax logits and Cholesky factors with a positive diagonal.
 from lvmjax.gmm import unconstrained  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from lvmjax.gmm import bayesian  # pylint: disable=g-import-not-at-top,g-bad-import-order
 # Mixtures of factor analysers and of PPCA (low-rank covariances): gmm.factor.fit(...).
 from lvmjax.gmm import factor  # pylint: disable=g-import-not-at-top,g-bad-import-order

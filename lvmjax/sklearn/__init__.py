@@ -5,6 +5,7 @@ Change one import and keep the rest of the code::
   from lvmjax.sklearn import GaussianMixture   # was: from sklearn.mixture import GaussianMixture
   from lvmjax.sklearn import KMeans            # was: from sklearn.cluster import KMeans
   from lvmjax.sklearn import PPCA              # probabilistic PCA (FactorAnalysis-like interface)
+  from lvmjax.sklearn import BayesianGaussianMixture  # variational Bayesian GMM
 
 The estimators subclass scikit-learn's ``BaseEstimator`` (``get_params``, ``set_params``,
 ``clone``, pipelines and grid search work), take the same arguments, set the same fitted
@@ -22,8 +23,9 @@ from scikit-learn's for the same seed.
 scikit-learn's own test files for ``GaussianMixture`` and ``KMeans`` run against these estimators
 with the one import swapped (``tests/test_sklearn_upstream.py``).
 """
+from lvmjax.sklearn.bayesian_mixture import BayesianGaussianMixture
 from lvmjax.sklearn.cluster import KMeans
 from lvmjax.sklearn.decomposition import PPCA
 from lvmjax.sklearn.mixture import GaussianMixture
 
-__all__ = ["GaussianMixture", "KMeans", "PPCA"]
+__all__ = ["BayesianGaussianMixture", "GaussianMixture", "KMeans", "PPCA"]
