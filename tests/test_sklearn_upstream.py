@@ -36,7 +36,15 @@ FILES = {
                 "from sklearn.cluster import KMeans, MiniBatchKMeans, k_means, kmeans_plusplus\n",
                 "from sklearn.cluster import MiniBatchKMeans, k_means, kmeans_plusplus\n"
                 "from lvmjax.sklearn import KMeans\n"),
+    "bayesian_mixture": ("mixture/tests/test_bayesian_mixture.py",
+                         "from sklearn.mixture import BayesianGaussianMixture\n",
+                         "from lvmjax.sklearn import BayesianGaussianMixture\n"),
 }
+CLASSES = {"mixture": "GaussianMixture", "cluster": "KMeans",
+           "bayesian_mixture": "BayesianGaussianMixture"}
+# The whole files hold this many cases that must pass (a guard against a run that collected
+# nothing).
+MIN_PASSED = {"mixture": 50, "cluster": 50, "bayesian_mixture": 15}
 
 # Cases that test scikit-learn's implementation rather than the estimator's behaviour, with the
 # reason. (Tests of other estimators and of private helpers in the files are not deselected:
@@ -60,6 +68,7 @@ CANNOT_APPLY = {
             "implements every init",
     },
     "cluster": {},
+    "bayesian_mixture": {},
 }
 
 # The default run: a representative case of each kind, as pytest -k expressions whose first word
@@ -69,6 +78,10 @@ CANNOT_APPLY = {
 # integers, the verbose output, the errors and warnings. (Each distinct data shape and setting
 # compiles, so the whole files take many minutes: they are in the slow set.)
 FAST = {
+    # BayesianGaussianMixture: the weights of both prior types, the mean prior's defaults and
+    # the not-fitted error (the file's other cases run a dozen fits each: slow set).
+    "bayesian_mixture": ["test_bayesian_mixture_weights", "test_bayesian_mixture_check_is_fitted",
+                         "test_bayesian_mixture_mean_prior_initialisation"],
     "mixture": ["test_check_weights", "test_regularisation"],
     "cluster": [
         "test_kmeans_results", "test_integer_input and KMeans and dense and k-means",
@@ -132,16 +145,16 @@ def _check(outcomes: dict, only: list[str] | None) -> None:
     assert names <= ran, names - ran
 
 
-@pytest.mark.parametrize("name", ["mixture", "cluster"])
+@pytest.mark.parametrize("name", ["mixture", "cluster", "bayesian_mixture"])
 def test_sklearn_test_file_subset(name, tmp_path):
   _check(run_upstream(name, tmp_path, FAST[name]), FAST[name])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mixture", "cluster"])
+@pytest.mark.parametrize("name", ["mixture", "cluster", "bayesian_mixture"])
 def test_sklearn_test_file_whole(name, tmp_path):
   outcomes = run_upstream(name, tmp_path)
-  assert sum(o == "passed" for o in outcomes.values()) > 50
+  assert sum(o == "passed" for o in outcomes.values()) > MIN_PASSED[name]
   _check(outcomes, None)
 
 
@@ -149,6 +162,6 @@ def test_swap_rewrites_the_import(tmp_path):
   """The copies import lvmjax's estimators (else the runs above would test scikit-learn's)."""
   for name in FILES:
     text = _swapped_copy(name, tmp_path).read_text()
-    cls = "GaussianMixture" if name == "mixture" else "KMeans"
+    cls = CLASSES[name]
     assert f"from lvmjax.sklearn import {cls}\n" in text
     assert not re.search(rf"^from sklearn\.\w+ import .*\b{cls}\b", text, re.M)
