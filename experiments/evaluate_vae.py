@@ -5,10 +5,14 @@ Usage (from the repository root)::
   python -m experiments.evaluate_vae --workdir /tmp/iwae_k5                       # k = 5000
   python -m experiments.evaluate_vae --workdir /tmp/iwae_k5 --num_importance_samples=50 \
       --num_eval_points=1000 --step=20000
+  python -m experiments.evaluate_vae --workdir /tmp/iwae_k5 --estimator=ais \
+      --num_eval_points=100 --ais_steps=1000 --ais_chains=16 --ais_init=encoder
 
 Reads the config stored with the checkpoint, restores the parameters, and writes the test ELBO,
 the importance-sampled log-likelihood, IWAE bounds, active units and figures to
-<workdir>/evaluation/ (eval_<step>_k<k>.json, eval_*.png).
+<workdir>/evaluation/ (eval_<step>_k<k>.json, eval_*.png). With ``--estimator=ais`` it also runs
+annealed importance sampling (:func:`lvmjax.vae.log_likelihood_ais`, blackjax HMC) on the same
+points and adds ``log_likelihood_ais``/``nll_ais`` (file eval_<step>_k<k>_ais<T>.json).
 """
 import os
 import sys
@@ -28,6 +32,15 @@ flags.DEFINE_integer("num_eval_points", None, "Evaluate on this many points (fix
                      "subset); default: the training config's value (0 = whole split).")
 flags.DEFINE_integer("eval_batch_size", None, "Points per batch; default: the config's.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
+flags.DEFINE_enum("estimator", "is", ["is", "ais"], "'ais': annealed importance sampling as "
+                  "well as the importance-sampled estimate (set --num_importance_samples=0 to "
+                  "skip that).")
+flags.DEFINE_integer("ais_steps", 1000, "AIS: intermediate distributions (HMC transitions).")
+flags.DEFINE_integer("ais_chains", 16, "AIS: chains per point.")
+flags.DEFINE_integer("ais_leapfrog", 10, "AIS: leapfrog steps per HMC transition.")
+flags.DEFINE_enum("ais_init", "prior", ["prior", "encoder"], "AIS: anneal from p(z) or q(z|x).")
+flags.DEFINE_float("ais_step_size", 0.05, "AIS: initial step size (adapted towards 0.65 "
+                   "acceptance per chain).")
 flags.DEFINE_bool("figures", True, "Write figures.")
 flags.DEFINE_bool("quiet", False, "No progress display.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
@@ -43,10 +56,13 @@ def main(argv):
   common.start()
   from lvmjax.vae import train  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  ais_options = dict(num_steps=f.ais_steps, num_chains=f.ais_chains,
+                     num_leapfrog=f.ais_leapfrog, init=f.ais_init, step_size=f.ais_step_size)
   results = train.evaluate_checkpoint(
       f.workdir, num_importance_samples=f.num_importance_samples,
       num_eval_points=f.num_eval_points, eval_batch_size=f.eval_batch_size, step=f.step,
-      figures=f.figures, quiet=f.quiet)
+      figures=f.figures, quiet=f.quiet, estimator=f.estimator,
+      ais_options=ais_options if f.estimator == "ais" else None)
   common.print_results(results, os.path.join(f.workdir, "evaluation"))
 
 

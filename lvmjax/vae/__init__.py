@@ -34,6 +34,16 @@ Bounds and estimates (each ``(N,)``), for every prior
   ``autoencoder_log_likelihood(model, params, x)``,
   ``gaussian_kl(mean, log_variance, prior_mean=None, prior_log_variance=None)``.
 
+Annealed importance sampling (:mod:`lvmjax.vae.ais`, blackjax's HMC)
+  ``log_likelihood_ais(model, params, key, x, num_steps=1000, num_chains=16, num_leapfrog=10,
+  init="prior"|"encoder") -> (N,)``; ``bdmc(model, params, key, num_points, ...) -> (lower,
+  upper, x)`` on data simulated from the model; the generic ``ais.AISTarget``, ``ais.ais``,
+  ``ais.reverse_ais`` for any model.
+
+Two stochastic layers (:mod:`lvmjax.vae.hierarchical`, Burda et al. 2016)
+  ``hierarchical.burda_model(num_features)``, ``hierarchical.elbo``, ``iwae_bound``,
+  ``log_likelihood``, ``active_units`` (per layer), ``evaluate``; AIS and BDMC work on it.
+
 Inference and generation
   ``encode(model, params, x) -> (mean, log_variance)``, ``decode(model, params, z) -> distrax
   distribution``, ``reconstruct(model, params, x)``, ``sample_posterior(model, params, key, x, k)``,
@@ -104,6 +114,8 @@ from lvmjax.vae.vade import GaussianMixturePrior
 from lvmjax.vae.steps import (OBJECTIVES, Objective, TrainState, create_train_state, evaluate,
                               jit_multi_train_step, jit_train_step, make_multi_train_step,
                               make_train_step)
+from lvmjax.vae import ais, hierarchical  # pylint: disable=g-bad-import-order
+from lvmjax.vae.ais import bdmc, log_likelihood_ais
 
 __all__ = [
     "VAE", "ElboTerms", "init", "encode", "decode", "reconstruct", "sample", "sample_given",
@@ -115,4 +127,5 @@ __all__ = [
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
     "create_train_state", "make_train_step", "jit_train_step", "make_multi_train_step",
     "jit_multi_train_step", "evaluate", "OBJECTIVES", "Objective",
+    "log_likelihood_ais", "bdmc",
 ]

@@ -45,6 +45,7 @@ from lvmjax import plotting
 from lvmjax import progress
 from lvmjax import sharding
 from lvmjax import vae
+from lvmjax.vae import hierarchical
 from lvmjax.vae import steps
 
 MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder", "vade": "vade"}
@@ -114,10 +115,40 @@ def validate_config(config: Any) -> None:
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got "
                      f"{config.compute_dtype!r}.")
+  _validate_layers(config)
+
+
+def _layers(config: Any) -> int:
+  return int(config.get("stochastic_layers", 1))
+
+
+def _validate_layers(config: Any) -> None:
+  """config.stochastic_layers = 2: the two-layer model of :mod:`lvmjax.vae.hierarchical`."""
+  if _layers(config) not in (1, 2):
+    raise ValueError(f"config.stochastic_layers must be 1 or 2, got {_layers(config)}.")
+  if _layers(config) == 2:
+    if (config.model not in ("vae", "iwae") or config.architecture != "mlp"
+        or _prior_name(config) != "standard"):
+      raise ValueError("config.stochastic_layers=2 (lvmjax.vae.hierarchical) trains model='vae' "
+                       "or 'iwae' with architecture='mlp' and the standard normal prior.")
+    experiment.check_positive_ints(config, ["latent_dim2"])
+    for h in config.hidden2:
+      experiment.check_positive_ints({"hidden2": h}, ["hidden2"])
 
 
 def build_model(config: Any, num_features: int) -> vae.VAE:
-  """The VAE module the config describes (encoder, decoder, likelihood)."""
+  """The VAE module the config describes (encoder, decoder, likelihood).
+
+  With ``config.stochastic_layers == 2``: :func:`lvmjax.vae.hierarchical.burda_model` with z1 of
+  ``latent_dim``, z2 of ``latent_dim2`` units and hidden widths ``hidden`` / ``hidden2``.
+  """
+  if _layers(config) == 2:
+    return hierarchical.burda_model(
+        num_features, latent_dims=(config.latent_dim, config.latent_dim2),
+        hidden=(tuple(int(h) for h in config.hidden), tuple(int(h) for h in config.hidden2)),
+        activation=config.activation,
+        likelihood=(vae.BernoulliLikelihood() if config.likelihood == "bernoulli" else
+                    vae.GaussianLikelihood(scale=config.gaussian_scale or None)))
   if config.architecture == "mlp":
     hidden = tuple(int(h) for h in config.hidden)
     encoder = vae.MLPEncoder(latent_dim=config.latent_dim, hidden=hidden,
@@ -379,6 +410,8 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
   """The training loop proper (see :func:`train_and_evaluate`)."""
   step_kwargs = dict(objective=MODELS[config.model], num_samples=config.num_samples,
                      beta=config.beta, compute_dtype=_compute_dtype(config))
+  if _layers(config) == 2:
+    step_kwargs["objective"] = hierarchical.objective(MODELS[config.model], config.num_samples)
   to_device, mesh = jnp.asarray, None
   if jax.device_count() > 1:
     # Data-parallel over all devices (of all hosts): batch split, state replicated, gradients
@@ -440,7 +473,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
         m["epoch"] = batch.epoch + (batch.step + 1) / batches.steps_per_epoch
         if eval_now:
           params = state.params if mesh is None else jax.device_get(state.params)
-          ev = steps.evaluate(model, params, jax.random.fold_in(eval_key, step),
+          ev = _evaluate_fn(model)(model, params, jax.random.fold_in(eval_key, step),
                                  _reshape(d.eval_x, data_shape), config.eval_batch_size,
                                  num_samples_ll=0, first_batch=d.eval_first_batch,
                                  across_processes=True)
@@ -490,7 +523,7 @@ def _evaluate(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.nd
   t0 = time.perf_counter()
   bar = progress.Progress(len(x), desc=f"evaluate (k={num_importance_samples})",
                           quiet=quiet or autoencoder)
-  results = steps.evaluate(
+  results = _evaluate_fn(model)(
       model, params, key, _reshape(np.asarray(x), data_shape), config.eval_batch_size,
       num_samples_ll=num_importance_samples, iwae_k=tuple(int(k) for k in config.iwae_k),
       progress=lambda done, total: bar.update(done), first_batch=first_batch,
@@ -503,11 +536,23 @@ def _evaluate(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.nd
   return results
 
 
+def _evaluate_fn(model: Any):
+  """:func:`lvmjax.vae.evaluate`, or the two-layer model's :func:`~lvmjax.vae.hierarchical.evaluate`."""
+  if isinstance(model, hierarchical.HierarchicalVAE):
+    return hierarchical.evaluate
+  return steps.evaluate
+
+
 def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: Any, d: _Data,
                   data_shape: tuple[int, ...], key: jax.Array,
                   prefix: str = "vae_") -> list[pathlib.Path]:
-  """Prior samples, reconstructions, latent space, interpolations and training curves as PNGs."""
+  """Prior samples, reconstructions, latent space, interpolations and training curves as PNGs.
+
+  None for the two-layer model (its figures are not written yet).
+  """
   paths = []
+  if isinstance(model, hierarchical.HierarchicalVAE):
+    return paths
   xs = _reshape(d.eval_x, data_shape)
   image_shape = d.image_shape
   if image_shape is not None:
@@ -590,11 +635,15 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
 def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: int = 5000,
                         num_eval_points: int | None = None, eval_batch_size: int | None = None,
                         step: int | None = None, figures: bool = True,
-                        quiet: bool = False) -> dict:
+                        quiet: bool = False, estimator: str = "is",
+                        ais_options: dict | None = None) -> dict:
   """Loads a checkpoint from a training workdir and evaluates it (the k=5000 log-likelihood).
 
   Reads the config stored with the checkpoint, rebuilds the model, restores the parameters and
-  writes ``eval_<step>_k<k>.json`` and figures ``eval_*.png`` in ``<workdir>/evaluation``.
+  writes ``eval_<step>_k<k>.json`` (``eval_<step>_k<k>_ais<T>.json`` with AIS) and figures
+  ``eval_*.png`` in ``<workdir>/evaluation``. With ``estimator="ais"`` the results also hold
+  :func:`lvmjax.vae.ais.evaluate_ais`'s AIS log-likelihood (``log_likelihood_ais``, ``nll_ais``)
+  on the same points.
 
   Args:
     workdir: the training run's directory.
@@ -605,6 +654,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
     step: which checkpoint; None for the latest.
     figures: write the figures.
     quiet: no progress display.
+    estimator: ``"is"`` (importance sampling only) or ``"ais"`` (AIS as well).
+    ais_options: keyword arguments of :func:`lvmjax.vae.log_likelihood_ais` (``num_steps``,
+      ``num_chains``, ``num_leapfrog``, ``init``, ...).
 
   Returns:
     The results dict (also written as JSON).
@@ -614,6 +666,13 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
   """
   if num_importance_samples < 0:
     raise ValueError(f"num_importance_samples must be >= 0, got {num_importance_samples}.")
+  if estimator not in ("is", "ais"):
+    raise ValueError(f"estimator must be 'is' or 'ais', got {estimator!r}.")
+  ais_options = dict(ais_options or {})
+  if estimator == "ais":
+    vae.ais.make_options(**{k: v for k, v in ais_options.items() if k != "init"})
+    if jax.process_count() > 1:
+      raise ValueError("estimator='ais' runs in one process.")
   workdir = pathlib.Path(workdir).expanduser().absolute()
   overrides = {"num_importance_samples": int(num_importance_samples)}
   if num_eval_points is not None:
@@ -627,10 +686,21 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, *, num_importance_samples: 
                       num_importance_samples=num_importance_samples,
                       quiet=quiet or not distributed.is_primary(),
                       first_batch=d.eval_first_batch)
+  name = f"eval_{int(state.step)}_k{num_importance_samples}"
+  if estimator == "ais":
+    t0 = time.perf_counter()
+    bar = progress.Progress(len(d.eval_x), desc="evaluate (AIS)", quiet=quiet)
+    ais_results = vae.ais.evaluate_ais(
+        model, state.params, jax.random.fold_in(eval_key, 7), _reshape(d.eval_x, data_shape),
+        config.eval_batch_size, progress=lambda done, total: bar.update(done), **ais_options)
+    bar.close()
+    ais_results.pop("num_points")
+    results.update(ais_results, ais_seconds=time.perf_counter() - t0)
+    name += f"_ais{ais_options.get('num_steps', vae.ais.AISOptions().num_steps)}"
   results["step"] = int(state.step)
   out = workdir / "evaluation"
   if distributed.is_primary():
-    experiment.write_results(out, results, f"eval_{int(state.step)}_k{num_importance_samples}.json")
+    experiment.write_results(out, results, f"{name}.json")
     if figures:
       write_figures(out, config, model, state.params, d, data_shape,
                     jax.random.fold_in(eval_key, 1), prefix="eval_")

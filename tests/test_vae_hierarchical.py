@@ -1,0 +1,152 @@
+"""The two-stochastic-layer VAE (lvmjax.vae.hierarchical): reduction to one layer, the order of the
+bounds, a linear-Gaussian chain whose log p(x) is exact (scipy), AIS on it, and the launcher."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from lvmjax import vae
+from lvmjax.vae import ais, hierarchical
+
+D, L1, L2 = 5, 3, 2
+
+
+def _zero(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def test_with_z2_switched_off_every_bound_is_the_one_layer_formula(x64):
+  """p(z1 | z2) = N(0, I) whatever z2, q(z2 | z1) = p(z2): log w is the one-layer weight."""
+  model = hierarchical.HierarchicalVAE(
+      vae.MLPEncoder(L1, (8,)), vae.LinearEncoder(L2), vae.LinearEncoder(L1),
+      vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
+  x = (jax.random.uniform(jax.random.key(0), (7, D)) < 0.4).astype(jnp.float64)
+  params = hierarchical.init(jax.random.key(1), model, x)
+  p = params["params"]
+  p["encoder2"], p["conditional"] = _zero(p["encoder2"]), _zero(p["conditional"])
+  one = vae.VAE(vae.MLPEncoder(L1, (8,)), vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
+  one_params = {"params": {"encoder": p["encoder1"], "decoder": p["decoder"]}}
+  key = jax.random.key(2)
+  np.testing.assert_allclose(hierarchical.elbo(model, params, key, x, 3),
+                             vae.elbo(one, one_params, key, x, 3, analytic_kl=False), rtol=1e-12)
+  np.testing.assert_allclose(hierarchical.iwae_bound(model, params, key, x, 5),
+                             vae.iwae_bound(one, one_params, key, x, 5), rtol=1e-12)
+  np.testing.assert_allclose(hierarchical.log_likelihood(model, params, key, x, 50, chunk_size=20),
+                             vae.log_likelihood(one, one_params, key, x, 50, chunk_size=20),
+                             rtol=1e-12)
+
+
+def _burda_small():
+  model = hierarchical.burda_model(D, latent_dims=(L1, L2), hidden=((16,), (8,)))
+  x = (jax.random.uniform(jax.random.key(3), (200, D)) < 0.3).astype(jnp.float32)
+  return model, hierarchical.init(jax.random.key(4), model, x), x
+
+
+def test_bounds_are_ordered_on_average():
+  model, params, x = _burda_small()
+  key = jax.random.key(5)
+  e = float(jnp.mean(hierarchical.elbo(model, params, jax.random.fold_in(key, 0), x)))
+  i5 = float(jnp.mean(hierarchical.iwae_bound(model, params, jax.random.fold_in(key, 1), x, 5)))
+  i50 = float(jnp.mean(hierarchical.iwae_bound(model, params, jax.random.fold_in(key, 2), x, 50)))
+  ll = float(jnp.mean(hierarchical.log_likelihood(model, params, jax.random.fold_in(key, 3), x,
+                                                  1000)))
+  assert e < i5 < i50 < ll
+
+
+def _linear_chain():
+  """z2 ~ N(0, I), z1 | z2 ~ N(B z2 + c, diag v1), x | z1 ~ N(W z1 + mu, s^2 I), with q the exact
+  conditional means and (inflated) diagonal variances, and scipy's density of x."""
+  rng = np.random.default_rng(0)
+  b, c, v1 = rng.normal(size=(L1, L2)), rng.normal(size=L1), np.exp(rng.normal(size=L1) * 0.3)
+  w, mu, s = rng.normal(size=(D, L1)) * 0.7, rng.normal(size=D), 0.8
+  sigma1 = b @ b.T + np.diag(v1)
+  marginal = scipy.stats.multivariate_normal(w @ c + mu, w @ sigma1 @ w.T + s ** 2 * np.eye(D))
+  prec = np.linalg.inv(sigma1) + w.T @ w / s ** 2          # z1 | x
+  cov = np.linalg.inv(prec)
+  a = cov @ w.T / s ** 2
+  a0 = cov @ (np.linalg.solve(sigma1, c) - w.T @ mu / s ** 2)
+  cov2 = np.linalg.inv(np.eye(L2) + b.T @ np.diag(1 / v1) @ b)   # z2 | z1
+  a2 = cov2 @ b.T @ np.diag(1 / v1)
+  model = hierarchical.HierarchicalVAE(
+      vae.LinearEncoder(L1), vae.LinearEncoder(L2), vae.LinearEncoder(L1), vae.LinearDecoder(D),
+      vae.GaussianLikelihood(scale=s))
+  params = hierarchical.init(jax.random.key(0), model, jnp.zeros((1, D)))
+  p = params["params"]
+  f = lambda v: jnp.asarray(v, jnp.float64)  # pylint: disable=unnecessary-lambda-assignment
+  p["encoder1"] = {"mean": {"kernel": f(a.T), "bias": f(a0)},
+                   "log_variance": f(np.log(1.5 * np.diag(cov)))}
+  p["encoder2"] = {"mean": {"kernel": f(a2.T), "bias": f(-a2 @ c)},
+                   "log_variance": f(np.log(1.5 * np.diag(cov2)))}
+  p["conditional"] = {"mean": {"kernel": f(b.T), "bias": f(c)}, "log_variance": f(np.log(v1))}
+  p["decoder"] = {"output": {"kernel": f(w.T), "bias": f(mu)}}
+  x = marginal.rvs(size=5, random_state=1)
+  return model, params, x, marginal.logpdf(x)
+
+
+def test_linear_gaussian_chain_matches_scipy(x64):
+  model, params, x, exact = _linear_chain()
+  key = jax.random.key(6)
+  ll = np.asarray(hierarchical.log_likelihood(model, params, key, x, 5000))
+  elbo = np.asarray(hierarchical.elbo(model, params, key, x, 100))
+  assert ll.dtype == np.float64
+  np.testing.assert_allclose(ll, exact, atol=0.03)
+  assert np.all(elbo < exact)
+
+
+def test_ais_and_bdmc_on_the_linear_gaussian_chain(x64):
+  model, params, x, exact = _linear_chain()
+  run = jax.jit(lambda k, x: vae.log_likelihood_ais(model, params, k, x, num_steps=300,
+                                                    num_chains=8, num_leapfrog=4,
+                                                    step_size=0.2))
+  est = np.asarray(run(jax.random.key(7), x))
+  assert abs(np.mean(est - exact)) < 0.05 and np.all(np.abs(est - exact) < 0.15), est - exact
+  # a target's latent is the pytree (z1, z2); its densities are the model's
+  target = model.ais_target(params, jnp.asarray(x[0]))
+  z = target.sample_prior(jax.random.key(8))
+  assert [np.shape(a) for a in z] == [(L1,), (L2,)]
+
+
+@pytest.mark.slow
+def test_bdmc_on_the_linear_gaussian_chain(x64):
+  model, params, _, _ = _linear_chain()
+  res = jax.jit(lambda k: vae.bdmc(model, params, k, 4, num_steps=300, num_chains=8,
+                                   num_leapfrog=4, step_size=0.2))(jax.random.key(9))
+  assert res.lower.shape == res.upper.shape == (4,)
+  assert float(jnp.mean(res.upper - res.lower)) < 0.3
+
+
+def test_sampling_active_units_and_bad_input():
+  model, params, x = _burda_small()
+  xs, (z1, z2) = hierarchical.sample_joint(model, params, jax.random.key(0), 6)
+  assert xs.shape == (6, D) and z1.shape == (6, L1) and z2.shape == (6, L2)
+  a1, a2 = hierarchical.active_units(model, params, jax.random.key(1), x, threshold=0.0)
+  assert (a1, a2) == (L1, L2)
+  a1, a2 = hierarchical.active_units(model, params, jax.random.key(1), x, threshold=1e9)
+  assert (a1, a2) == (0, 0)
+  with pytest.raises(ValueError):
+    hierarchical.elbo(model, params, 0, x)
+  with pytest.raises(ValueError):
+    hierarchical.iwae_bound(model, params, jax.random.key(0), x[0], 5)
+  with pytest.raises(ValueError):
+    hierarchical.iwae_bound(model, params, jax.random.key(0), x, 0)
+  with pytest.raises(ValueError):
+    hierarchical.objective("ae")
+
+
+def test_two_layer_config_trains_through_the_launcher(tmp_path):
+  from configs import vae2_binarized_mnist  # pylint: disable=import-outside-toplevel
+  from lvmjax.vae import train  # pylint: disable=import-outside-toplevel
+  config = vae2_binarized_mnist.get_config("iwae,smoke")
+  config.dataset, config.dynamic_binarization = "digits", True
+  run = train.train_and_evaluate(config, tmp_path, quiet=True)
+  assert isinstance(run.model, hierarchical.HierarchicalVAE)
+  results = json.loads((tmp_path / "results.json").read_text())
+  for name in ("elbo", "iwae_5", "log_likelihood", "active_units_z1", "active_units_z2"):
+    assert name in results and np.isfinite(results[name])
+  assert results["elbo"] <= results["iwae_5"] + 0.5
+  config.stochastic_layers = 3
+  with pytest.raises(ValueError, match="stochastic_layers"):
+    train.validate_config(config)
