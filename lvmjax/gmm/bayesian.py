@@ -55,9 +55,9 @@ share of the data :math:`N_k / \sum_j N_j` falls below ``weight_threshold`` are 
 negligible; the others are the effective components.
 
 References:
-  C. M. Bishop, Pattern Recognition and Machine Learning (2006), sections 10.2 and 10.4.
-  D. M. Blei and M. I. Jordan, Variational inference for Dirichlet process mixtures, Bayesian
-  Analysis 1(1), 2006.
+  Bishop, Pattern Recognition and Machine Learning (2006), sections 10.2 and 10.4.
+  Blei and Jordan, Variational inference for Dirichlet process mixtures, Bayesian Analysis
+  1(1), 2006.
 
 Examples:
   >>> import jax, jax.numpy as jnp
@@ -487,9 +487,14 @@ def prior(x: DataLike | None, num_features: int | None = None, *, num_components
       are given).
     num_features: D when x is None.
     num_components: K.
-    covariance_type, weight_concentration_prior_type: as :func:`fit`.
-    weight_concentration_prior, mean_precision_prior, mean_prior, degrees_of_freedom_prior,
-      covariance_prior, reg_covar: as :func:`fit`.
+    covariance_type: as :func:`fit`.
+    weight_concentration_prior_type: as :func:`fit`.
+    weight_concentration_prior: as :func:`fit`.
+    mean_precision_prior: as :func:`fit`.
+    mean_prior: as :func:`fit`.
+    degrees_of_freedom_prior: as :func:`fit`.
+    covariance_prior: as :func:`fit`.
+    reg_covar: as :func:`fit`.
     sample_weight: optional (N,) weights of x.
     dtype: float dtype of the priors (default that of x, else float32).
 
