@@ -502,8 +502,11 @@ def bdmc(model: Any, params: Params, key: Key, num_points: int, *, num_steps: in
     params: its params.
     key: PRNG key (data, forward chains and reverse chains draw from split keys).
     num_points: N points to simulate.
-    num_steps, num_chains, num_leapfrog, init, **options: as in :func:`log_likelihood_ais`, for
-      both directions.
+    num_steps: as in :func:`log_likelihood_ais`, for both directions.
+    num_chains: as in :func:`log_likelihood_ais`.
+    num_leapfrog: as in :func:`log_likelihood_ais`.
+    init: as in :func:`log_likelihood_ais`.
+    **options: as in :func:`log_likelihood_ais`.
 
   Returns:
     :class:`BDMCResult` ``(lower (N,), upper (N,), x)``.
