@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lvmjax import data, gmm, mixture, ppca  # pylint: disable=g-import-not-at-top
+from lvmjax import data, mixture, ppca  # pylint: disable=g-import-not-at-top
 from lvmjax.gmm import em, factor  # pylint: disable=g-import-not-at-top
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

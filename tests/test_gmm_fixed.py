@@ -2,10 +2,6 @@
 free fields are the constrained EM updates of a float64 NumPy/SciPy reference."""
 import itertools
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +13,7 @@ from scipy.special import logsumexp
 from lvmjax import gmm
 from lvmjax import mixture
 from lvmjax import sharding
+from tests import cpu_devices
 
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(gmm.FIXABLE, r)]
 
@@ -205,15 +202,7 @@ def _mesh_main():
 
 @pytest.mark.slow
 def test_fixed_on_a_two_device_cpu_mesh():
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
-  here = pathlib.Path(__file__).resolve().parent
-  code = (f"import sys; sys.path.insert(0, {str(here)!r}); import test_gmm_fixed; "
-          "test_gmm_fixed._mesh_main()")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=here.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  out = cpu_devices.run("test_gmm_fixed", "_mesh_main", 2, timeout=300)
   for cov_type, r in out.items():
     assert r["bitwise"] == [True, True], (cov_type, r)
     assert r["diff"] < 1e-3, (cov_type, r)

@@ -3,10 +3,6 @@ against scipy on each row's observed entries, the EM step against a float64 NumP
 the conditional moments, its invariants, and the mixture machinery (chunks, weights, restarts,
 meshes, streaming, frozen fields) it runs on."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +14,7 @@ from scipy.special import logsumexp
 from lvmjax import gmm
 from lvmjax import mixture
 from lvmjax import sharding
+from tests import cpu_devices
 
 COV_TYPES = gmm.COVARIANCE_TYPES
 
@@ -311,14 +308,6 @@ def _mesh_main():
 
 @pytest.mark.slow
 def test_two_device_cpu_mesh_equals_one_device():
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
-  here = pathlib.Path(__file__).resolve().parent
-  code = (f"import sys; sys.path.insert(0, {str(here)!r}); import test_gmm_missing; "
-          "test_gmm_missing._mesh_main()")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=600, cwd=here.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  out = cpu_devices.run("test_gmm_missing", "_mesh_main", 2, timeout=600)
   for cov_type, r in out.items():
     assert r["bitwise"] and r["diff"] < 1e-9, (cov_type, r)

@@ -3,10 +3,6 @@ gets chunking, sample weights, restarts, resumption, streaming and device meshes
 checked against a float64 direct computation."""
 import dataclasses
 import json
-import os
-import pathlib
-import subprocess
-import sys
 from typing import NamedTuple
 
 import jax
@@ -16,6 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from lvmjax import mixture
+from tests import cpu_devices
 
 
 # ---- The new family: a mixture of independent Poissons (what a user writes) ------------------
@@ -193,14 +190,7 @@ def _mesh_main():
 
 
 def test_mesh_of_four_cpu_devices_equals_one_device():
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
-  here = pathlib.Path(__file__).resolve().parent
-  code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_mixture; test_mixture._mesh_main()"
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=here.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  out = cpu_devices.run("test_mixture", "_mesh_main", 4, timeout=300)
   for init, r in out.items():
     assert r["n_iter"][0] == r["n_iter"][1] and r["converged"] == [True, True], (init, r)
     assert r["diff"] < 1e-9, (init, r)

@@ -1,7 +1,6 @@
 """VaDE (lvmjax.vae.vade): its ELBO against a brute-force Monte Carlo evaluation in numpy, the
 one-component case against the learnable-Gaussian-prior VAE, the four tasks, the launcher."""
 import json
-import pathlib
 import shutil
 
 import jax
@@ -17,18 +16,10 @@ from lvmjax import gmm
 from lvmjax import vae
 from lvmjax.vae import train as vae_train
 from lvmjax.vae import vade
+from tests.numpy_vae import log_normal as _log_normal
+from tests.numpy_vae import mlp as _mlp
 
 L, D, K, H = 2, 6, 3, 5
-
-
-def _mlp(p, h, out_names):
-  """numpy forward pass of lvmjax's MLP (tanh hidden layers) in float64."""
-  h = np.asarray(h, np.float64)
-  i = 0
-  while f"hidden_{i}" in p:
-    h = np.tanh(h @ np.asarray(p[f"hidden_{i}"]["kernel"]) + np.asarray(p[f"hidden_{i}"]["bias"]))
-    i += 1
-  return [h @ np.asarray(p[n]["kernel"]) + np.asarray(p[n]["bias"]) for n in out_names]
 
 
 def _model(k=K, latent=L, prior=None):
@@ -49,10 +40,6 @@ def _setup(seed=0, k=K, latent=L):
   params = vae.cast_params(vae.init(jax.random.key(seed), model, x), jnp.float64)
   params = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape), params)  # not at init
   return model, vade.set_mixture_params(params, _mixture(rng, k, latent)), x, rng
-
-
-def _log_normal(z, mean, var):
-  return np.sum(-0.5 * np.log(2 * np.pi * var) - 0.5 * np.square(z - mean) / var, axis=-1)
 
 
 def test_elbo_equals_a_brute_force_monte_carlo_evaluation(x64):

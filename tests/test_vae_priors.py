@@ -12,22 +12,10 @@ from lvmjax import gmm
 from lvmjax import vae
 from lvmjax.vae import train as vae_train
 from lvmjax.vae import vade
+from tests.numpy_vae import log_normal as _log_normal
+from tests.numpy_vae import mlp as _mlp
 
 D, H, K = 5, 4, 3
-
-
-def _mlp(p, h, out_names):
-  """numpy forward pass of lvmjax's MLP (tanh hidden layers) in float64."""
-  h = np.asarray(h, np.float64)
-  i = 0
-  while f"hidden_{i}" in p:
-    h = np.tanh(h @ np.asarray(p[f"hidden_{i}"]["kernel"]) + np.asarray(p[f"hidden_{i}"]["bias"]))
-    i += 1
-  return [h @ np.asarray(p[n]["kernel"]) + np.asarray(p[n]["bias"]) for n in out_names]
-
-
-def _log_normal(z, mean, var):
-  return np.sum(-0.5 * np.log(2 * np.pi * var) - 0.5 * np.square(z - mean) / var, axis=-1)
 
 
 def _vamp_model(latent=2):

@@ -185,6 +185,24 @@ def to_numpy(a: Any) -> np.ndarray:
   return np.asarray(jax.device_get(a))
 
 
+# Rows per block in an estimator's predict/score: (rows, K, D) intermediates of about 2**24 floats.
+BLOCK_FLOATS = 2**24
+
+
+def fitted_rows(fn, x: Any, fit_dtype: Any, width: int, get_params) -> np.ndarray:
+  """``fn(get_params(dtype), x)`` of a fitted estimator on the rows of validated ``x``.
+
+  Computed in blocks of about ``BLOCK_FLOATS / width`` rows (``width``: K·D of the
+  intermediates), in float64 when x or the fit is float64, and returned as NumPy.
+  """
+  dtype = compute_dtype(x.dtype, fit_dtype)
+  block = max(256, BLOCK_FLOATS // width)
+  with precision(dtype):
+    params = get_params(dtype)
+    xj = to_device(x, dtype)
+    return to_numpy(row_blocks(lambda xb: fn(params, xb), xj, block))
+
+
 def row_blocks(fn, x: jax.Array, block: int):
   """``fn(x)`` in blocks of ``block`` rows (the last one padded), concatenated.
 

@@ -29,13 +29,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
-from lvmjax import gmm
 from lvmjax.gmm import bayesian
 from lvmjax.sklearn import _common
 from lvmjax.sklearn import mixture as _mixture
-
-# Rows per block in predict/score: (rows, K, D) intermediates of about 2**24 floats.
-_BLOCK_FLOATS = 2**24
 
 
 class BayesianGaussianMixture(DensityMixin, BaseEstimator):
@@ -203,17 +199,20 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
     """Fits, then returns ``predict(X)``."""
     return self.fit(X, y, sample_weight).predict(X)
 
+  def _prior_options(self, family) -> dict:
+    """``bayesian.fit``'s model arguments: the covariance type, the priors and ``reg_covar``."""
+    return dict(covariance_type=self.covariance_type,
+                weight_concentration_prior_type=self.weight_concentration_prior_type,
+                weight_concentration_prior=self.weight_concentration_prior_,
+                mean_precision_prior=self.mean_precision_prior_,
+                mean_prior=family.mean_prior,
+                degrees_of_freedom_prior=self.degrees_of_freedom_prior_,
+                covariance_prior=family.covariance_prior, reg_covar=self.reg_covar)
+
   def _fit_in_dtype(self, x, w, dtype):
     family = self._check_parameters(x, w)
     total = float(x.shape[0] if w is None else jnp.sum(w))
-    common = dict(covariance_type=self.covariance_type,
-                  weight_concentration_prior_type=self.weight_concentration_prior_type,
-                  weight_concentration_prior=self.weight_concentration_prior_,
-                  mean_precision_prior=self.mean_precision_prior_,
-                  mean_prior=family.mean_prior,
-                  degrees_of_freedom_prior=self.degrees_of_freedom_prior_,
-                  covariance_prior=family.covariance_prior, reg_covar=self.reg_covar,
-                  sample_weight=w, tol=self.tol / total)
+    common = dict(self._prior_options(family), sample_weight=w, tol=self.tol / total)
     key = _common.key_from_random_state(self.random_state)
     start = time.perf_counter()
     previous = -math.inf
@@ -273,12 +272,9 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
                                       conv(self.degrees_of_freedom_), conv(self.covariances_),
                                       self.covariance_type, self.weight_concentration_prior_type)
 
-  def _get_gmm_params(self, dtype=None) -> gmm.GMMParams:
-    """The point estimate as ``gmm.GMMParams`` (what ``sample`` draws from)."""
-    check_is_fitted(self)
-    conv = lambda a: jnp.asarray(a, dtype)  # pylint: disable=unnecessary-lambda-assignment
-    return gmm.GMMParams(conv(self.weights_), conv(self.means_), conv(self.covariances_),
-                         self.covariance_type)
+  # The point estimate (weights_, means_, covariances_) as ``gmm.GMMParams``, what ``sample``
+  # draws from: GaussianMixture's.
+  _get_gmm_params = _mixture.GaussianMixture._get_gmm_params  # pylint: disable=protected-access
 
   @property
   def params_(self) -> bayesian.BayesianGMMParams:
@@ -320,14 +316,7 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
     key = _common.key_from_random_state(random_state)
     with _common.precision(dtype):
       result = bayesian.fit(key, _common.to_device(x, dtype), self.n_components,
-                            self.covariance_type,
-                            weight_concentration_prior_type=self.weight_concentration_prior_type,
-                            weight_concentration_prior=self.weight_concentration_prior_,
-                            mean_precision_prior=self.mean_precision_prior_,
-                            mean_prior=family.mean_prior,
-                            degrees_of_freedom_prior=self.degrees_of_freedom_prior_,
-                            covariance_prior=family.covariance_prior, reg_covar=self.reg_covar,
-                            init=self.init_params, max_iter=0)
+                            init=self.init_params, max_iter=0, **self._prior_options(family))
       self._set_bayesian_params(result.params)
 
   # ------------------------------------------------------------------------------------------
@@ -336,13 +325,8 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
   def _rows(self, fn, X):
     check_is_fitted(self)
     x = _common.validate_x(self, X, reset=False)
-    dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
-    k, d = self.means_.shape
-    block = max(256, _BLOCK_FLOATS // (k * d))
-    with _common.precision(dtype):
-      params = self._get_bayesian_params(dtype)
-      xj = _common.to_device(x, dtype)
-      return _common.to_numpy(_common.row_blocks(lambda xb: fn(params, xb), xj, block))
+    return _common.fitted_rows(fn, x, self.means_.dtype, self.means_.size,
+                               self._get_bayesian_params)
 
   def predict(self, X):
     """The most probable component of each row, (N,) int64."""

@@ -36,10 +36,6 @@ from lvmjax import kmeans
 from lvmjax.sklearn import _common
 
 
-# Rows per block in transform: (rows, K, D) differences of about 2**24 floats.
-_BLOCK_FLOATS = 2**24
-
-
 @functools.partial(jax.jit, static_argnames=("num_clusters", "init"))
 def _seed_indices(keys, x, sample_weight, *, num_clusters, init):
   """Row indices of the seeds of each restart ("k-means++" or "random"), one per key."""
@@ -313,7 +309,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     """Euclidean distances of each row to each centroid, (N, K)."""
     check_is_fitted(self)
     k, d = self.cluster_centers_.shape
-    block = max(256, _BLOCK_FLOATS // (k * d))
+    block = max(256, _common.BLOCK_FLOATS // (k * d))
     return np.concatenate(self._blocks(X, lambda c, xb: _common.row_blocks(
         lambda rows: _distances(c, rows), xb, block)))
 

@@ -37,9 +37,6 @@ from sklearn.utils.validation import check_is_fitted
 from lvmjax import gmm
 from lvmjax.sklearn import _common
 
-# Rows per block in predict/score: (rows, K, D) intermediates of about 2**24 floats.
-_BLOCK_FLOATS = 2**24
-
 # scikit-learn's message when EM produces non-finite parameters (lvmjax.gmm.fit's says the same
 # in other words).
 _ILL_DEFINED = ("Fitting the mixture model failed because some components have ill-defined "
@@ -436,13 +433,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     x = self._validate_x(X, reset=False)
     if getattr(self, "missing", "error") == "marginalize":
       fn = _MASKED[fn]
-    dtype = _common.compute_dtype(x.dtype, self.means_.dtype)
-    k, d = self.means_.shape
-    block = max(256, _BLOCK_FLOATS // (k * d))
-    with _common.precision(dtype):
-      params = self._get_gmm_params(dtype)
-      xj = _common.to_device(x, dtype)
-      return _common.to_numpy(_common.row_blocks(lambda xb: fn(params, xb), xj, block))
+    return _common.fitted_rows(fn, x, self.means_.dtype, self.means_.size, self._get_gmm_params)
 
   def predict(self, X):
     """Most probable component of each row: argmax_k p(z=k | x), (N,) int64."""

@@ -48,7 +48,6 @@ References:
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import blackjax
@@ -60,6 +59,7 @@ from jax.flatten_util import ravel_pytree
 from lvmjax import _checks
 from lvmjax.types import DataBatchLike, Key, LogDensity
 from lvmjax.vae import model as vae_model
+from lvmjax.vae import priors
 
 Params = Any
 PyTree = Any
@@ -378,11 +378,6 @@ def bdmc_bounds(target: AISTarget, key: Key, z_exact: PyTree, *, from_initial: b
 # VAEs
 
 
-def _diag_normal_log_prob(z, mean, log_variance):
-  return jnp.sum(-0.5 * (jnp.square(z - mean) * jnp.exp(-log_variance) + log_variance
-                         + math.log(2.0 * math.pi)), axis=-1)
-
-
 def vae_target(model: vae_model.VAE, params: Params, x: jax.Array) -> AISTarget:
   r"""The :class:`AISTarget` of one point ``x`` (data shape, no batch axis) under a VAE.
 
@@ -410,7 +405,7 @@ def vae_target(model: vae_model.VAE, params: Params, x: jax.Array) -> AISTarget:
     return mean + jnp.exp(0.5 * log_variance) * jax.random.normal(key, mean.shape, mean.dtype)
 
   def initial_log_prob(z):
-    return _diag_normal_log_prob(z, mean, log_variance)
+    return priors.diag_gaussian_log_prob(z, mean, log_variance)
 
   return AISTarget(log_prior, log_likelihood, sample_prior, initial_sample, initial_log_prob)
 

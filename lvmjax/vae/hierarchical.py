@@ -30,8 +30,7 @@ layers of 200 between x and z1 and two of 100 between z1 and z2, in both network
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,12 +42,12 @@ from lvmjax import sharding
 from lvmjax.types import DataBatchLike, Key, LogDensity
 from lvmjax.vae import ais as vae_ais
 from lvmjax.vae import model as vae_model
+from lvmjax.vae import steps as vae_steps
 from lvmjax.vae.likelihoods import BernoulliLikelihood
 from lvmjax.vae.networks import MLPDecoder, MLPEncoder
-from lvmjax.vae.priors import StandardNormal
+from lvmjax.vae.priors import StandardNormal, diag_gaussian_log_prob
 
 Params = Any
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class HierarchicalVAE(nn.Module):
@@ -151,11 +150,6 @@ def init(key: Key, model: HierarchicalVAE, example_x: DataBatchLike) -> Params:
 # densities
 
 
-def _normal_log_prob(z, mean, log_variance):
-  return jnp.sum(-0.5 * (jnp.square(z - mean) * jnp.exp(-log_variance) + log_variance + _LOG_2PI),
-                 axis=-1)
-
-
 def _up(a):
   return a.astype(jnp.promote_types(a.dtype, jnp.float32))
 
@@ -184,10 +178,10 @@ def _log_weights(model, params, keys, x, num_samples):
   eps2 = vae_model._point_noise(keys2, num_samples, mean2.shape[-1], mean2.dtype)  # pylint: disable=protected-access
   z2 = mean2 + jnp.exp(0.5 * log_var2) * eps2
   cond_mean, cond_log_var = _gaussian(model, params, z2, "conditional_params")
-  log_p = (_log_px(model, params, z1, x) + _normal_log_prob(z1, cond_mean, cond_log_var)
+  log_p = (_log_px(model, params, z1, x) + diag_gaussian_log_prob(z1, cond_mean, cond_log_var)
            + _up(model.apply(params, z2, method="prior_log_prob")))
-  log_q = (_normal_log_prob(z1, mean1[:, None], log_var1[:, None])
-           + _normal_log_prob(z2, mean2, log_var2))
+  log_q = (diag_gaussian_log_prob(z1, mean1[:, None], log_var1[:, None])
+           + diag_gaussian_log_prob(z2, mean2, log_var2))
   return log_p - log_q
 
 
@@ -267,7 +261,7 @@ def ais_target(model: HierarchicalVAE, params: Params, x: jax.Array) -> vae_ais.
   def log_prior(z):
     z1, z2 = z
     mean, log_var = _gaussian(model, params, z2[None], "conditional_params")
-    return (_normal_log_prob(z1[None], mean, log_var)
+    return (diag_gaussian_log_prob(z1[None], mean, log_var)
             + _up(model.apply(params, z2[None], method="prior_log_prob")))[0]
 
   def log_likelihood(z):
@@ -292,7 +286,7 @@ def ais_target(model: HierarchicalVAE, params: Params, x: jax.Array) -> vae_ais.
   def initial_log_prob(z):
     z1, z2 = z
     mean2, log_var2 = (a[0] for a in _gaussian(model, params, z1[None], "encode2"))
-    return _normal_log_prob(z1, mean1, log_var1) + _normal_log_prob(z2, mean2, log_var2)
+    return diag_gaussian_log_prob(z1, mean1, log_var1) + diag_gaussian_log_prob(z2, mean2, log_var2)
 
   return vae_ais.AISTarget(log_prior, log_likelihood, sample_prior, initial_sample,
                            initial_log_prob)
@@ -387,19 +381,8 @@ def evaluate(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
     return out
 
   x = np.asarray(x)
-  n = x.shape[0]
-  batch_size = min(batch_size, n)
-  sums = {}
-  for i, start in enumerate(range(0, n, batch_size)):
-    xb = x[start:start + batch_size]
-    m = xb.shape[0]
-    if m < batch_size:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
-    out = jax.device_get(batch(jax.random.fold_in(key, first_batch + i), jnp.asarray(xb)))
-    for name, v in out.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
-    if progress is not None:
-      progress(start + m, n)
+  sums, n = vae_steps.sum_over_batches(batch, key, x, min(batch_size, x.shape[0]),
+                                       first_batch=first_batch, progress=progress)
   moments = latent_moments(model, params, jax.random.fold_in(key, -1 % 2**31), x)
   if across_processes and jax.process_count() > 1:
     sums, moments = sharding.process_sum((sums, moments))

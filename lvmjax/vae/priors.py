@@ -43,6 +43,15 @@ from lvmjax.types import DataBatchLike, Key, LatentBatch, LogDensity
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def diag_gaussian_log_prob(z: LatentBatch, mean: LatentBatch,
+                           log_variance: LatentBatch) -> LogDensity:
+  r"""(...,) :math:`\log \mathcal{N}(z; \mu, \operatorname{diag} \sigma^2)
+  = -\tfrac12 \sum_j \left((z_j - \mu_j)^2 / \sigma_j^2 + \log \sigma_j^2 + \log 2\pi\right)`,
+  for arrays broadcasting to ``(..., L)`` (``log_variance`` is :math:`\log \sigma^2`)."""
+  return jnp.sum(-0.5 * (jnp.square(z - mean) * jnp.exp(-log_variance) + log_variance + _LOG_2PI),
+                 axis=-1)
+
+
 def gaussian_kl(mean: LatentBatch, log_variance: LatentBatch, prior_mean: Optional[LatentBatch] = None,
                 prior_log_variance: Optional[LatentBatch] = None) -> LogDensity:
   r"""Closed-form KL between diagonal Gaussians, summed over the last axis.
@@ -261,4 +270,5 @@ class VampPrior(Prior):
     return z
 
 
-__all__ = ["Prior", "StandardNormal", "GaussianPrior", "VampPrior", "gaussian_kl"]
+__all__ = ["Prior", "StandardNormal", "GaussianPrior", "VampPrior", "gaussian_kl",
+           "diag_gaussian_log_prob"]

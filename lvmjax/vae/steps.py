@@ -320,6 +320,42 @@ def _eval_batch(model, params, key, x, num_samples_ll, iwae_k, chunk_size, autoe
   return out
 
 
+def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np.ndarray,
+                     batch_size: int, *, first_batch: int = 0,
+                     progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, int]:
+  """Sums of per-point figures over the rows of x, one jitted batch at a time.
+
+  The evaluation loop of every VAE family (:func:`evaluate`, ``hierarchical.evaluate``): batch
+  ``i`` is ``batch_fn(fold_in(key, first_batch + i), xb)`` -> dict of ``(batch_size,)`` values;
+  the last batch is padded with copies of its last row (one compiled shape) and the padding
+  dropped before summing.
+
+  Args:
+    batch_fn: ``(key, xb) -> {name: (batch_size,) values}``, usually jitted.
+    key: PRNG key.
+    x: ``(N, ...)`` host array.
+    batch_size: rows per batch (at most N).
+    first_batch: global index of the first batch (several processes share one evaluation).
+    progress: optional callback ``progress(points_done, num_points)``.
+
+  Returns:
+    ``(sums, n)``: ``{name: float sum over the N rows}`` (in float64) and N.
+  """
+  n = x.shape[0]
+  sums = {}
+  for i, start in enumerate(range(0, n, batch_size)):
+    xb = x[start:start + batch_size]
+    m = xb.shape[0]
+    if m < batch_size:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
+    out = batch_fn(jax.random.fold_in(key, first_batch + i), jnp.asarray(xb))
+    for name, v in jax.device_get(out).items():
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
+    if progress is not None:
+      progress(start + m, n)
+  return sums, n
+
+
 def evaluate(model: vae_model.VAE, params: Any, key: Key, x: DataBatchLike,
              batch_size: int = 100, num_samples_ll: int = 5000, iwae_k: Sequence[int] = (),
              chunk_size: int = 500, active_units_threshold: float = 0.01,
@@ -369,20 +405,11 @@ def evaluate(model: vae_model.VAE, params: Any, key: Key, x: DataBatchLike,
   if autoencoder:
     num_samples_ll, iwae_k = 0, ()
   x = np.asarray(x)
-  n = x.shape[0]
-  batch_size = min(batch_size, n)
-  sums = {}
-  for i, start in enumerate(range(0, n, batch_size)):
-    xb = x[start:start + batch_size]
-    m = xb.shape[0]
-    if m < batch_size:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
-    out = _eval_batch(model, params, jax.random.fold_in(key, first_batch + i), jnp.asarray(xb),
-                      int(num_samples_ll), iwae_k, int(chunk_size), bool(autoencoder))
-    for name, v in jax.device_get(out).items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
-    if progress is not None:
-      progress(start + m, n)
+  batch_size = min(batch_size, x.shape[0])
+  sums, n = sum_over_batches(
+      lambda k, xb: _eval_batch(model, params, k, xb, int(num_samples_ll), iwae_k,
+                                int(chunk_size), bool(autoencoder)),
+      key, x, batch_size, first_batch=first_batch, progress=progress)
   moments = vae_model.posterior_mean_moments(model, params, x, max(batch_size, 1000))
   if across_processes and jax.process_count() > 1:
     sums, moments = sharding.process_sum((sums, moments))
