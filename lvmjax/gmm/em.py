@@ -235,13 +235,13 @@ class GaussianFamily(mixture.MixtureFamily):
     eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
     chol_inv = linalg.triangular_solve(chol, eye, left_side=True, lower=True)
     offset = (jnp.log(params.weights) - 0.5 * d * math.log(2 * math.pi)
-              - jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
+              - linalg.sum_small(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1))))
     if cov_type == "full":
       w_t = chol_inv.reshape(k * d, d)  # row block k: L_k^{-1}
-      b = jnp.einsum("kde,ke->kd", chol_inv, params.means)
+      b = linalg.matmul(chol_inv, params.means[:, :, None])[:, :, 0]
     else:
       w_t = chol_inv
-      b = params.means @ chol_inv.T
+      b = linalg.matmul(params.means, chol_inv.T)
     return _Whitened(chol, w_t, b, offset)
 
   def chunk_stats(self, prepared: Any, x: jax.Array, w: jax.Array) -> SuffStats:
@@ -253,11 +253,24 @@ class GaussianFamily(mixture.MixtureFamily):
       return _chunk_stats(diff, w[:, None] * resp, log_px, w, self.covariance_type)
     d = x.shape[-1]
     n = x.shape[0]
-    y = (prepared.w_t @ x.T).reshape(-1, d, n) - prepared.b[:, :, None]  # (K, D, n)
-    log_joint = prepared.offset[:, None] - 0.5 * jnp.sum(y * y, axis=1)  # (K, n)
-    log_px = jax.nn.logsumexp(log_joint, axis=0)
+    y = linalg.matmul(prepared.w_t, x.T).reshape(-1, d, n) - prepared.b[:, :, None]  # (K, D, n)
+    log_joint = prepared.offset[:, None] - 0.5 * linalg.sum_small(y * y, axis=1)  # (K, n)
+    log_px = linalg.logsumexp_small(log_joint, axis=0)
     wr = jnp.exp(log_joint - log_px[None, :]) * w[None, :]
     yw = y * wr[:, None, :]
+    if self.covariance_type == "full" and d <= linalg.SMALL_D:
+      # Small D: every row's terms (r, r y, r y y^T upper triangle) stacked into one (K, T, n)
+      # array that is materialised and summed over the rows by one reduction: a batched dot of
+      # (D, n)(n, D) matrices costs a library call per component (per fit under vmap), and
+      # XLA:CPU's reductions are slow on fused broadcasts.
+      pairs = [(i, j) for i in range(d) for j in range(i, d)]
+      terms = jnp.stack([wr] + [yw[:, i] for i in range(d)]
+                        + [yw[:, i] * y[:, j] for i, j in pairs], axis=1)
+      sums = jnp.sum(jax.lax.optimization_barrier(terms), axis=-1)  # (K, T)
+      upper = {pair: sums[:, 1 + d + t] for t, pair in enumerate(pairs)}
+      gram = jnp.stack([jnp.stack([upper[min(i, j), max(i, j)] for j in range(d)], -1)
+                        for i in range(d)], -2)
+      return SuffStats(sums[:, 0], sums[:, 1:1 + d], gram, jnp.sum(w * log_px), jnp.sum(w))
     if self.covariance_type == "full":
       gram = yw @ jnp.swapaxes(y, 1, 2)
     else:
@@ -270,11 +283,11 @@ class GaussianFamily(mixture.MixtureFamily):
       return stats
     chol = prepared.chol
     if self.covariance_type == "full":
-      sum_x = jnp.einsum("kde,ke->kd", chol, stats.sum_x)
-      sum_xx = chol @ stats.sum_xx @ jnp.swapaxes(chol, -1, -2)
+      sum_x = linalg.matmul(chol, stats.sum_x[:, :, None])[:, :, 0]
+      sum_xx = linalg.matmul(linalg.matmul(chol, stats.sum_xx), jnp.swapaxes(chol, -1, -2))
     else:
-      sum_x = stats.sum_x @ chol.T
-      sum_xx = chol @ stats.sum_xx @ chol.T
+      sum_x = linalg.matmul(stats.sum_x, chol.T)
+      sum_xx = linalg.matmul(linalg.matmul(chol, stats.sum_xx), chol.T)
     return stats._replace(sum_x=sum_x, sum_xx=sum_xx)
 
   def initialize(self, key: jax.Array, rows: mixture.Rows, num_components: int, init: str,

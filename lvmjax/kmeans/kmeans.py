@@ -40,6 +40,7 @@ import numpy as np
 
 from lvmjax import _checks
 from lvmjax import fixed_point
+from lvmjax import linalg
 from lvmjax import sharding
 from lvmjax.sharding import Shard
 from lvmjax.types import Array, Centroids, DataLike, Float, Key, Labels, Scalar, WeightsLike
@@ -49,6 +50,9 @@ INIT_METHODS = ("k-means++", "random")
 # Distances are differences of large numbers, so the matrix products must not drop to bfloat16 /
 # TF32 on accelerators.
 _PRECISION = lax.Precision.HIGHEST
+
+# Up to this many clusters the closest centroid is found by K - 1 elementwise compares.
+_SMALL_K = 8
 
 
 class KMeansResult(NamedTuple):
@@ -97,11 +101,11 @@ def _weights(sample_weight: ArrayLike | None, num_points: int, dtype: Any) -> ja
 
 
 def _sq_norms(a: jax.Array) -> jax.Array:
-  return jnp.sum(a * a, axis=-1)
+  return linalg.sum_small(a * a, max_terms=linalg.SMALL_D)
 
 
 def _cross(x: jax.Array, centroids: jax.Array) -> jax.Array:
-  return jnp.matmul(x, centroids.T, precision=_PRECISION)
+  return linalg.matmul(x, centroids.T, precision=_PRECISION)
 
 
 def squared_distances(x: DataLike, centroids: ArrayLike) -> Float[Array, "n k"]:
@@ -136,12 +140,21 @@ def _assign_block(x: jax.Array, x_sq: jax.Array, c: jax.Array,
                   c_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Labels and min squared distances of one block of rows (first index on ties)."""
   partial = c_sq[None, :] - 2 * _cross(x, c)  # ||x||^2 does not change the argmin
+  k = c.shape[0]
+  if k <= _SMALL_K:
+    # Few clusters: one pass of compares over the K columns (first index on ties), elementwise
+    # over the rows; under vmap much faster than two reductions over a (rows, K) array.
+    labels, min_partial = jnp.zeros(partial.shape[:1], jnp.int32), partial[:, 0]
+    for j in range(1, k):
+      closer = partial[:, j] < min_partial
+      labels = jnp.where(closer, j, labels)
+      min_partial = jnp.where(closer, partial[:, j], min_partial)
+    return labels, jnp.maximum(min_partial + x_sq, 0)
   min_partial = jnp.min(partial, axis=1)
   # The first index attaining the minimum. Same as jnp.argmin, but two plain reductions instead
   # of one over (value, index) pairs, which XLA:CPU vectorises poorly (5x slower here). XLA may
   # recompute `partial` inside the second reduction; that is bit-identical (2 * dot is exact, so
   # a fused multiply-add rounds the same), hence some entry always equals the minimum.
-  k = c.shape[0]
   index = jnp.arange(k, dtype=jnp.int32)[None, :]
   labels = jnp.min(jnp.where(partial == min_partial[:, None], index, k), axis=1)
   return labels, jnp.maximum(min_partial + x_sq, 0)
@@ -226,8 +239,32 @@ def _cluster_sums(x: jax.Array, w: jax.Array, labels: jax.Array,
   """Weighted sums Σ_{z_i=k} w_i x_i (K, D) and weights Σ_{z_i=k} w_i (K,)."""
   # A segment sum (scatter-add) costs O(N D); the one-hot product (K, N) x (N, D) costs as much
   # as the distances and measured 3x slower per Lloyd iteration on CPU.
-  sums = jax.ops.segment_sum(x * w[:, None], labels, num_clusters)
-  return sums, jax.ops.segment_sum(w, labels, num_clusters)
+  return _segment_sums(x * w[:, None], w, labels, num_clusters)
+
+
+def _segment_sums(xw: jax.Array, w: jax.Array, labels: jax.Array,
+                  num_clusters: int) -> tuple[jax.Array, jax.Array]:
+  """Σ_{z_i=k} xw_i (K, D) and Σ_{z_i=k} w_i (K,): a segment sum, or for few clusters in few
+  dimensions masked sums over the rows (XLA:CPU runs a scatter element by element; under vmap of
+  small fits the masked sums, elementwise over the (K, D, rows) grid, were several times
+  faster)."""
+  if num_clusters > _SMALL_K or xw.shape[-1] > linalg.SMALL_D:
+    return (jax.ops.segment_sum(xw, labels, num_clusters),
+            jax.ops.segment_sum(w, labels, num_clusters))
+  mask = labels[None, :] == jnp.arange(num_clusters, dtype=labels.dtype)[:, None]  # (K, n)
+  sums = jnp.sum(jnp.where(mask[:, None, :], xw.T[None, :, :], 0), axis=-1)  # (K, D)
+  return sums, jnp.sum(jnp.where(mask, w[None, :], 0), axis=-1)
+
+
+def _take_rows(c: jax.Array, labels: jax.Array) -> jax.Array:
+  """``c[labels]``: for few clusters by K - 1 elementwise selects instead of a gather."""
+  k = c.shape[0]
+  if k > _SMALL_K:
+    return c[labels]
+  out = jnp.broadcast_to(c[0], labels.shape + c.shape[1:])
+  for j in range(1, k):
+    out = jnp.where((labels == j)[:, None], c[j][None, :], out)
+  return out
 
 
 def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
@@ -243,7 +280,7 @@ def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Ar
   """
   def relocate(stats):
     sums, weights = stats
-    dist = jnp.sum((x - old_centroids[labels]) ** 2, axis=1)
+    dist = _sq_norms(x - _take_rows(old_centroids, labels))
     dist = jnp.where(valid, dist, -1)
     empty = weights == 0
     num_empty = jnp.where(sharding.pmax(jnp.max(dist), shard) > 0, jnp.sum(empty), 0)
@@ -269,7 +306,13 @@ def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Ar
     sums, weights, _ = lax.fori_loop(0, num_empty, body, (sums, weights, dist))
     return sums, weights
 
-  return lax.cond(jnp.any(weights == 0), relocate, lambda s: s, (sums, weights))
+  # At most once, when a cluster is empty: a while loop rather than a cond, because under vmap
+  # a cond runs both branches for every member at every Lloyd iteration, while this loop runs
+  # the relocation only in the (rare) iterations where some member has an empty cluster.
+  sums, weights, _ = lax.while_loop(lambda s: ~s[2] & jnp.any(s[1] == 0),
+                                    lambda s: (*relocate(s[:2]), jnp.bool_(True)),
+                                    (sums, weights, jnp.bool_(False)))
+  return sums, weights
 
 
 def _average(sums: jax.Array, weights: jax.Array) -> jax.Array:
@@ -358,7 +401,7 @@ def inertia(x: DataLike, centroids: ArrayLike, sample_weight: WeightsLike | None
 
 
 def _direct_inertia(x: jax.Array, w: jax.Array, c: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.sum(w * jnp.sum((x - c[labels]) ** 2, axis=1))
+  return jnp.sum(w * _sq_norms(x - _take_rows(c, labels)))
 
 
 def predict(centroids: ArrayLike, x: DataLike, *, chunk_size: int | None = None) -> Labels:
@@ -546,8 +589,7 @@ def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int):
   scatter is fast only on a plain buffer, not on a slice or a fused product.)
   """
   labels, min_d = _assign_chunks(data, c, num_chunks)
-  sums = jax.ops.segment_sum(data.xw, labels, num_clusters)
-  weights = jax.ops.segment_sum(data.w, labels, num_clusters)
+  sums, weights = _segment_sums(data.xw, data.w, labels, num_clusters)
   return labels, min_d, sums, weights
 
 
