@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "vae"                  # "vae" | "iwae" | "ae"
   c.num_samples = 1                # latent samples per point (k of the IWAE bound)
   c.beta = 1.0                     # KL weight of the ELBO
+  c.kl_warmup_epochs = 0           # KL weight rising linearly from 0 to beta over these epochs
   c.architecture = "mlp"           # "mlp" | "conv" (28x28 images)
   c.hidden = (200, 200)            # MLP widths (decoder uses them reversed)
   c.activation = "tanh"

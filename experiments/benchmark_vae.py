@@ -1,7 +1,8 @@
 r"""Benchmark: Burda et al. (2015) one-stochastic-layer VAE / IWAE on binarized MNIST.
 
 Model: encoder 784-200-200-(50+50), decoder 50-200-200-784, tanh, Bernoulli likelihood, prior
-N(0, I); Adam (lr 1e-3, eps 1e-4 as in Burda et al.), batch 100, constant learning rate. Data:
+N(0, I) (``--prior=vamp``: the VampPrior; ``--stochastic_layers=2``: Burda et al.'s two-layer
+model, z1 of 100 and z2 of 50 units, :mod:`lvmjax.vae.hierarchical`); Adam (lr 1e-3, eps 1e-4 as in Burda et al.), batch 100, constant learning rate. Data:
 ``binarized_mnist.npz`` (``--dataset=static``, Larochelle & Murray's fixed binarization: 50000
 train, 10000 valid, 10000 test) or ``mnist.npz`` (``--dataset=dynamic``: 60000 train images
 binarized afresh each epoch by a Bernoulli draw of the pixel intensities; the 10000 test images
@@ -38,6 +39,14 @@ Commands (from the repository root)::
   python experiments/benchmark_vae.py --torch --time_budget_s=0 --epochs=0 --throughput_s=60
   # IWAE, k=5, on dynamically binarized MNIST
   python experiments/benchmark_vae.py --dataset=dynamic --objective=iwae --k=5
+  # the VampPrior (500 pseudo-inputs) and Burda's two-layer IWAE (k=5), one hour each
+  python experiments/benchmark_vae.py --prior=vamp --time_budget_s=3600 --final_learning_rate=1e-4
+  python experiments/benchmark_vae.py --stochastic_layers=2 --objective=iwae --k=5 \
+      --time_budget_s=3600 --final_learning_rate=1e-4
+  # AIS (Wu et al. 2016) next to IS k=5000 and the IWAE bounds on 100 test points of a saved
+  # model (train with --save_params=vae.msgpack first); --eval_k=0 skips the full-test-set IS
+  python experiments/benchmark_vae.py --load_params=vae.msgpack --time_budget_s=0 --epochs=0 \
+      --eval_k=0 --ais_points=100 --ais_steps=1000 --ais_chains=16
 
 Output: a summary on stdout and a JSON file (``--output_json``) with every figure and flag.
 """
@@ -60,7 +69,9 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from flax import serialization  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lvmjax import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lvmjax.vae import hierarchical  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_DATA_DIR = os.environ.get("LVMJAX_DATA_DIR",
                                    os.path.join(_ROOT, os.pardir, "shared", "data"))
@@ -107,8 +118,30 @@ flags.DEFINE_float("final_learning_rate", None,
                    "--learning_rate to this value at --time_budget_s (set once per epoch), like "
                    "Burda et al.'s 1e-3 -> 1e-4 schedule compressed into the budget. Default: "
                    "constant.")
-flags.DEFINE_integer("latent_dim", 50, "Latent dimension.")
+flags.DEFINE_integer("latent_dim", None, "Latent dimension (of z1 with two layers); None: 50, "
+                     "or 100 with --stochastic_layers=2 (Burda et al.).")
 flags.DEFINE_list("hidden", ["200", "200"], "Hidden widths of encoder and decoder.")
+flags.DEFINE_enum("prior", "standard", ["standard", "vamp"],
+                  "p(z): N(0, I), or the VampPrior (Tomczak & Welling 2018) over "
+                  "--num_pseudo_inputs learnable pseudo-inputs.")
+flags.DEFINE_integer("num_pseudo_inputs", 500, "K of the VampPrior (--prior=vamp).")
+flags.DEFINE_integer("kl_warmup_epochs", 0, "The ELBO's KL weight rises linearly from 0 to 1 over "
+                     "this many epochs (0: none); the VampPrior needs it.")
+flags.DEFINE_integer("stochastic_layers", 1, "1, or 2 for Burda et al.'s two-layer model "
+                     "(lvmjax.vae.hierarchical: z1 --latent_dim, z2 --latent_dim2).")
+flags.DEFINE_integer("latent_dim2", 50, "z2's dimension with --stochastic_layers=2.")
+flags.DEFINE_list("hidden2", ["100", "100"], "Hidden widths between z1 and z2 (two layers).")
+flags.DEFINE_integer("ais_points", 0,
+                     "Also estimate log p(x) by AIS (lvmjax.vae.log_likelihood_ais) on this many "
+                     "random test points, next to IS (--ais_is_k) and the IWAE bounds on the same "
+                     "points (0: no AIS).")
+flags.DEFINE_integer("ais_is_k", 5000, "Importance samples for IS on the AIS points.")
+flags.DEFINE_integer("ais_steps", 1000, "AIS: intermediate distributions (HMC transitions).")
+flags.DEFINE_integer("ais_chains", 16, "AIS: chains per point.")
+flags.DEFINE_enum("ais_init", "prior", ["prior", "encoder"], "AIS: start from p(z) or q(z|x).")
+flags.DEFINE_string("save_params", None, "Write the evaluated params here (flax msgpack).")
+flags.DEFINE_string("load_params", None, "Evaluate these params (from --save_params) instead of "
+                    "training (use with --time_budget_s=0 --epochs=0).")
 flags.DEFINE_integer("valid_every_epochs", 5,
                      "Static data: validation ELBO every N epochs; the best params are kept.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -147,9 +180,21 @@ def epoch_data(train: np.ndarray, dataset: str, rng: np.random.Generator) -> np.
   return train[perm]
 
 
-def make_model(latent_dim: int, hidden: tuple[int, ...]) -> vae.VAE:
+def make_model(latent_dim: int, hidden: tuple[int, ...], prior: str = "standard",
+               num_pseudo_inputs: int = 500, stochastic_layers: int = 1, latent_dim2: int = 50,
+               hidden2: tuple[int, ...] = (100, 100)):
+  """Burda et al.'s MLP VAE (one layer, any prior) or their two-layer model."""
+  if stochastic_layers == 2:
+    if prior != "standard":
+      raise app.UsageError("--stochastic_layers=2 has the standard normal prior on z2 only.")
+    return hierarchical.burda_model(784, latent_dims=(latent_dim, latent_dim2),
+                                    hidden=(hidden, hidden2), activation="tanh")
+  if stochastic_layers != 1:
+    raise app.UsageError(f"--stochastic_layers must be 1 or 2, got {stochastic_layers}.")
+  p = (vae.VampPrior(num_pseudo_inputs=num_pseudo_inputs, data_shape=(784,))
+       if prior == "vamp" else None)
   return vae.VAE(vae.MLPEncoder(latent_dim, hidden, "tanh"),
-                 vae.MLPDecoder(784, hidden, "tanh"), vae.BernoulliLikelihood())
+                 vae.MLPDecoder(784, hidden, "tanh"), vae.BernoulliLikelihood(), prior=p)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,6 +300,56 @@ def time_steps(step, batches, seconds: float, sync, steps_per_call: int = 1,
 # ------------------------------------------------------------------------------------------------
 
 
+def evaluate_test(model, params, eval_key, test, rng, evaluate_fn, latent_dim) -> dict:
+  """The test figures (IS log-likelihood, bounds, active units); with --ais_points, AIS too."""
+  x_eval = test
+  if FLAGS.eval_max_points:
+    x_eval = test[rng.permutation(test.shape[0])[:FLAGS.eval_max_points]]
+  t0 = time.perf_counter()
+  last = [t0]
+
+  def progress(done, total):
+    if time.perf_counter() - last[0] > FLAGS.log_every_s:
+      last[0] = time.perf_counter()
+      print(f"  evaluating: {done}/{total} points, {last[0] - t0:.0f} s", flush=True)
+
+  iwae_k = tuple(int(k) for k in FLAGS.eval_iwae_k)
+  ev = evaluate_fn(model, params, eval_key, x_eval, batch_size=FLAGS.eval_batch_size,
+                   num_samples_ll=FLAGS.eval_k, iwae_k=iwae_k,
+                   chunk_size=FLAGS.eval_chunk_size, progress=progress)
+  ev["eval_s"] = time.perf_counter() - t0
+  extra = "".join(f", {name} {ev[name]:.2f}" for name in ("kl", "reconstruction") if name in ev)
+  print(f"test ({ev['num_points']} points): NLL (k={FLAGS.eval_k}) "
+        f"{ev.get('nll', float('nan')):.2f} nats, ELBO {ev['elbo']:.2f}{extra}, "
+        + ", ".join(f"IWAE-{k} {ev[f'iwae_{k}']:.2f}" for k in iwae_k)
+        + f", active units {ev['active_units']} (latent {latent_dim}) "
+        f"(evaluation {ev['eval_s']:.0f} s)", flush=True)
+  if FLAGS.ais_points:
+    # AIS next to IS and the IWAE bounds on the same random test points (Wu et al.'s comparison)
+    x_ais = test[np.random.default_rng(FLAGS.seed + 777).permutation(
+        test.shape[0])[:FLAGS.ais_points]]
+    sub = evaluate_fn(model, params, jax.random.fold_in(eval_key, 11), x_ais,
+                      batch_size=min(FLAGS.eval_batch_size, len(x_ais)),
+                      num_samples_ll=FLAGS.ais_is_k, iwae_k=iwae_k,
+                      chunk_size=FLAGS.eval_chunk_size)
+    t0 = time.perf_counter()
+    ais_ev = vae.ais.evaluate_ais(model, params, jax.random.fold_in(eval_key, 7), x_ais,
+                                  batch_size=min(FLAGS.eval_batch_size, len(x_ais)),
+                                  progress=progress, num_steps=FLAGS.ais_steps,
+                                  num_chains=FLAGS.ais_chains, init=FLAGS.ais_init)
+    ais_ev["ais_s"] = time.perf_counter() - t0
+    ev["subset"] = {"num_points": len(x_ais), "elbo": sub["elbo"],
+                    **{f"iwae_{k}": sub[f"iwae_{k}"] for k in iwae_k},
+                    "log_likelihood_is": sub.get("log_likelihood"), **ais_ev}
+    print(f"test subset ({len(x_ais)} points): ELBO {sub['elbo']:.2f}, "
+          + ", ".join(f"IWAE-{k} {sub[f'iwae_{k}']:.2f}" for k in iwae_k)
+          + f", IS (k={FLAGS.ais_is_k}) {sub.get('log_likelihood', float('nan')):.2f}, "
+          f"AIS ({FLAGS.ais_steps} steps, {FLAGS.ais_chains} chains, from {FLAGS.ais_init}) "
+          f"{ais_ev['log_likelihood_ais']:.2f} +- {ais_ev['log_likelihood_ais_sem']:.2f} "
+          f"({ais_ev['ais_s']:.0f} s)", flush=True)
+  return ev
+
+
 def main(argv):
   del argv
   hidden = tuple(int(h) for h in FLAGS.hidden)
@@ -265,22 +360,39 @@ def main(argv):
   print(f"lvmjax VAE benchmark: dataset={FLAGS.dataset} objective={FLAGS.objective} k={FLAGS.k} "
         f"train={train.shape} test={test.shape} jax={jax.__version__} "
         f"devices={jax.devices()} cpu_count={os.cpu_count()}", flush=True)
-  model = make_model(FLAGS.latent_dim, hidden)
+  layers = FLAGS.stochastic_layers
+  latent_dim = FLAGS.latent_dim or (100 if layers == 2 else 50)
+  model = make_model(latent_dim, hidden, FLAGS.prior, FLAGS.num_pseudo_inputs, layers,
+                     FLAGS.latent_dim2, tuple(int(h) for h in FLAGS.hidden2))
+  if FLAGS.torch and (layers != 1 or FLAGS.prior != "standard"):
+    raise app.UsageError("--torch times the one-layer, standard-prior model only.")
+  two = isinstance(model, hierarchical.HierarchicalVAE)
+  elbo_fn = hierarchical.elbo if two else vae.elbo
+  evaluate_fn = hierarchical.evaluate if two else vae.evaluate
   optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=FLAGS.learning_rate,
                                                    eps=FLAGS.adam_eps)
   key = jax.random.key(FLAGS.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
   state = vae.create_train_state(init_key, model, test[:bs], optimizer)
-  train_step = vae.jit_train_step(model, optimizer, objective=objective, num_samples=FLAGS.k)
+  if two:  # the two-layer bounds as a per-point objective
+    objective = hierarchical.objective(objective, FLAGS.k)
+  step_options = dict(objective=objective, num_samples=FLAGS.k)
+  if FLAGS.kl_warmup_epochs:
+    step_options["beta"] = optax.linear_schedule(
+        0.0, 1.0, FLAGS.kl_warmup_epochs * (train.shape[0] // bs))
+  train_step = vae.jit_train_step(model, optimizer, **step_options)
   spc = FLAGS.steps_per_call
   if spc < 1:
     raise app.UsageError(f"--steps_per_call must be >= 1, got {spc}")
   multi_step = None if spc == 1 else vae.jit_multi_train_step(
-      model, optimizer, unroll=FLAGS.scan_unroll, objective=objective, num_samples=FLAGS.k)
+      model, optimizer, unroll=FLAGS.scan_unroll, **step_options)
   results = {"flags": {name: FLAGS[name].value for name in (
       "dataset", "objective", "k", "time_budget_s", "epochs", "batch_size", "learning_rate",
       "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
-      "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll")},
+      "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll", "prior",
+      "num_pseudo_inputs", "kl_warmup_epochs", "stochastic_layers", "latent_dim2", "ais_points",
+      "ais_steps", "ais_chains", "ais_init", "load_params")},
+             "num_parameters": int(sum(np.size(a) for a in jax.tree.leaves(state.params))),
              "jax_version": jax.__version__, "backend": jax.default_backend(),
              "cpu_count": os.cpu_count()}
 
@@ -384,7 +496,7 @@ def main(argv):
   budget = FLAGS.time_budget_s if FLAGS.time_budget_s > 0 else math.inf
   train_results = {"epochs": 0, "steps": 0}
   if max_epochs > 0 and (budget < math.inf or FLAGS.epochs is not None):
-    valid_elbo_fn = jax.jit(lambda p, k, x: jnp.mean(vae.elbo(model, p, k, x, 1)))
+    valid_elbo_fn = jax.jit(lambda p, k, x: jnp.mean(elbo_fn(model, p, k, x, 1)))
     t0 = time.perf_counter()
     state, m = train_step(state, train[:bs] if FLAGS.dataset == "static"
                           else (train[:bs] > 0.5).astype(np.uint8), step_key)
@@ -447,7 +559,7 @@ def main(argv):
               f"{best['epoch']})", flush=True)
     jax.block_until_ready(state)
     train_s = time.perf_counter() - t_start
-    params = state.params if best["params"] is None else best["params"]
+    train_params = state.params if best["params"] is None else best["params"]
     train_results = {"epochs": epoch, "steps": steps, "train_s": train_s,
                      "compile_s": compile_s, "examples_per_s": (steps - 1) * bs / train_s,
                      "best_valid_elbo": best["valid_elbo"] if valid is not None else None,
@@ -458,30 +570,18 @@ def main(argv):
           f"compile {compile_s:.2f} s)", flush=True)
     results["train"] = train_results
 
-    # --- evaluation --------------------------------------------------------------------------------
-    x_eval = test
-    if FLAGS.eval_max_points:
-      x_eval = test[rng.permutation(test.shape[0])[:FLAGS.eval_max_points]]
-    t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(done, total):
-      if time.perf_counter() - last[0] > FLAGS.log_every_s:
-        last[0] = time.perf_counter()
-        print(f"  evaluating: {done}/{total} points, {last[0] - t0:.0f} s", flush=True)
-
-    ev = vae.evaluate(model, params, eval_key, x_eval, batch_size=FLAGS.eval_batch_size,
-                      num_samples_ll=FLAGS.eval_k,
-                      iwae_k=tuple(int(k) for k in FLAGS.eval_iwae_k),
-                      chunk_size=FLAGS.eval_chunk_size, progress=progress)
-    ev["eval_s"] = time.perf_counter() - t0
-    results["test"] = ev
-    print(f"test ({ev['num_points']} points): NLL (k={FLAGS.eval_k}) "
-          f"{ev.get('nll', float('nan')):.2f} nats, ELBO {ev['elbo']:.2f}, KL {ev['kl']:.2f}, "
-          f"reconstruction {ev['reconstruction']:.2f}, "
-          + ", ".join(f"IWAE-{k} {ev[f'iwae_{k}']:.2f}" for k in FLAGS.eval_iwae_k)
-          + f", active units {ev['active_units']}/{FLAGS.latent_dim} "
-          f"(evaluation {ev['eval_s']:.0f} s)", flush=True)
+  # --- evaluation --------------------------------------------------------------------------------
+  params = None
+  if "train" in results:
+    params = train_params
+  elif FLAGS.load_params:
+    with open(FLAGS.load_params, "rb") as f:
+      params = serialization.from_bytes(jax.device_get(state.params), f.read())
+  if params is not None:
+    if FLAGS.save_params:
+      with open(FLAGS.save_params, "wb") as f:
+        f.write(serialization.to_bytes(jax.device_get(params)))
+    results["test"] = evaluate_test(model, params, eval_key, test, rng, evaluate_fn, latent_dim)
 
   if "throughput" in results:
     t = results["throughput"]

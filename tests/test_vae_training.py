@@ -68,8 +68,9 @@ def test_resumed_run_draws_the_same_numbers():
   assert float(m_other["loss"]) != float(m_run["loss"])
 
 
-@pytest.mark.parametrize("objective,k,unroll", [("elbo", 1, 1), ("elbo", 2, 2),
-                                                ("iwae", 3, True), ("autoencoder", 1, 1)])
+@pytest.mark.parametrize("objective,k,unroll", [
+    pytest.param("elbo", 1, 1, marks=pytest.mark.slow), ("elbo", 2, 2), ("iwae", 3, True),
+    pytest.param("autoencoder", 1, 1, marks=pytest.mark.slow)])
 def test_multi_train_step_equals_repeated_steps(objective, k, unroll):
   # float32, jitted both ways: bit-for-bit the same state and metrics, on a stack of batches
   # and on batches picked by indices from a data set
@@ -306,3 +307,23 @@ def test_evaluate_autoencoder_figures(x64):
                              np.mean(vae.autoencoder_log_likelihood(model, params, x)), rtol=1e-12)
   assert res["active_units"] == int(vae.active_units(model, params, x)[0])
   assert res["num_points"] == 25
+
+
+def test_beta_schedule_is_the_kl_weight_of_each_step():
+  """A schedule beta(step) (KL warm-up) gives, at each step, the step of that constant beta."""
+  x = _binary_data(n=32)
+  model = _small_model()
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), model, x, opt)
+  key = jax.random.key(1)
+  warmup = optax.linear_schedule(0.0, 1.0, 4)
+  scheduled = vae.jit_train_step(model, opt, beta=warmup)
+  s = _copy(state)
+  for step, beta in enumerate([0.0, 0.25, 0.5]):
+    fixed, m_fixed = vae.jit_train_step(model, opt, beta=beta)(_copy(s), x, key)
+    s, m = scheduled(s, x, key)
+    assert float(m["beta"]) == beta
+    np.testing.assert_allclose(m["loss"], m_fixed["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(fixed.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(s.step) == step + 1

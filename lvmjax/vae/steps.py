@@ -151,7 +151,8 @@ def _objective_function(objective: Union[str, Objective], num_samples: int, beta
 
 def make_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformation,
                     objective: Union[str, Objective] = "elbo", num_samples: int = 1,
-                    beta: float = 1.0, compute_dtype: Any = jnp.float32, analytic_kl: bool = True
+                    beta: Union[float, Callable[[jax.Array], Any]] = 1.0,
+                    compute_dtype: Any = jnp.float32, analytic_kl: bool = True
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
   r"""Returns a pure ``train_step(state, x, key) -> (state, metrics)``.
 
@@ -176,7 +177,10 @@ def make_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformatio
     optimizer: an optax gradient transformation.
     objective: a name of :data:`OBJECTIVES` or a callable (see above).
     num_samples: latent samples per point (k for IWAE), >= 1.
-    beta: KL weight for ``"elbo"``.
+    beta: KL weight for ``"elbo"`` and ``"vade"``: a number, or a schedule ``beta(step)`` of the
+      step count (e.g. ``optax.linear_schedule(0.0, 1.0, warmup_steps)``: the KL warm-up of
+      Bowman et al. 2016 and Sønderby et al. 2016, which flexible priors such as the VampPrior
+      need against posterior collapse); the metrics then include ``beta``.
     compute_dtype: dtype of activations (``jnp.bfloat16`` on GPU/TPU); params stay float32 and
       log-probabilities are computed in float32.
     analytic_kl: the prior's closed-form KL (where it has one) for ``"elbo"``.
@@ -192,23 +196,32 @@ def make_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformatio
   if not callable(objective):
     _checks.check_choice(objective, "objective", tuple(OBJECTIVES))
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
-  _checks.check_nonnegative(beta, "beta")
+  schedule = beta if callable(beta) else None
+  if schedule is None:
+    _checks.check_nonnegative(beta, "beta")
   if compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.float32:
     compute_dtype = None  # params are float32 already; no casts.
-  objective_fn = _objective_function(objective, num_samples, beta, analytic_kl, compute_dtype)
+  objective_fn = _objective_function(objective, num_samples, 1.0 if schedule else beta,
+                                     analytic_kl, compute_dtype)
 
-  def loss_fn(params, x, key):
-    values, extras = objective_fn(model, params, key, x)
+  def loss_fn(params, x, key, beta_now):
+    fn = objective_fn if schedule is None else _objective_function(
+        objective, num_samples, beta_now, analytic_kl, compute_dtype)
+    values, extras = fn(model, params, key, x)
     value = jnp.mean(values)
     aux = {"objective": value, **{name: jnp.mean(v) for name, v in extras.items()}}
     return -value, aux
 
   def train_step(state: TrainState, x: jax.Array, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, step_key)
+    beta_now = None if schedule is None else jnp.asarray(schedule(state.step), jnp.float32)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, step_key,
+                                                                   beta_now)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": _global_norm(grads), **aux}
+    if schedule is not None:
+      metrics["beta"] = beta_now
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

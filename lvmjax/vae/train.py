@@ -89,6 +89,8 @@ def validate_config(config: Any) -> None:
                                           "num_train_points"], minimum=0)
   experiment.check_positive_floats(config, ["learning_rate", "adam_eps"])
   experiment.check_positive_floats(config, ["beta", "gaussian_scale"], allow_zero=True)
+  experiment.check_positive_ints({"kl_warmup_epochs": config.get("kl_warmup_epochs", 0)},
+                                 ["kl_warmup_epochs"], minimum=0)
   for h in config.hidden:
     experiment.check_positive_ints({"hidden": h}, ["hidden"])
   for k in config.iwae_k:
@@ -409,7 +411,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
                 train_key, eval_key, d, ckpt, writer, quiet):
   """The training loop proper (see :func:`train_and_evaluate`)."""
   step_kwargs = dict(objective=MODELS[config.model], num_samples=config.num_samples,
-                     beta=config.beta, compute_dtype=_compute_dtype(config))
+                     beta=_beta(config, d.num_train_points), compute_dtype=_compute_dtype(config))
   if _layers(config) == 2:
     step_kwargs["objective"] = hierarchical.objective(MODELS[config.model], config.num_samples)
   to_device, mesh = jnp.asarray, None
@@ -507,6 +509,15 @@ def _local_batches(config: Any, num_points: int, step: int) -> tuple[int, int, d
   seed = int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
   mine = len(range(num_points)[sharding.process_rows(num_points, index, count)])
   return batch_size, seed, data.position_of(step, mine, batch_size)
+
+
+def _beta(config: Any, num_train_points: int):
+  """config.beta, or a linear KL warm-up from 0 over config.kl_warmup_epochs (counted in steps)."""
+  epochs = int(config.get("kl_warmup_epochs", 0))
+  if epochs == 0:
+    return config.beta
+  steps_per_epoch = data.steps_per_epoch(num_train_points, config.batch_size)
+  return optax.linear_schedule(0.0, config.beta, epochs * steps_per_epoch)
 
 
 def _evaluate(config: Any, model: vae.VAE, params: Any, key: jax.Array, x: np.ndarray,
