@@ -77,7 +77,7 @@ def cholesky(a: ArrayLike) -> jax.Array:
     unrolled elementwise code, else LAPACK (or the column loop inside a CPU mesh).
   """
   a = _inexact(a)
-  if a.shape[-1] <= SMALL_D:
+  if 0 < a.shape[-1] <= SMALL_D:  # (0 x 0 matrices: jnp handles them)
     return _cholesky_unrolled(a)
   if not lapack_can_deadlock():
     return jnp.linalg.cholesky(a)
@@ -105,7 +105,7 @@ def triangular_solve(a: ArrayLike, b: ArrayLike, *, left_side: bool = False,
   """
   a, b = jnp.asarray(a), jnp.asarray(b)
   t_lower = lower != transpose_a  # the triangle of op(A)
-  if a.shape[-1] <= SMALL_D:
+  if 0 < a.shape[-1] <= SMALL_D:
     dtype = jnp.result_type(a.dtype, b.dtype, float)
     a, b = a.astype(dtype), b.astype(dtype)
     if left_side:
