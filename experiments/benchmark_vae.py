@@ -70,6 +70,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from flax import serialization  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lvmjax import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lvmjax.vae import hierarchical  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -136,9 +137,7 @@ flags.DEFINE_integer("ais_points", 0,
                      "random test points, next to IS (--ais_is_k) and the IWAE bounds on the same "
                      "points (0: no AIS).")
 flags.DEFINE_integer("ais_is_k", 5000, "Importance samples for IS on the AIS points.")
-flags.DEFINE_integer("ais_steps", 1000, "AIS: intermediate distributions (HMC transitions).")
-flags.DEFINE_integer("ais_chains", 16, "AIS: chains per point.")
-flags.DEFINE_enum("ais_init", "prior", ["prior", "encoder"], "AIS: start from p(z) or q(z|x).")
+common.define_ais_flags()
 flags.DEFINE_string("save_params", None, "Write the evaluated params here (flax msgpack).")
 flags.DEFINE_string("load_params", None, "Evaluate these params (from --save_params) instead of "
                     "training (use with --time_budget_s=0 --epochs=0).")
@@ -335,8 +334,7 @@ def evaluate_test(model, params, eval_key, test, rng, evaluate_fn, latent_dim) -
     t0 = time.perf_counter()
     ais_ev = vae.ais.evaluate_ais(model, params, jax.random.fold_in(eval_key, 7), x_ais,
                                   batch_size=min(FLAGS.eval_batch_size, len(x_ais)),
-                                  progress=progress, num_steps=FLAGS.ais_steps,
-                                  num_chains=FLAGS.ais_chains, init=FLAGS.ais_init)
+                                  progress=progress, **common.ais_options(FLAGS))
     ais_ev["ais_s"] = time.perf_counter() - t0
     ev["subset"] = {"num_points": len(x_ais), "elbo": sub["elbo"],
                     **{f"iwae_{k}": sub[f"iwae_{k}"] for k in iwae_k},
@@ -391,7 +389,7 @@ def main(argv):
       "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
       "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll", "prior",
       "num_pseudo_inputs", "kl_warmup_epochs", "stochastic_layers", "latent_dim2", "ais_points",
-      "ais_steps", "ais_chains", "ais_init", "load_params")},
+      "ais_steps", "ais_chains", "ais_leapfrog", "ais_step_size", "ais_init", "load_params")},
              "num_parameters": int(sum(np.size(a) for a in jax.tree.leaves(state.params))),
              "jax_version": jax.__version__, "backend": jax.default_backend(),
              "cpu_count": os.cpu_count()}

@@ -51,6 +51,27 @@ def _define_debug_flag() -> None:
   _show_in_helpshort(["debug"])
 
 
+def define_ais_flags() -> None:
+  """The AIS options (``--ais_steps``, ``--ais_chains``, ``--ais_leapfrog``, ``--ais_init``,
+  ``--ais_step_size``) of the launchers that estimate log p(x) by AIS; :func:`ais_options` reads
+  them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer("ais_steps", 1000, "AIS: intermediate distributions (HMC transitions).")
+  flags.DEFINE_integer("ais_chains", 16, "AIS: chains per point.")
+  flags.DEFINE_integer("ais_leapfrog", 10, "AIS: leapfrog steps per HMC transition.")
+  flags.DEFINE_enum("ais_init", "prior", ["prior", "encoder"],
+                    "AIS: anneal from p(z) or q(z|x).")
+  flags.DEFINE_float("ais_step_size", 0.05, "AIS: initial step size (adapted towards 0.65 "
+                     "acceptance per chain).")
+
+
+def ais_options(f: Any) -> dict:
+  """The keyword arguments of :func:`lvmjax.vae.log_likelihood_ais` from the flags of
+  :func:`define_ais_flags` (``f``: ``absl.flags.FLAGS``)."""
+  return dict(num_steps=f.ais_steps, num_chains=f.ais_chains, num_leapfrog=f.ais_leapfrog,
+              init=f.ais_init, step_size=f.ais_step_size)
+
+
 def _show_in_helpshort(names) -> None:
   """Makes flags defined here key flags of the launcher, so that ``--helpshort`` lists them."""
   from absl import flags  # pylint: disable=g-import-not-at-top

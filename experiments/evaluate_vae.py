@@ -35,12 +35,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest
 flags.DEFINE_enum("estimator", "is", ["is", "ais"], "'ais': annealed importance sampling as "
                   "well as the importance-sampled estimate (set --num_importance_samples=0 to "
                   "skip that).")
-flags.DEFINE_integer("ais_steps", 1000, "AIS: intermediate distributions (HMC transitions).")
-flags.DEFINE_integer("ais_chains", 16, "AIS: chains per point.")
-flags.DEFINE_integer("ais_leapfrog", 10, "AIS: leapfrog steps per HMC transition.")
-flags.DEFINE_enum("ais_init", "prior", ["prior", "encoder"], "AIS: anneal from p(z) or q(z|x).")
-flags.DEFINE_float("ais_step_size", 0.05, "AIS: initial step size (adapted towards 0.65 "
-                   "acceptance per chain).")
+common.define_ais_flags()
 flags.DEFINE_bool("figures", True, "Write figures.")
 flags.DEFINE_bool("quiet", False, "No progress display.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
@@ -56,8 +51,7 @@ def main(argv):
   common.start()
   from lvmjax.vae import train  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  ais_options = dict(num_steps=f.ais_steps, num_chains=f.ais_chains,
-                     num_leapfrog=f.ais_leapfrog, init=f.ais_init, step_size=f.ais_step_size)
+  ais_options = common.ais_options(f)
   results = train.evaluate_checkpoint(
       f.workdir, num_importance_samples=f.num_importance_samples,
       num_eval_points=f.num_eval_points, eval_batch_size=f.eval_batch_size, step=f.step,

@@ -201,20 +201,18 @@ def make_train_step(model: vae_model.VAE, optimizer: optax.GradientTransformatio
     _checks.check_nonnegative(beta, "beta")
   if compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.float32:
     compute_dtype = None  # params are float32 already; no casts.
-  objective_fn = _objective_function(objective, num_samples, 1.0 if schedule else beta,
-                                     analytic_kl, compute_dtype)
 
   def loss_fn(params, x, key, beta_now):
-    fn = objective_fn if schedule is None else _objective_function(
-        objective, num_samples, beta_now, analytic_kl, compute_dtype)
-    values, extras = fn(model, params, key, x)
+    objective_fn = _objective_function(objective, num_samples, beta_now, analytic_kl,
+                                       compute_dtype)  # at trace time: beta_now may be traced
+    values, extras = objective_fn(model, params, key, x)
     value = jnp.mean(values)
     aux = {"objective": value, **{name: jnp.mean(v) for name, v in extras.items()}}
     return -value, aux
 
   def train_step(state: TrainState, x: jax.Array, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
-    beta_now = None if schedule is None else jnp.asarray(schedule(state.step), jnp.float32)
+    beta_now = beta if schedule is None else jnp.asarray(schedule(state.step), jnp.float32)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, step_key,
                                                                    beta_now)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
