@@ -247,6 +247,7 @@ def test_smoke_config_runs_end_to_end(smoke_run):
   assert results["step"] == 20 and np.isfinite(results["vade_elbo"])
   assert sum(results["cluster_sizes"]) == results["num_points"] == 400
   assert results["pretrain"]["pretrain_steps"] > 0 and results["pretrain"]["gmm_converged"]
+  assert 0.1 <= results["pretrain"]["init_clustering_accuracy"] <= 1.0
   assert (workdir / "vade_cluster_samples.png").stat().st_size > 1000
   assert isinstance(run.model.prior, vade.GaussianMixturePrior)
 

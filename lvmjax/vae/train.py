@@ -732,7 +732,8 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
   points (:func:`lvmjax.vae.vade.init_prior_from_data`, ``config.gmm_n_init`` restarts from
   ``config.gmm_init``, by default ``"kmeans"`` as scikit-learn's, which the paper used). Returns
   the train state at step 0 with these params and a fresh optimizer state; writes
-  ``pretrain.json`` (time, last autoencoder loss, the GMM's log-likelihood).
+  ``pretrain.json`` (time, last autoencoder loss, the GMM's log-likelihood and, with labels,
+  ``init_clustering_accuracy``: the clustering accuracy of the initialised model).
   """
   t0 = time.perf_counter()
   params = state.params
@@ -771,6 +772,11 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
                                         "config.pretrain_learning_rate.")
   info.update(gmm_log_likelihood=float(fit.log_likelihood[-1]), gmm_converged=bool(fit.converged),
               pretrain_seconds=time.perf_counter() - t0)
+  if train.y is not None:
+    # The score of the initialisation itself, which VaDE's training then improves (or not).
+    info["init_clustering_accuracy"] = evaluate_clustering(
+        model, params, jax.random.fold_in(key, 1), _reshape(train.x, data_shape),
+        train.y)["clustering_accuracy"]
   if workdir is not None:
     progress.write_json(workdir / "pretrain.json", info)
   return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
