@@ -11,6 +11,10 @@
   reads only its own rows from the file; the results equal a one-process run's) and streamed EM
   with each process streaming its own rows (equal to the in-memory fit of all rows).
 
+The default run holds the second case (GMM, K-means and VAE steps on a mesh spanning two processes);
+the eight-device case and the two-process launcher and streaming cases are ``slow`` (each is a
+subprocess that compiles every program again: 2.5-4 min of the default suite's CPU between them).
+
 The subprocesses keep the simulated devices and the distributed runtime out of this process. The
 work is in ``tests/scale_worker.py`` and ``tests/multihost_worker.py``; here only the launching
 and the assertions.
@@ -60,6 +64,7 @@ def _check_vae(case):
   assert case["param_diff"] < 1e-5, case
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices(tmp_path):
   out = tmp_path / "devices.json"
   proc = subprocess.run([sys.executable, "-m", "tests.scale_worker", "devices", str(out)],
@@ -149,6 +154,7 @@ def two_hosts(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_fit_gmm_on_two_processes_reads_only_its_rows_and_matches_one_process(two_hosts,
                                                                              tmp_path):
   """fit_and_evaluate on 2 processes x 2 devices: each process reads only its block of each
@@ -187,6 +193,7 @@ def test_fit_gmm_on_two_processes_reads_only_its_rows_and_matches_one_process(tw
   assert data.num_rows("mnist", "train", data_dir=two_hosts / "data") == 402
 
 
+@pytest.mark.slow
 def test_streamed_em_on_two_processes_equals_the_in_memory_fit(two_hosts):
   """Each process streams only its rows (a memmap with weights split over its devices, or a
   callable of (x, w) batches); statistics summed over processes give the in-memory fit of all

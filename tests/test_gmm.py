@@ -305,7 +305,7 @@ def test_fit_eager_equals_jit(x64):
 
 @pytest.mark.parametrize("init", ["kmeans", pytest.param("k-means++", marks=pytest.mark.slow),
                                   pytest.param("random", marks=pytest.mark.slow),
-                                  "random_from_data"])
+                                  pytest.param("random_from_data", marks=pytest.mark.slow)])
 def test_vmapped_restarts_return_the_best(init):
   x = blobs(seed=4, k=5, scale=3.0, dtype=np.float32)
   key = jax.random.key(7)
@@ -319,9 +319,9 @@ def test_vmapped_restarts_return_the_best(init):
 
 
 @pytest.mark.parametrize("init, cov_type", [
-    (init, cov_type) if (init == "kmeans" or cov_type == "full") else
-    pytest.param(init, cov_type, marks=pytest.mark.slow)
-    for init in gmm.INITS for cov_type in COV_TYPES])
+    # the default run fits each init once and each covariance type once (the i-th with the i-th)
+    (init, cov_type) if i == j else pytest.param(init, cov_type, marks=pytest.mark.slow)
+    for i, init in enumerate(gmm.INITS) for j, cov_type in enumerate(COV_TYPES)])
 def test_every_init_and_type_fits_separated_clusters(init, cov_type):
   x = blobs(seed=1, dtype=np.float32, scale=8.0)
   result = gmm.fit(jax.random.key(0), x, 3, cov_type, init=init, n_init=2, max_iter=200)
@@ -459,7 +459,7 @@ def test_ill_defined_covariance_raises_instead_of_nan():
     gmm.fit(jax.random.key(0), x, 3, reg_covar=0.0, init="random_from_data")
 
 
-@pytest.mark.parametrize("cov_type", ["full", "diag"])
+@pytest.mark.parametrize("cov_type", some_slow(("full",), ["full", "diag"]))
 def test_fit_continues_its_own_result(cov_type):
   # Each call centres the data and maps the means back, so blocks equal one fit up to rounding.
   x = blobs(dtype=np.float32)

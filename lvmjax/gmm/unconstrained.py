@@ -28,10 +28,11 @@ Examples:
   >>> start = gmm.fit(jax.random.key(1), x, 2, max_iter=2).params
   >>> u = gmm.unconstrained.to_unconstrained(start)
   >>> loss = lambda u: -gmm.unconstrained.log_marginal(u, x).mean()
+  >>> grad = jax.jit(jax.grad(loss))  # compiled once; eager, every small op dispatches alone
   >>> opt = optax.adam(1e-2)
   >>> state = opt.init(u)
   >>> for _ in range(3):
-  ...   grads = jax.grad(loss)(u)
+  ...   grads = grad(u)
   ...   updates, state = opt.update(grads, state)
   ...   u = optax.apply_updates(u, updates)
   >>> gmm.check_params(gmm.unconstrained.from_unconstrained(u))  # still a valid mixture
