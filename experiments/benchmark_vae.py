@@ -553,7 +553,9 @@ def main(argv):
         v = float(valid_elbo_fn(state.params, jax.random.fold_in(eval_key, epoch), valid))
         if v > best["valid_elbo"]:
           best = {"valid_elbo": v, "params": jax.device_get(state.params), "epoch": epoch}
-        print(f"  epoch {epoch}: valid ELBO {v:.2f} (best {best['valid_elbo']:.2f} at epoch "
+        # a stop inside an epoch validates the partial epoch's params: label it by its step
+        where = f"stopped at step {steps}, in epoch {epoch + 1}" if stop else f"epoch {epoch}"
+        print(f"  {where}: valid ELBO {v:.2f} (best {best['valid_elbo']:.2f} at epoch "
               f"{best['epoch']})", flush=True)
     jax.block_until_ready(state)
     train_s = time.perf_counter() - t_start
