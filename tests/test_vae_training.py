@@ -26,7 +26,9 @@ def _copy(tree):
   return jax.tree_util.tree_map(lambda a: jnp.array(np.asarray(a)), tree)
 
 
-@pytest.mark.parametrize("objective,k", [("elbo", 2),
+# Slow: the default run checks jit against eager on the multi-step (a scan of these same steps)
+# in test_multi_train_step_jit_equals_eager.
+@pytest.mark.parametrize("objective,k", [pytest.param("elbo", 2, marks=pytest.mark.slow),
                                          pytest.param("iwae", 3, marks=pytest.mark.slow)])
 def test_train_step_jit_equals_eager(objective, k):
   x = _binary_data(n=32)
