@@ -55,6 +55,7 @@ def get_config(variants: str | None = None):
   c.pretrain_learning_rate = 1e-3
   c.gmm_n_init = 3
   c.gmm_init = "kmeans"            # as scikit-learn's GaussianMixture, which the paper used
+  c.gmm_max_iter = 100             # EM iterations of that fit; 0: the k-means partition's moments
   # VaDE training.
   c.learning_rate = 2e-3
   c.adam_eps = 1e-4

@@ -214,6 +214,10 @@ def test_bad_input_raises_value_error():
   config.num_components = 0
   with pytest.raises(ValueError, match="num_components"):
     vae_train.train_and_evaluate(config, "/tmp/unused_vade_workdir_never_created")
+  config = vade_mnist.get_config("smoke")
+  config.gmm_max_iter = -1
+  with pytest.raises(ValueError, match="gmm_max_iter"):
+    vae_train.train_and_evaluate(config, "/tmp/unused_vade_workdir_never_created")
   with pytest.raises(ValueError, match="variant"):
     vade_mnist.get_config("smoke,nonsense")
 
@@ -269,3 +273,13 @@ def test_non_finite_pretraining_loss_raises(tmp_path):
   config = _smoke_config(pretrain_learning_rate=1e30, num_train_points=100, log_every=2)
   with pytest.raises(experiment.NonFiniteLossError, match="pretraining"):
     vae_train.train_and_evaluate(config, tmp_path, quiet=True)
+
+
+@pytest.mark.slow
+def test_prior_from_the_initialisation_alone(tmp_path):
+  # gmm_max_iter=0: the prior is the k-means partition's mixture, with no EM iteration on the codes
+  vae_train.train_and_evaluate(_smoke_config(gmm_max_iter=0), tmp_path, quiet=True)
+  pretrain = json.loads((tmp_path / "pretrain.json").read_text())
+  assert pretrain["gmm_log_likelihood"] is None and not pretrain["gmm_converged"]
+  assert 0.1 <= pretrain["init_clustering_accuracy"] <= 1.0
+  assert np.isfinite(json.loads((tmp_path / "results.json").read_text())["vade_elbo"])

@@ -109,6 +109,8 @@ def validate_config(config: Any) -> None:
     experiment.check_positive_ints(config, ["num_pseudo_inputs"])
   if config.model == "vade":
     experiment.check_positive_ints(config, ["pretrain_epochs", "gmm_n_init"], minimum=0)
+    if "gmm_max_iter" in config:
+      experiment.check_positive_ints(config, ["gmm_max_iter"], minimum=0)
     experiment.check_positive_floats(config, ["pretrain_learning_rate"])
   if config.lr_schedule == "step_decay":
     experiment.check_positive_ints(config, ["lr_decay_epochs"])
@@ -731,7 +733,9 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
   ``config.pretrain_epochs`` epochs (``objective="autoencoder"``, Adam at
   ``config.pretrain_learning_rate``), then fit a diagonal GMM to the encoder means of the training
   points (:func:`lvmjax.vae.vade.init_prior_from_data`, ``config.gmm_n_init`` restarts from
-  ``config.gmm_init``, by default ``"kmeans"`` as scikit-learn's, which the paper used). Returns
+  ``config.gmm_init``, by default ``"kmeans"`` as scikit-learn's, which the paper used;
+  ``config.gmm_max_iter`` EM iterations, 0 for the initialisation's own mixture, e.g. the
+  k-means partition's weights, means and variances). Returns
   the train state at step 0 with these params and a fresh optimizer state; writes
   ``pretrain.json`` (time, last autoencoder loss, the GMM's log-likelihood and, with labels,
   ``init_clustering_accuracy``: the clustering accuracy of the GMM on the encoder means).
@@ -766,12 +770,15 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
     params = pre.params
   params, fit = vae.vade.init_prior_from_data(
       model, params, key, _reshape(train.x, data_shape), n_init=max(int(config.gmm_n_init), 1),
+      max_iter=int(config.get("gmm_max_iter", 100)),
       init=config.get("gmm_init", "kmeans"))
   if not _finite_tree(params):
     raise experiment.NonFiniteLossError("The pretrained parameters or the GMM fitted to the "
                                         "encodings are not finite; lower "
                                         "config.pretrain_learning_rate.")
-  info.update(gmm_log_likelihood=float(fit.log_likelihood[-1]), gmm_converged=bool(fit.converged),
+  history = np.asarray(fit.log_likelihood)  # empty with gmm_max_iter=0: no EM iteration ran
+  info.update(gmm_log_likelihood=float(history[-1]) if history.size else None,
+              gmm_converged=bool(fit.converged),
               pretrain_seconds=time.perf_counter() - t0)
   if train.y is not None:
     # The initialisation's own score (the GMM's MAP cluster of each encoder mean), which VaDE's
