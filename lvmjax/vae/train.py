@@ -770,8 +770,9 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
     params = pre.params
   params, fit = vae.vade.init_prior_from_data(
       model, params, key, _reshape(train.x, data_shape), n_init=max(int(config.gmm_n_init), 1),
-      max_iter=int(config.get("gmm_max_iter", 100)),
-      init=config.get("gmm_init", "kmeans"))
+      init=config.get("gmm_init", "kmeans"),
+      # gmm.fit's own default when a config predates gmm_max_iter
+      **({"max_iter": int(config.gmm_max_iter)} if "gmm_max_iter" in config else {}))
   if not _finite_tree(params):
     raise experiment.NonFiniteLossError("The pretrained parameters or the GMM fitted to the "
                                         "encodings are not finite; lower "
@@ -784,9 +785,8 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
     # The initialisation's own score (the GMM's MAP cluster of each encoder mean), which VaDE's
     # training then improves or not. Not q(c | x) at a sampled z: pretraining leaves the encoder's
     # variance head untrained, so those samples are noise of about unit scale.
-    x_all = _reshape(train.x, data_shape)
-    means = np.concatenate([np.asarray(vae.encode(model, params, x_all[i:i + 1000])[0])
-                            for i in range(0, len(x_all), 1000)])
+    encode = vae.vade._encoder_means  # pylint: disable=protected-access
+    means = encode(model, params, _reshape(train.x, data_shape))
     clusters = np.asarray(gmm.map_latent(vae.vade.mixture_params(params), means))
     info["init_clustering_accuracy"] = vae.vade.clustering_accuracy(train.y, clusters)
   if workdir is not None:
