@@ -23,11 +23,16 @@ is printed with the figures, and the CPU time (``time.process_time``, all thread
 and of the fit beside their wall-clock times: on a loaded machine the wall-clock times grow with
 the load, the CPU times much less.
 
+A third (``--main_job``) is the README's main command, ``python -m experiments.fit_gmm``, run in
+a fresh process with the compilation cache cold and then warm: its wall time and its peak
+resident set (the child's own ``ru_maxrss``, from ``os.wait4``; the target is 600 MB).
+
 Usage::
 
   python -m experiments.benchmark_sklearn_api               # N=65536, D=16, K=32, full, 10 iters
   python -m experiments.benchmark_sklearn_api --n=4096 --iters=3 --repeats=1   # a smoke run
   python -m experiments.benchmark_sklearn_api --nosteady --first_fit   # first fits on digits only
+  python -m experiments.benchmark_sklearn_api --nosteady --nofirst_fit --main_job   # main job only
 """
 from __future__ import annotations
 
@@ -67,6 +72,9 @@ flags.DEFINE_boolean("first_fit", True, "Time the first fit on the digits in fre
                      "(lvmjax with a cold and a warm compilation cache, and scikit-learn).")
 flags.DEFINE_list("first_fit_components", ["10", "32"], "K of the first fits on the digits.")
 flags.DEFINE_integer("first_fit_repeats", 2, "Rounds of (cold, warm, scikit-learn) per K.")
+flags.DEFINE_boolean("main_job", False, "Measure the main job (experiments.fit_gmm on the digits) "
+                     "in fresh processes, cold and warm cache: wall time and peak memory.")
+flags.DEFINE_integer("main_job_repeats", 1, "Rounds of (cold, warm) main jobs.")
 
 # The child process of one first fit: prints one JSON line (import and fit seconds, compilations).
 _FIRST_FIT_CHILD = r"""
@@ -152,6 +160,47 @@ def bench_first_fits(components, repeats) -> dict:
   return summary
 
 
+def main_job(cache_dir: str) -> dict:
+  """``python -m experiments.fit_gmm`` in a fresh process: wall seconds and its peak memory."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XDG_CACHE_HOME=cache_dir)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.pop("LVMJAX_NO_COMPILE_CACHE", None)
+  with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile("w+") as log:
+    start = time.perf_counter()
+    child = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, "-m", "experiments.fit_gmm", "--workdir", workdir, "--quiet"],
+        cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(child.pid, 0)  # the child's own peak, not the largest child's
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+      log.seek(0)
+      raise RuntimeError(f"experiments.fit_gmm failed ({child.returncode}):\n{log.read()[-3000:]}")
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+  return {"wall_s": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+          "test_log_likelihood": results.get("test_log_likelihood")}
+
+
+def bench_main_job(repeats: int) -> dict:
+  """The main job with a cold and then a warm cache, ``repeats`` rounds; each run is reported."""
+  runs = {"cold": [], "warm": []}
+  load = [os.getloadavg()[0]]
+  for _ in range(repeats):
+    with tempfile.TemporaryDirectory() as cache:
+      runs["cold"].append(main_job(cache))
+      runs["warm"].append(main_job(cache))
+    load.append(os.getloadavg()[0])
+  print(f"Main job (python -m experiments.fit_gmm, digits), fresh process; 1-min load average "
+        f"during the runs: {min(load):.1f}-{max(load):.1f}")
+  for name, rs in runs.items():
+    for r in rs:
+      print(f"  {name} cache: {r['wall_s']:6.1f} s wall, peak memory {r['peak_rss_mb']:5.0f} MB "
+            f"(target 600 MB), test log-likelihood {r['test_log_likelihood']:.3f}")
+  return dict(runs, load_average_1min=load)
+
+
 def make_problem(n, d, k, covariance_type, seed):
   """A mixture of k anisotropic Gaussians (float32) and rough initial parameters for it."""
   rng = np.random.default_rng(seed)
@@ -187,6 +236,8 @@ def main(argv):
   if FLAGS.first_fit:
     result["first_fit"] = bench_first_fits([int(k) for k in FLAGS.first_fit_components],
                                            FLAGS.first_fit_repeats)
+  if FLAGS.main_job:
+    result["main_job"] = bench_main_job(FLAGS.main_job_repeats)
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(result, f, indent=2)

@@ -21,11 +21,13 @@ JAX trusts what it loads from the cache, so the directory is created readable by
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 import jax
 
-__all__ = ["DISABLE_ENV", "default_dir", "disabled_by_user", "enable", "user_cache_dir"]
+__all__ = ["DISABLE_ENV", "default_dir", "disabled_by_user", "enable", "release_programs",
+           "user_cache_dir"]
 
 #: Environment variable that keeps lvmjax from turning the cache on (``1``, ``true`` or ``yes``).
 DISABLE_ENV = "LVMJAX_NO_COMPILE_CACHE"
@@ -88,3 +90,26 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   _ENABLED["path"] = path
   return path
+
+
+def release_programs() -> bool:
+  """Frees the compiled programs this process holds and returns the memory to the system.
+
+  ``jax.clear_caches()`` drops every in-memory JAX cache (compiled programs, traced functions);
+  the memory XLA used to compile them is then free but kept by the C allocator, so glibc's
+  ``malloc_trim(0)`` hands it back. For a launcher that compiles a program per shape and never
+  runs it again (the GMM model selection's one fit per K), this keeps the process's peak memory
+  at one compilation's instead of their sum. A later call of a released function recompiles it,
+  or loads it from the persistent cache when that is on.
+
+  Returns:
+    True when the memory was handed back (glibc), False where there is no ``malloc_trim``
+    (then only the caches were cleared).
+  """
+  jax.clear_caches()
+  try:
+    trim = ctypes.CDLL(None).malloc_trim
+  except (AttributeError, OSError):  # not glibc (macOS, musl, Windows)
+    return False
+  trim(0)
+  return True

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib import lines
-from matplotlib import patches
-from matplotlib import ticker
-from matplotlib.figure import Figure
+
+# matplotlib is imported by the functions that draw (on the first figure), not with this module:
+# a launcher that draws only at its end does not hold matplotlib's ~30 MB while XLA compiles.
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
 #: Class names of the labelled datasets of :mod:`lvmjax.data`, for legends (label i -> name i).
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -35,8 +36,15 @@ def class_names(dataset: str | None) -> tuple[str, ...] | None:
   return CLASS_NAMES.get(dataset or "")
 
 
+def _new_figure(**kwargs: Any) -> Figure:
+  """A pyplot-free ``matplotlib.figure.Figure(**kwargs)``."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return Figure(**kwargs)
+
+
 def integer_ticks(axis) -> None:
   """Puts ticks only at integers on ``axis`` (e.g. ``ax.xaxis``), for iterations or K."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   axis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
@@ -63,7 +71,7 @@ def show(fig_or_path: Figure | str | os.PathLike) -> None:
     from IPython.display import Image, display  # pylint: disable=g-import-not-at-top
   except ImportError:
     return
-  if isinstance(fig_or_path, Figure):
+  if hasattr(fig_or_path, "savefig"):  # a Figure
     import io  # pylint: disable=g-import-not-at-top
     buf = io.BytesIO()
     fig_or_path.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -121,6 +129,7 @@ def _ellipse(ax, mean2, cov2, n_std, **kw):
   vals = np.maximum(vals, 0.0)
   angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
   width, height = 2 * n_std * np.sqrt(vals[-1]), 2 * n_std * np.sqrt(vals[0])
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top
   ax.add_patch(patches.Ellipse(mean2, width, height, angle=angle, **kw))
 
 
@@ -198,7 +207,8 @@ def plot_gmm(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances:
     x2 = x2[keep]
     labels = None if labels is None else np.asarray(labels)[keep]
     assignments = None if assignments is None else np.asarray(assignments)[keep]
-  fig = Figure(figsize=(7.5, 5))
+  from matplotlib import lines  # pylint: disable=g-import-not-at-top
+  fig = _new_figure(figsize=(7.5, 5))
   ax = fig.add_subplot()
   m2 = (means - mean) @ basis.T
   c2 = basis @ covs @ basis.T
@@ -260,7 +270,7 @@ def plot_component_means(means: np.ndarray, image_shape: Sequence[int],
   images = means.reshape(k, h, w)
   cols = num_cols or min(10, k)
   rows = -(-k // cols)
-  fig = Figure(figsize=(1.15 * cols + 0.2, 1.3 * rows + 0.5))
+  fig = _new_figure(figsize=(1.15 * cols + 0.2, 1.3 * rows + 0.5))
   lo, hi = float(images.min()), float(images.max())
   for i in range(k):
     ax = fig.add_subplot(rows, cols, i + 1)
@@ -284,7 +294,7 @@ def plot_clusters(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
   if len(x2) > max_points:
     keep = np.random.default_rng(0).choice(len(x2), max_points, replace=False)
     x2, labels = x2[keep], labels[keep]
-  fig = Figure(figsize=(7, 5))
+  fig = _new_figure(figsize=(7, 5))
   ax = fig.add_subplot()
   c2 = (np.asarray(centroids, np.float64) - mean) @ basis.T
   cents = ax.scatter(c2[:, 0], c2[:, 1], marker="X", c="k", s=90, zorder=3, label="centroids")
@@ -314,7 +324,7 @@ def plot_log_likelihood(log_likelihood: Sequence[float], title: str | None = Non
   """
   ll = np.asarray(log_likelihood, np.float64)
   its = np.arange(1, len(ll) + 1)
-  fig = Figure(figsize=(6, 4))
+  fig = _new_figure(figsize=(6, 4))
   ax = fig.add_subplot()
   low = _clipped_start(ll)
   ax.plot(its, ll, marker="o", ms=3, label="train")
@@ -359,7 +369,7 @@ def plot_information_criteria(ks: Sequence[int], bic: Sequence[float], aic: Sequ
                               true_k: int | None = None, title: str | None = None) -> Figure:
   """BIC and AIC against the number of components K, with each minimum marked."""
   ks, bic, aic = (np.asarray(v) for v in (ks, bic, aic))
-  fig = Figure(figsize=(6, 4))
+  fig = _new_figure(figsize=(6, 4))
   ax = fig.add_subplot()
   for vals, name, color in ((bic, "BIC", "C0"), (aic, "AIC", "C1")):
     ax.plot(ks, vals, marker="o", color=color, label=name)
@@ -379,7 +389,7 @@ def plot_information_criteria(ks: Sequence[int], bic: Sequence[float], aic: Sequ
 
 def plot_inertia(ks: Sequence[int], inertia: Sequence[float]) -> Figure:
   """K-means inertia against K (the "elbow" plot)."""
-  fig = Figure(figsize=(6, 4))
+  fig = _new_figure(figsize=(6, 4))
   ax = fig.add_subplot()
   ax.plot(ks, inertia, marker="o")
   integer_ticks(ax.xaxis)
@@ -408,7 +418,7 @@ def plot_image_grid(images: np.ndarray, image_shape: Sequence[int], num_cols: in
                     title: str | None = None) -> Figure:
   """A grid of images (e.g. samples from the prior), grey levels in [0, 1]."""
   grid = image_grid(images, image_shape, num_cols)
-  fig = Figure(figsize=(0.6 * num_cols + 0.4, 0.6 * grid.shape[0] / (image_shape[0] + 1) + 0.6))
+  fig = _new_figure(figsize=(0.6 * num_cols + 0.4, 0.6 * grid.shape[0] / (image_shape[0] + 1) + 0.6))
   ax = fig.add_subplot()
   ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
   ax.set_axis_off()
@@ -448,7 +458,7 @@ def plot_latent_space(z: np.ndarray, labels: np.ndarray | None = None,
   if len(z2) > max_points:
     keep = np.random.default_rng(0).choice(len(z2), max_points, replace=False)
     z2, labels = z2[keep], (None if labels is None else np.asarray(labels)[keep])
-  fig = Figure(figsize=(7, 5))
+  fig = _new_figure(figsize=(7, 5))
   ax = fig.add_subplot()
   sc = _scatter(ax, z2, labels, names=class_names)
   if sc is not None:
@@ -489,7 +499,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], keys: Sequence[st
   keys = list(keys) or ["(none)"]
   cols = min(3, len(keys))
   rows = -(-len(keys) // cols)
-  fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+  fig = _new_figure(figsize=(4.2 * cols, 3.2 * rows))
   for i, key in enumerate(keys):
     ax = fig.add_subplot(rows, cols, i + 1)
     pts = [(r[x_key], r[key]) for r in records if r.get(key) is not None and x_key in r]

@@ -134,3 +134,17 @@ print(json.dumps({"dir": jax.config.jax_compilation_cache_dir}))
   out = _run(code.replace("sys.argv[1]", repr(str(tmp_path / "w2"))), tmp_path,
              JAX_COMPILATION_CACHE_DIR=mine)
   assert out["dir"] == mine
+
+
+def test_release_programs_empties_the_caches_and_trims_on_glibc():
+  import platform  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lvmjax import compile_cache  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda x: jnp.cumsum(x) * 2.0)
+  before = f(jnp.arange(5.0))
+  assert f._cache_size() == 1
+  trimmed = compile_cache.release_programs()
+  assert f._cache_size() == 0
+  assert trimmed == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+  assert jnp.array_equal(f(jnp.arange(5.0)), before)  # recompiled on the next call

@@ -176,6 +176,21 @@ def test_digits_split():
   np.testing.assert_array_equal(everything.y[tr], train.y)
 
 
+def test_digits_equal_scikit_learns_load_digits(monkeypatch):
+  """The bundled file read directly (without importing scikit-learn) and the fallback through
+  ``load_digits`` both give scikit-learn's digits, values / 16."""
+  datasets = pytest.importorskip("sklearn.datasets")
+  ref = datasets.load_digits()
+  assert data.datasets._digits_file() is not None  # the direct path is the one taken
+  for direct in (True, False):
+    if not direct:
+      monkeypatch.setattr(data.datasets, "_digits_file", lambda: None)
+    x, y = data.datasets._load_digits()
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x, (ref.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, ref.target)
+
+
 def test_synthetic_gmm_is_deterministic_and_separated():
   t1, t2 = data.make_gmm(3, 5, 3, separation=6.0), data.make_gmm(3, 5, 3, separation=6.0)
   np.testing.assert_array_equal(t1.means, t2.means)

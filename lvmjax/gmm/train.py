@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 
 from lvmjax import checkpoint
+from lvmjax import compile_cache
 from lvmjax import data
 from lvmjax import distributed
 from lvmjax import experiment
@@ -162,7 +163,7 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   process's rows, ``fit_data`` the global (row-sharded) training rows and weights, and the
   scores are over the rows of all processes; every process must call this.
   With ``release_programs``, each K's compiled programs are freed after its row
-  (``jax.clear_caches()``): each K compiles programs of its own shapes (about four), which are
+  (:func:`lvmjax.compile_cache.release_programs`): each K compiles programs of its own shapes (about four), which are
   not run again.
 
   Returns:
@@ -211,7 +212,7 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
     if release_programs:
       # This K's programs are not run again: free them (the launcher's peak memory; a later
       # run loads them from the persistent compilation cache).
-      jax.clear_caches()
+      compile_cache.release_programs()
     table = {name: [r.get(name) for r in rows] for name in row}
     if primary:
       experiment.write_results(workdir, table, "model_selection.json")
@@ -238,8 +239,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     config: an ``ml_collections.ConfigDict`` like ``configs/gmm_digits.py``'s.
     workdir: the run's directory.
     quiet: no progress display.
-    release_programs: free each K's compiled programs after its model-selection fit
-      (``jax.clear_caches()``, which empties every in-memory JAX cache of the process: for the
+    release_programs: free each K's compiled programs after its model-selection fit, and the
+      final fit's before the evaluation (:func:`lvmjax.compile_cache.release_programs`:
+      ``jax.clear_caches()``, which empties every in-memory JAX cache of the process: for the
       launcher, where it lowers the peak memory; the persistent compilation cache still holds
       them).
 
@@ -342,6 +344,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   finally:
     ckpt.close()
 
+  if release_programs:
+    compile_cache.release_programs()
   params = _on_host(params)
   results = evaluate(params, train, test, config)
   results.update(num_components=k, n_iter=n_iter, converged=converged)
