@@ -187,7 +187,7 @@ def test_clustering_accuracy_is_the_best_one_to_one_matching():
   assert vade.clustering_accuracy(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 2])) == 0.5
 
 
-def test_bad_input_raises_value_error():
+def test_bad_input_raises_value_error(x64):  # x64: _setup builds float64 parameters
   model, params, x, _ = _setup(7)
   plain = vae.VAE(vae.MLPEncoder(L, (H,)), vae.MLPDecoder(D, (H,)), vae.BernoulliLikelihood())
   plain_params = vae.init(jax.random.key(0), plain, x)
