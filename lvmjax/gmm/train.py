@@ -163,8 +163,8 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   process's rows, ``fit_data`` the global (row-sharded) training rows and weights, and the
   scores are over the rows of all processes; every process must call this.
   With ``release_programs``, each K's compiled programs are freed after its row
-  (:func:`lvmjax.compile_cache.release_programs`): each K compiles programs of its own shapes (about four), which are
-  not run again.
+  (:func:`lvmjax.compile_cache.release_programs`): each K compiles programs of its own shapes
+  (about four), which are not run again.
 
   Returns:
     ``{"k": [...], "bic": [...], "aic": [...], "train_log_likelihood": [...],
