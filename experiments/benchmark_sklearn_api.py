@@ -108,15 +108,24 @@ print(json.dumps(dict(import_s=imported - start, fit_s=end - begin,
 """
 
 
-def first_fit(lib: str, k: int, cache_dir: str | None) -> dict:
-  """One first fit on the digits in a fresh process (see the module docstring)."""
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child_env(cache_dir: str | None) -> dict:
+  """The environment of a fresh child process: the repository importable, lvmjax's own
+  compilation cache in ``cache_dir`` (None: the user's), no user setting that overrides it."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-      + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+      [_REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.pop("LVMJAX_NO_COMPILE_CACHE", None)
   if cache_dir is not None:
     env["XDG_CACHE_HOME"] = cache_dir  # lvmjax.compile_cache's default: $XDG_CACHE_HOME/lvmjax/jax
+  return env
+
+
+def first_fit(lib: str, k: int, cache_dir: str | None) -> dict:
+  """One first fit on the digits in a fresh process (see the module docstring)."""
+  env = _child_env(cache_dir)
   start = time.perf_counter()
   out = subprocess.run([sys.executable, "-c", _FIRST_FIT_CHILD, lib, str(k)], env=env,
                        capture_output=True, text=True, timeout=1800, check=True)
@@ -162,17 +171,13 @@ def bench_first_fits(components, repeats) -> dict:
 
 def main_job(cache_dir: str) -> dict:
   """``python -m experiments.fit_gmm`` in a fresh process: wall seconds and its peak memory."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XDG_CACHE_HOME=cache_dir)
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  env.pop("LVMJAX_NO_COMPILE_CACHE", None)
   with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile("w+") as log:
     start = time.perf_counter()
     child = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, "-m", "experiments.fit_gmm", "--workdir", workdir, "--quiet"],
-        cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=_REPO, env=_child_env(cache_dir), stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(child.pid, 0)  # the child's own peak, not the largest child's
-    child.returncode = os.waitstatus_to_exitcode(status)
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen.wait
     seconds = time.perf_counter() - start
     if child.returncode != 0:
       log.seek(0)

@@ -286,6 +286,16 @@ def test_generation_and_inference_shapes():
   assert vae.sample_given(model, params, key, z).shape == (5, 6)
 
 
+def test_posterior_means_in_batches_equal_one_encoding():
+  model = _linear_vae()
+  _, params = _ppca_and_vae_params(np.random.default_rng(13))
+  x = np.random.default_rng(15).normal(size=(7, D))
+  means = vae.posterior_means(model, params, x, batch_size=3)  # batches of 3, 3 and 1
+  np.testing.assert_allclose(means, vae.encode(model, params, x)[0], rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="batch_size"):
+    vae.posterior_means(model, params, x, batch_size=0)
+
+
 def test_active_units_counts_units_with_varying_posterior_mean():
   model = _linear_vae()
   _, params = _ppca_and_vae_params(np.random.default_rng(13))

@@ -85,16 +85,18 @@ def _load_digits():
   if path is not None:  # the file load_digits reads, read the same way
     with gzip.open(path, "rt") as f:
       table = np.loadtxt(f, delimiter=",")
-    return table[:, :-1].astype(np.float32) / 16.0, table[:, -1].astype(np.int32)
-  try:
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "The 'digits' dataset is scikit-learn's bundled copy (sklearn.datasets.load_digits), and "
-        "scikit-learn (a dependency of lvmjax) is not installed. Install it with "
-        "`pip install scikit-learn`.") from e
-  d = load_digits()
-  return d.data.astype(np.float32) / 16.0, d.target.astype(np.int32)
+    pixels, labels = table[:, :-1], table[:, -1]
+  else:
+    try:
+      from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(
+          "The 'digits' dataset is scikit-learn's bundled copy (sklearn.datasets.load_digits), "
+          "and scikit-learn (a dependency of lvmjax) is not installed. Install it with "
+          "`pip install scikit-learn`.") from e
+    d = load_digits()
+    pixels, labels = d.data, d.target
+  return pixels.astype(np.float32) / 16.0, labels.astype(np.int32)
 
 
 def digits_split_indices() -> tuple[np.ndarray, np.ndarray]:

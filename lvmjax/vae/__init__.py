@@ -49,6 +49,7 @@ Inference and generation
   distribution``, ``reconstruct(model, params, x)``, ``sample_posterior(model, params, key, x, k)``,
   ``sample(model, params, key, n) -> (x, z)`` (z from the prior), ``sample_given(model, params,
   key, z)``, ``interpolate(model, params, x1, x2, num_steps)``,
+  ``posterior_means(model, params, x) -> (N, L)`` encoder means in batches,
   ``active_units(model, params, x, threshold=0.01) -> (count, variances)``, from the additive
   ``posterior_mean_moments(model, params, x) -> LatentMoments`` by ``active_units_from_moments``.
 
@@ -105,7 +106,8 @@ from lvmjax.vae.model import (VAE, ElboTerms, LatentMoments, active_units,
                               active_units_from_moments, autoencoder_log_likelihood, cast_params,
                               decode, elbo, elbo_terms, encode, has_analytic_kl, init,
                               interpolate, iwae_bound, log_likelihood, posterior_mean_moments,
-                              reconstruct, sample, sample_given, sample_posterior)
+                              posterior_means, reconstruct, sample, sample_given,
+                              sample_posterior)
 from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
                                  MLPDecoder, MLPEncoder, get_activation)
 from lvmjax.vae.priors import GaussianPrior, Prior, StandardNormal, VampPrior, gaussian_kl
@@ -121,7 +123,7 @@ __all__ = [
     "VAE", "ElboTerms", "init", "encode", "decode", "reconstruct", "sample", "sample_given",
     "sample_posterior", "interpolate", "active_units", "elbo", "elbo_terms", "iwae_bound",
     "log_likelihood", "autoencoder_log_likelihood", "gaussian_kl", "cast_params",
-    "has_analytic_kl", "LatentMoments", "posterior_mean_moments", "active_units_from_moments",
+    "has_analytic_kl", "LatentMoments", "posterior_means", "posterior_mean_moments", "active_units_from_moments",
     "Prior", "StandardNormal", "GaussianPrior", "VampPrior", "GaussianMixturePrior",
     "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",

@@ -526,18 +526,30 @@ class LatentMoments(NamedTuple):
   total_square: np.ndarray
 
 
+def _posterior_mean_batches(model: VAE, params: Params, x: DataBatchLike, batch_size: Any):
+  """The encoder means of ``x``, ``batch_size`` points at a time, as host arrays."""
+  _check_x(x)
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  for i in range(0, np.shape(x)[0], batch_size):
+    yield np.asarray(encode(model, params, x[i:i + batch_size])[0])
+
+
+def posterior_means(model: VAE, params: Params, x: DataBatchLike,
+                    batch_size: int = 1000) -> np.ndarray:
+  r"""``(N, L)`` encoder means :math:`\mu(x)` of ``x (N, *data_shape)``, encoded in batches of
+  ``batch_size`` points (a data set larger than one program's memory), on the host."""
+  return np.concatenate(list(_posterior_mean_batches(model, params, x, batch_size)))
+
+
 def posterior_mean_moments(model: VAE, params: Params, x: DataBatchLike,
                            batch_size: int = 1000) -> LatentMoments:
   """:class:`LatentMoments` of the encoder means of ``x (N, *data_shape)``, encoded in batches."""
-  _check_x(x)
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  n = np.shape(x)[0]
   total = total_square = 0.0
-  for i in range(0, n, batch_size):
-    means = np.asarray(encode(model, params, x[i:i + batch_size])[0], np.float64)
+  for means in _posterior_mean_batches(model, params, x, batch_size):
+    means = means.astype(np.float64)
     total = total + means.sum(axis=0)
     total_square = total_square + np.square(means).sum(axis=0)
-  return LatentMoments(n, total, total_square)
+  return LatentMoments(np.shape(x)[0], total, total_square)
 
 
 def active_units_from_moments(moments: LatentMoments, threshold: float = 0.01

@@ -785,8 +785,7 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
     # The initialisation's own score (the GMM's MAP cluster of each encoder mean), which VaDE's
     # training then improves or not. Not q(c | x) at a sampled z: pretraining leaves the encoder's
     # variance head untrained, so those samples are noise of about unit scale.
-    encode = vae.vade._encoder_means  # pylint: disable=protected-access
-    means = encode(model, params, _reshape(train.x, data_shape))
+    means = vae.posterior_means(model, params, _reshape(train.x, data_shape))
     clusters = np.asarray(gmm.map_latent(vae.vade.mixture_params(params), means))
     info["init_clustering_accuracy"] = vae.vade.clustering_accuracy(train.y, clusters)
   if workdir is not None:

@@ -246,13 +246,6 @@ def set_mixture_params(params: Params, mixture: gmm.GMMParams) -> Params:
   return {**params, "params": {**params["params"], "prior": new_prior}}
 
 
-def _encoder_means(model: vae_model.VAE, params: Params, x: DataBatchLike,
-                   batch_size: int = 1000) -> np.ndarray:
-  """The means of q(z | x), encoded ``batch_size`` points at a time, on the host."""
-  return np.concatenate([np.asarray(vae_model.encode(model, params, x[i:i + batch_size])[0])
-                         for i in range(0, np.shape(x)[0], batch_size)])
-
-
 def init_prior_from_data(model: vae_model.VAE, params: Params, key: Key, x: DataBatchLike, *,
                          batch_size: int = 1000, **fit_kwargs) -> tuple[Params, gmm.GMMFitResult]:
   r"""The paper's initialisation of the prior: a diagonal GMM fitted to the encoder means.
@@ -273,9 +266,7 @@ def init_prior_from_data(model: vae_model.VAE, params: Params, key: Key, x: Data
   """
   _check_model(model)
   _checks.check_key(key)
-  vae_model._check_x(x)  # pylint: disable=protected-access
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  means = _encoder_means(model, params, x, batch_size)
+  means = vae_model.posterior_means(model, params, x, batch_size)  # checks x and batch_size
   result = gmm.fit(key, means, model.prior.num_components, covariance_type="diag", **fit_kwargs)
   return set_mixture_params(params, result.params), result
 
