@@ -294,6 +294,21 @@ def test_building_blocks_against_brute_force(x64):
     np.testing.assert_allclose(new[k], (w[m, None] * x[m]).sum(0) / w[m].sum(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("num_clusters", [5, 40])  # both assignment paths (few / many clusters)
+def test_assign_breaks_ties_by_first_index(x64, num_clusters):
+  rng = np.random.default_rng(21)
+  c = rng.normal(size=(num_clusters, 3))
+  c[num_clusters - 1] = c[1]  # duplicated centroids: every point nearer to them is a tie
+  c[num_clusters - 2] = c[0]
+  x = np.concatenate([c[:2] + 1e-3, rng.normal(size=(200, 3))])
+  d = _brute_sq_dist(x, c)
+  for chunk in (None, 16):
+    labels, min_d = kmeans.assign(x, c, chunk_size=chunk)
+    np.testing.assert_array_equal(labels, d.argmin(1))  # numpy's argmin takes the first index
+    np.testing.assert_allclose(min_d, d.min(1), rtol=1e-10, atol=1e-12)  # expansion: absolute
+  assert {0, 1} <= set(np.asarray(labels[:2]).tolist())
+
+
 def test_predict_uncentred_float32():
   rng = np.random.default_rng(21)
   c = rng.normal(size=(6, 3)) * 3 + 5e3
