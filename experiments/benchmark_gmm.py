@@ -311,8 +311,9 @@ def bench_small_fits(num, sklearn_fits, rounds, k=3):
   round times one lvmjax call over all ``num`` mixtures, then ``sklearn_fits // rounds``
   scikit-learn fits (the next mixtures in order), whose time per fit is extrapolated to ``num``.
   Also timed once: the initialisation alone (``max_iter=0``: the vmapped K-means), to show where
-  the batch's time goes, and the iteration counts (a vmapped loop runs until its slowest member
-  stops).
+  the batch's time goes, and the iteration counts (the EM and Lloyd loops hand a stopped
+  member's lane to the next member, `lvmjax.fixed_point.refilling_while_loop`, so the batch
+  costs about the mean count times the batch size, not the maximum).
   """
   from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
   xs_host = small_mixtures(num, k=k, seed=FLAGS.seed + 4)

@@ -19,8 +19,10 @@ last value, the per-iteration ``history`` (length ``max_iter``, NaN from ``n_ite
 continues the same loop: the history, the iteration count and the previous value carry on, so a
 fit split into blocks (e.g. between checkpoints) equals the uninterrupted one exactly.
 
-The loop driver is pluggable. The default, :func:`jax.lax.while_loop`, keeps the whole fit on
-the device, so it composes with ``jit``, ``vmap`` (restarts) and ``shard_map`` (meshes).
+The loop driver is pluggable. The default, :func:`refilling_while_loop`, is
+:func:`jax.lax.while_loop` (the whole fit stays on the device and composes with ``jit``, ``vmap``
+and ``shard_map``) with a batching rule of its own: under ``vmap`` of many fits, a fit that stops
+hands its lane to the next one, instead of every fit iterating until the slowest has stopped.
 :func:`host_while_loop` runs the same loop in Python, for steps that are host programs (streaming
 EM reads every batch of the data set in each step); its values are then concrete, so a
 ``callback`` can log them or stop the loop.
@@ -47,9 +49,12 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax import custom_batching
+from jax import lax
 import jax.numpy as jnp
 
-__all__ = ["FixedPointState", "fixed_point", "host_while_loop", "start"]
+__all__ = ["FixedPointState", "default_slots", "fixed_point", "host_while_loop", "refilling_while_loop",
+           "start"]
 
 #: ``step(iterate) -> (iterate, value)`` or ``(iterate, value, converged)``.
 Step = Callable[[Any], tuple]
@@ -111,7 +116,7 @@ def host_while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], An
 
 
 def fixed_point(step: Step, init: Any, *, tol: Any, max_iter: int,
-                while_loop: WhileLoop = jax.lax.while_loop,
+                while_loop: WhileLoop | None = None,
                 callback: Callable[[FixedPointState], Any] | None = None,
                 dtype: Any = None) -> FixedPointState:
   r"""Iterates ``step`` until the monitored value changes by less than ``tol`` or ``max_iter``.
@@ -139,8 +144,10 @@ def fixed_point(step: Step, init: Any, *, tol: Any, max_iter: int,
     max_iter: the most iterations in all, counting those of a resumed ``init`` (static: it is
       the history's length). With 0 no step runs.
     while_loop: the loop driver, ``while_loop(cond_fun, body_fun, init_val)``:
-      :func:`jax.lax.while_loop` (default; jit-, vmap- and shard_map-able) or
-      :func:`host_while_loop` (Python loop; concrete values each iteration).
+      :func:`refilling_while_loop` (None, the default: :func:`jax.lax.while_loop` that refills
+      the lanes of stopped members under ``vmap``), :func:`jax.lax.while_loop` itself (every
+      member of a ``vmap`` runs until the slowest stops), or :func:`host_while_loop` (Python
+      loop; concrete values each iteration).
     callback: optional ``callback(state)`` after each iteration; a True result stops the loop
       (``converged`` stays as the step left it). With the device driver it is traced and must
       return None or a bool scalar array; with the host driver it sees concrete values and may
@@ -202,6 +209,8 @@ def fixed_point(step: Step, init: Any, *, tol: Any, max_iter: int,
   def body_s(s: _Stoppable):
     return body(s.state)
 
+  if while_loop is None:
+    while_loop = refilling_while_loop
   out = while_loop(cond_s, body_s, _Stoppable(state, jnp.asarray(False)))
   return out.state
 
@@ -211,3 +220,132 @@ class _Stoppable(NamedTuple):
   state: FixedPointState
   stopped: jax.Array
 
+
+
+# The refilling driver.
+# ------------------------------------------------------------------------------------------------
+
+
+def _hoist(fun: Callable[[Any], Any], example: Any) -> tuple[Callable[[list, Any], Any], list]:
+  """``fun`` as ``fun(consts, x)`` with the arrays it closes over (batch tracers among them)
+  made an explicit argument, so that a batching rule sees which of them are batched."""
+  closed, shape = jax.make_jaxpr(fun, return_shape=True)(example)
+  out_tree = jax.tree.structure(shape)
+  jaxpr = closed.jaxpr
+
+  def converted(consts: list, x: Any) -> Any:
+    return jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves(x)))
+  return converted, list(closed.consts)
+
+
+def _axes(batched: list) -> list:
+  return [0 if b else None for b in batched]
+
+
+def _where(mask: jax.Array, new: Any, old: Any) -> Any:
+  """Per member: ``new`` where ``mask`` (one bool per leading index), else ``old``."""
+  return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n,
+                                             o), new, old)
+
+
+def default_slots(num_members: int) -> int:
+  """Lanes of :func:`refilling_while_loop` under a ``vmap`` of ``num_members``:
+  ``max(256, num_members // 64)``.
+
+  Fewer lanes do less work when iteration counts vary (each lane runs about the mean count,
+  not the maximum) but pay the loop's fixed cost per iteration more often. 10,000 vmapped
+  Gaussian-mixture fits (N=200, D=2, K=3; 4.1 EM iterations on average, 37 at most) took
+  0.85-0.90 s with 64-256 lanes, 1.1 s with 500, 1.4 s with 1,000 and 3.8-5.1 s as a plain
+  vmapped ``lax.while_loop`` on a 2-core CPU.
+
+  Examples:
+    >>> default_slots(10_000), default_slots(100_000)
+    (256, 1562)
+  """
+  return max(256, num_members // 64)
+
+
+def refilling_while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any],
+                         init_val: Any, *, slots: int | None = None) -> Any:
+  """:func:`jax.lax.while_loop`, whose ``vmap`` keeps its lanes busy.
+
+  Unbatched it is ``lax.while_loop(cond_fun, body_fun, init_val)``. ``lax.while_loop`` under
+  ``vmap`` steps every member (masked) until the last member's ``cond_fun`` is False, so a
+  batch of fits costs the slowest fit's iteration count times the batch size. Here, under a
+  ``vmap`` of B members, ``slots`` lanes (:func:`default_slots` when None) hold one member each;
+  a member whose ``cond_fun`` turns False is written to the output and its lane loaded with the
+  next member, until every member has stopped. Each member's steps and result are the ones it
+  would have alone: only the grouping of members into the vectorised step changes (in float32,
+  a different grouping can round the last bits differently).
+
+  A ``vmap`` of at most ``slots`` members (e.g. a fit's restarts) runs as ``lax.while_loop``
+  does, as one lane of any ``vmap`` outside it, so ``vmap(vmap(fit))`` over many data sets of a
+  few restarts refills over the data sets.
+
+  Args:
+    cond_fun: ``cond_fun(val) -> bool scalar``, as for ``lax.while_loop``.
+    body_fun: ``body_fun(val) -> val``, as for ``lax.while_loop``.
+    init_val: the initial loop carry (a pytree).
+    slots: lanes under ``vmap`` (None: :func:`default_slots` of the batch size).
+
+  Returns:
+    The final carry, as ``lax.while_loop``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> halve = lambda v: refilling_while_loop(lambda x: x > 1, lambda x: x // 2, v)
+    >>> jax.vmap(halve)(jnp.array([1000, 3, 70000]))
+    Array([1, 1, 1], dtype=int32)
+  """
+  cond_c, cond_consts = _hoist(cond_fun, init_val)
+  body_c, body_consts = _hoist(body_fun, init_val)
+
+  @custom_batching.custom_vmap
+  def loop(consts, init):
+    cc, bc = consts
+    return lax.while_loop(lambda s: cond_c(cc, s), lambda s: body_c(bc, s), init)
+
+  @loop.def_vmap
+  def loop_vmap(axis_size, in_batched, consts, init):
+    (cc, bc), ((cc_b, bc_b), init_b) = consts, in_batched
+    init = jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a)),
+                        init, init_b)
+    out_batched = jax.tree.map(lambda _: True, init)
+    vcond = jax.vmap(cond_c, in_axes=(_axes(cc_b), 0))
+    vbody = jax.vmap(body_c, in_axes=(_axes(bc_b), 0))
+    n_slots = default_slots(axis_size) if slots is None else int(slots)
+    if axis_size <= n_slots:
+      # lax.while_loop's own batching (masked steps until no member runs), as one member of
+      # whatever vmap is outside.
+      def group_body(s):
+        return _where(vcond(cc, s), vbody(bc, s), s)
+      out = refilling_while_loop(lambda s: jnp.any(vcond(cc, s)), group_body, init, slots=slots)
+      return out, out_batched
+
+    def take(consts, batched, slot):
+      index = jnp.minimum(slot, axis_size - 1)  # an empty lane (slot == B) reads a dummy member
+      return [c[index] if b else c for c, b in zip(consts, batched)]
+
+    def running(slot, cur):
+      return (slot < axis_size) & vcond(take(cc, cc_b, slot), cur)
+
+    def q_body(q):
+      out, slot, cur, next_member = q
+      stopped = (slot < axis_size) & ~running(slot, cur)
+      out = jax.tree.map(
+          lambda o, c: o.at[jnp.where(stopped, slot, axis_size)].set(c, mode="drop"), out, cur)
+      free = stopped | (slot >= axis_size)
+      loaded = next_member + jnp.cumsum(free, dtype=jnp.int32) - 1
+      slot = jnp.where(free, jnp.minimum(loaded, axis_size), slot)
+      next_member = jnp.minimum(next_member + jnp.sum(free, dtype=jnp.int32), axis_size)
+      fresh = jax.tree.map(lambda a: a[jnp.minimum(slot, axis_size - 1)], init)
+      cur = _where(free & (slot < axis_size), fresh, cur)
+      cur = _where(running(slot, cur), vbody(take(bc, bc_b, slot), cur), cur)
+      return out, slot, cur, next_member
+
+    slot = jnp.arange(n_slots, dtype=jnp.int32)
+    q = (init, slot, jax.tree.map(lambda a: a[:n_slots], init), jnp.int32(n_slots))
+    out = lax.while_loop(lambda q: jnp.any(q[1] < axis_size), q_body, q)[0]
+    return out, out_batched
+
+  return loop((cond_consts, body_consts), init_val)

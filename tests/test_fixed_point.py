@@ -118,6 +118,61 @@ def test_vmap_over_starts_and_traced_tol():
   assert int(out.n_iter[2]) < int(out.n_iter[1])
 
 
+def _sqrt_fits(driver, a, b, start, max_iter=60):
+  """Newton for sqrt(a) from ``start``, closing over a batched float ``a`` and a batched int
+  ``b`` (a tracer of another dtype must be hoisted too) and an unbatched array."""
+  offset = jnp.arange(2.0)  # unbatched closed-over constant
+
+  def step(state):
+    x, count = state
+    new = 0.5 * (x + a / x) + 0 * offset.sum() + 0 * b
+    return (new, count + b), new
+
+  return fp.fixed_point(step, (start, jnp.int32(0)), tol=1e-5, max_iter=max_iter,
+                        while_loop=driver)
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8, None])
+def test_refilling_vmap_equals_lax_while_loop_member_by_member(x64, slots):
+  # Iteration counts from 2 to max_iter (a start already converged, some cut at max_iter=12):
+  # with few lanes every lane is refilled many times; each member must get exactly the result
+  # of its own lax.while_loop.
+  rng = np.random.default_rng(0)
+  num = 37
+  a = rng.uniform(0.5, 1e8, num)
+  a[5] = 1.0
+  b = rng.integers(1, 4, num).astype(np.int32)
+  start = np.sqrt(a) * 10 ** rng.uniform(-4, 4, num)  # near to far from the root
+  start[5] = 1.0  # already the root: converged after two steps
+  driver = lambda c, f, i: fp.refilling_while_loop(c, f, i, slots=slots)  # pylint: disable=unnecessary-lambda-assignment
+  for max_iter in (60, 12):
+    run = lambda d: jax.jit(jax.vmap(lambda a, b, s: _sqrt_fits(d, a, b, s, max_iter)))(a, b, start)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
+    ours, ref = run(driver), run(jax.lax.while_loop)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(x, y)
+    n_iter = np.asarray(ref.n_iter)
+    assert n_iter.min() == 2 and len(set(n_iter.tolist())) > 5
+  assert np.any(~np.asarray(ref.converged))  # max_iter=12 cut some members short
+
+
+def test_refilling_unbatched_nested_and_broadcast(x64):
+  a = jnp.asarray(np.random.default_rng(1).uniform(1.0, 1e6, (6, 5)))
+  b = jnp.ones((6, 5), jnp.int32)
+  ref = jax.vmap(jax.vmap(lambda a, b: _sqrt_fits(jax.lax.while_loop, a, b, 1.0)))(a, b)
+  # vmap of vmap: the inner batches of 5 run as lanes of a refilling outer loop of 2 lanes.
+  driver = lambda c, f, i: fp.refilling_while_loop(c, f, i, slots=2)  # pylint: disable=unnecessary-lambda-assignment
+  ours = jax.jit(jax.vmap(jax.vmap(lambda a, b: _sqrt_fits(driver, a, b, 1.0))))(a, b)
+  for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(x, y)
+  # Unbatched it is lax.while_loop; a batched start with unbatched data is broadcast.
+  one = _sqrt_fits(None, a[0, 0], b[0, 0], 1.0)
+  np.testing.assert_array_equal(one.iterate[0], ref.iterate[0][0, 0])
+  starts = jnp.asarray([1.0, 10.0, 1e3, 5.0])
+  many = jax.vmap(lambda s: _sqrt_fits(driver, a[0, 0], b[0, 0], s))(starts)
+  np.testing.assert_allclose(many.iterate[0], jnp.sqrt(a[0, 0]), rtol=1e-12)
+  assert len(set(np.asarray(many.n_iter).tolist())) > 1
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="max_iter"):
     fp.fixed_point(_ema, jnp.float32(0.0), tol=0.0, max_iter=-1)

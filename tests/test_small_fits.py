@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lvmjax import fixed_point
 from lvmjax import gmm
 from lvmjax import kmeans
 from lvmjax import linalg
@@ -69,6 +70,26 @@ def test_vmapped_small_gmm_fits_equal_single_fits():
                                atol=1e-4)
     np.testing.assert_allclose(batched.params.covariances[i], single.params.covariances,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_many_vmapped_fits_refill_lanes_and_equal_single_fits(x64):
+  # More members than the EM loop's lanes (fixed_point.default_slots: 256), so that members
+  # from 256 on run in lanes freed by members that stopped; in float64 each must equal its fit
+  # run alone, iteration counts included. The counts vary, so lanes are freed at different
+  # times.
+  num = 300
+  assert num > fixed_point.default_slots(num)
+  xs = _mixtures(num, n=40, seed=5)
+  keys = jax.random.split(jax.random.key(4), num)
+  fit = lambda key, x: gmm.fit(key, x, 3)  # pylint: disable=unnecessary-lambda-assignment
+  batched = jax.jit(jax.vmap(fit))(keys, xs)
+  assert len(set(np.asarray(batched.n_iter).tolist())) > 3
+  single = jax.jit(fit)
+  for i in list(range(0, num, 23)) + [num - 2, num - 1]:
+    one = single(keys[i], xs[i])
+    assert int(batched.n_iter[i]) == int(one.n_iter)
+    np.testing.assert_allclose(batched.lower_bound[i], one.lower_bound, rtol=1e-10)
+    np.testing.assert_allclose(batched.params.means[i], one.params.means, rtol=1e-8, atol=1e-10)
 
 
 def test_vmapped_kmeans_relocates_only_where_a_cluster_is_empty(x64):
