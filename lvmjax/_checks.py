@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -27,16 +28,40 @@ def check_data(x: Any, name: str = "x", *, ndim: int = 2) -> None:
         "Reshape it, e.g. x.reshape(len(x), -1) for images or x[:, None] for 1-D data.")
   if shape[0] < 1 or (ndim > 1 and shape[-1] < 1):
     raise ValueError(f"{name} must have at least one row and one column, got shape {shape}.")
-  if is_concrete(x):
+  if not is_concrete(x):
+    return
+  dtype = getattr(x, "dtype", None)  # (no `or`: a NumPy dtype's truth value is its field count)
+  dtype = np.dtype(np.asarray(x).dtype if dtype is None else dtype)
+  if not np.issubdtype(dtype, np.number) and dtype != bool:
+    hint = f" Convert it: {name}.astype(np.float32)." if dtype.name == "bfloat16" else ""
+    raise ValueError(f"{name} must be numeric, got dtype {dtype}.{hint}")
+  if off_host(x):
+    # Counted where the data live: np.asarray would copy the whole array to the host.
+    bad = int(_count_nonfinite(x))
+  else:
     arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-      hint = f" Convert it: {name}.astype(np.float32)." if arr.dtype.name == "bfloat16" else ""
-      raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.{hint}")
-    if not np.all(np.isfinite(arr)):
-      bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-      raise ValueError(
-          f"{name} contains {bad} NaN or infinite value(s). Remove or impute them before fitting "
-          "(e.g. x = x[np.isfinite(x).all(axis=1)]).")
+    bad = 0 if np.all(np.isfinite(arr)) else int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+  if bad:
+    raise ValueError(
+        f"{name} contains {bad} NaN or infinite value(s). Remove or impute them before fitting "
+        "(e.g. x = x[np.isfinite(x).all(axis=1)]).")
+
+
+def off_host(x: Any) -> bool:
+  """True for a JAX array held by an accelerator (reading it on the host means a copy): value
+  checks of such data count on the device and bring back only the count."""
+  return isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.devices())
+
+
+@jax.jit
+def _count_nonfinite(x: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+
+
+@jax.jit
+def count_nan(x: jax.Array) -> jax.Array:
+  """The number of NaN entries of ``x``, counted on the device that holds it."""
+  return jnp.sum(jnp.isnan(x), dtype=jnp.int32)
 
 
 def check_key(key: Any, name: str = "key", *, allow_none: bool = False) -> None:

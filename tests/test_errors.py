@@ -84,6 +84,32 @@ def test_fit_with_16_bit_floats_says_to_convert(name, dtype):
     fit(jax.random.key(0), jnp.asarray(_X, dtype))
 
 
+def test_data_on_an_accelerator_is_checked_where_it_lives(monkeypatch):
+  # Arrays on a GPU/TPU are checked for NaN on the device (one count comes back) rather than
+  # copied whole to the host. No accelerator here: the JAX arrays are treated as if off the host,
+  # and the device counts must find what NumPy finds, with the same messages at the fit's door.
+  calls = []
+  nonfinite, nan = _checks._count_nonfinite, _checks.count_nan
+  monkeypatch.setattr(_checks, "off_host", lambda x: isinstance(x, jax.Array))
+  monkeypatch.setattr(_checks, "_count_nonfinite", lambda x: calls.append("finite") or nonfinite(x))
+  monkeypatch.setattr(_checks, "count_nan", lambda x: calls.append("nan") or nan(x))
+  x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+  x[[3, 7], [0, 2]] = [np.nan, np.nan]
+  for data in (jnp.asarray(x), x):  # on the "device", then NumPy data checked on the host
+    with pytest.raises(ValueError, match=r"x contains 2 NaN value\(s\)\. If they are missing"):
+      gmm.fit(jax.random.key(0), data, 2)
+    assert calls == ["nan"]
+  x[7, 2] = np.inf
+  for data in (jnp.asarray(x), x):
+    with pytest.raises(ValueError, match=r"x contains 2 NaN or infinite value\(s\)"):
+      _checks.check_data(data)
+  assert calls == ["nan", "finite"]
+  x[3, 0] = x[7, 2] = 0.0
+  _checks.check_data(jnp.asarray(x))
+  gmm.fit(jax.random.key(0), jnp.asarray(x), 2, max_iter=1)
+  assert calls == ["nan", "finite", "finite", "nan", "finite"]
+
+
 def test_integer_data_is_converted_as_documented():
   x = (np.abs(_X) * 10).astype(np.int32)
   res = kmeans.fit(jax.random.key(0), x, 2, max_iter=3)

@@ -127,6 +127,14 @@ def default_chunk_size(num_points: int, num_components: int, num_features: int,
   return int(min(num_points, max(8, rows)))
 
 
+def _refuse_nan(count: int) -> None:
+  if count:
+    raise ValueError(
+        f"x contains {count} NaN value(s). If they are missing entries, fit with "
+        "missing=\"marginalize\" (EM that integrates them out exactly); otherwise remove or "
+        "impute them (e.g. x = x[~np.isnan(x).any(axis=1)]).")
+
+
 def check_missing_data(x: Any, missing: str) -> None:
   """The door check of NaN entries in a fit's data.
 
@@ -141,6 +149,9 @@ def check_missing_data(x: Any, missing: str) -> None:
   _checks.check_choice(missing, "missing", MISSING)
   if not _checks.is_concrete(x) or not hasattr(x, "shape") and not isinstance(x, (list, tuple)):
     return
+  if missing == "error" and _checks.off_host(x):
+    _refuse_nan(int(_checks.count_nan(x)))  # counted on the accelerator: no copy to the host
+    return
   if sharding.is_global(x):
     arr = np.concatenate([np.asarray(s.data).reshape(-1, x.shape[-1])
                           for s in x.addressable_shards]) if x.ndim == 2 else None
@@ -152,11 +163,7 @@ def check_missing_data(x: Any, missing: str) -> None:
     return  # the other checks explain
   nan = np.isnan(arr)
   if missing == "error":
-    if nan.any():
-      raise ValueError(
-          f"x contains {int(nan.sum())} NaN value(s). If they are missing entries, fit with "
-          "missing=\"marginalize\" (EM that integrates them out exactly); otherwise remove or "
-          "impute them (e.g. x = x[~np.isnan(x).any(axis=1)]).")
+    _refuse_nan(int(nan.sum()))
     return
   if np.isinf(arr).any():
     raise ValueError(f"x contains {int(np.isinf(arr).sum())} infinite value(s); with "
