@@ -30,17 +30,16 @@ def check_data(x: Any, name: str = "x", *, ndim: int = 2) -> None:
     raise ValueError(f"{name} must have at least one row and one column, got shape {shape}.")
   if not is_concrete(x):
     return
-  dtype = getattr(x, "dtype", None)  # (no `or`: a NumPy dtype's truth value is its field count)
-  dtype = np.dtype(np.asarray(x).dtype if dtype is None else dtype)
-  if not np.issubdtype(dtype, np.number) and dtype != bool:
-    hint = f" Convert it: {name}.astype(np.float32)." if dtype.name == "bfloat16" else ""
-    raise ValueError(f"{name} must be numeric, got dtype {dtype}.{hint}")
-  if off_host(x):
-    # Counted where the data live: np.asarray would copy the whole array to the host.
-    bad = int(_count_nonfinite(x))
+  on_device = off_host(x)
+  arr = x if on_device else np.asarray(x)  # an accelerator's array is not copied to the host
+  if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+    hint = f" Convert it: {name}.astype(np.float32)." if arr.dtype.name == "bfloat16" else ""
+    raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.{hint}")
+  if on_device:
+    bad = int(_count_nonfinite(arr))  # counted where the data live; one number comes back
   else:
-    arr = np.asarray(x)
-    bad = 0 if np.all(np.isfinite(arr)) else int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    finite = np.isfinite(arr)
+    bad = 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
   if bad:
     raise ValueError(
         f"{name} contains {bad} NaN or infinite value(s). Remove or impute them before fitting "

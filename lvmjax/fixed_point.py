@@ -53,8 +53,8 @@ from jax import custom_batching
 from jax import lax
 import jax.numpy as jnp
 
-__all__ = ["FixedPointState", "default_slots", "fixed_point", "host_while_loop", "refilling_while_loop",
-           "start"]
+__all__ = ["FixedPointState", "default_slots", "fixed_point", "host_while_loop",
+           "refilling_while_loop", "start"]
 
 #: ``step(iterate) -> (iterate, value)`` or ``(iterate, value, converged)``.
 Step = Callable[[Any], tuple]
@@ -219,7 +219,6 @@ class _Stoppable(NamedTuple):
   """The loop's carry: the state and whether ``callback`` asked to stop."""
   state: FixedPointState
   stopped: jax.Array
-
 
 
 # The refilling driver.
