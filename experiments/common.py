@@ -289,8 +289,10 @@ def start() -> None:
   cpu_devices = f["cpu_devices"].value if "cpu_devices" in f else 1
   if cpu_devices < 0:
     raise flags.IllegalFlagValueError(f"--cpu_devices must be >= 0, got {cpu_devices}.")
-  if cpu_devices != 1:
-    from lvmjax import sharding  # pylint: disable=g-import-not-at-top
+  from lvmjax import sharding  # pylint: disable=g-import-not-at-top
+  if cpu_devices != 1 or not sharding.cpu_device_count_fixed():
+    # The flag wins over `import lvmjax`'s one device per core (its default 1: one device);
+    # a count fixed in XLA_FLAGS or JAX_NUM_CPU_DEVICES stays unless the flag asks for another.
     sharding.use_cpu_cores(cpu_devices or None)
   distributed.maybe_initialize(f.coordinator_address, f.num_processes, f.process_id,
                                auto=f.distributed_auto)

@@ -755,13 +755,19 @@ def fit_arrays(family: MixtureFamily, key: Key, x: Any, w: Any, num_components: 
                       **static_args)
   else:
     mesh, axis_name = placement
-    chunk = min(chunk_size, -(-x.shape[0] // sharding.num_shards(mesh, axis_name)))
+    # An automatic mesh keeps the one-device chunks, so that chunk-dependent draws (init="random")
+    # and hence the result equal the one-device fit's.
+    per_device = (x.shape[0] if isinstance(placement, sharding.AutoMesh)
+                  else -(-x.shape[0] // sharding.num_shards(mesh, axis_name)))
+    chunk = min(chunk_size, per_device)
     x, w, layout = sharding.place_rows(x, w, dtype, mesh, axis_name, multiple=chunk)
     if start is not None:  # via the host: its leaves may be committed to one device
       start = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), start)
     dynamic = [None if a is None else np.asarray(jax.device_get(a)) for a in dynamic]
     result = _fit_sharded_jit(dynamic, key, x, w, start, tol, chunk_size=int(chunk), mesh=mesh,
                               shard=sharding.Shard(axis_name, layout), **static_args)
+    if isinstance(placement, sharding.AutoMesh):
+      result = sharding.to_first_device(result)
   if prev_history is not None:
     n_new = int(result.n_iter)
     # Joined and sliced on the host: a device slice would compile a program per n_iter.
@@ -829,7 +835,8 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
     chunk_size: rows per E-step chunk (memory O(chunk_size · K · D)).
     mesh: a ``jax.sharding.Mesh`` to split the rows over along ``axis_name`` (the whole fit is
       one ``shard_map`` with one ``psum`` of the statistics per iteration). A row-sharded
-      ``jax.Array`` x is fitted this way without ``mesh``.
+      ``jax.Array`` x is fitted this way without ``mesh``, and large data on a multi-core CPU
+      are split by themselves (:func:`lvmjax.sharding.auto_placement`).
     axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
     fixed: names of parameter fields (of the family's NamedTuple or dataclass, e.g.
       ``("weights",)``) to keep at their initial values: after every M-step
@@ -856,6 +863,8 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
   sharding.check_sample_weight(sample_weight, n)
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       default_chunk_size(n, num_components, d))
+  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+    placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x = jnp.asarray(x)
     x = x.astype(jnp.result_type(x.dtype, float))

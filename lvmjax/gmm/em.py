@@ -623,6 +623,9 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
       this way without ``mesh``; all its rows are data, so give padding rows weight 0. With
       ``init="random"`` the responsibilities drawn depend on the chunking: pass the same
       ``chunk_size`` (dividing the rows per device) to reproduce a one-device fit exactly.
+      Without ``mesh``, large data (NumPy or an uncommitted ``jax.Array``) on a multi-core CPU
+      are split over its devices by themselves (:func:`lvmjax.sharding.auto_placement`; the
+      result, on the first device, equals the one-device fit up to rounding).
     axis_name: the mesh axis of the rows (default "data", else the mesh's first axis).
     check_finite: raise ValueError when the fitted parameters are not finite (False returns
       them, for a caller that reports the failure itself, e.g. with the iteration it happened).
@@ -671,6 +674,8 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
   sharding.check_sample_weight(sample_weight, n)
+  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+    placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x, w = _prepare(x, sample_weight)
     dtype = x.dtype

@@ -639,6 +639,8 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   elif fixed:  # as gmm.fit: a named initialisation leaves nothing meaningful to freeze
     raise ValueError(f"fixed={fixed} keeps fields at the values you start from: pass them as "
                      "init=gmm.factor.FactorParams(...) (or a FactorFitResult).")
+  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+    placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x = jnp.asarray(x)
     x = x.astype(jnp.result_type(x.dtype, float))

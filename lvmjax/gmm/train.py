@@ -262,7 +262,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   # With several devices (or hosts), EM runs data-parallel: each process puts its own block of
   # rows on its devices (padding rows, at the end, get weight 0); the evaluation sums over the
   # processes' rows.
-  mesh = sharding.data_mesh() if jax.device_count() > 1 else None
+  mesh = sharding.data_mesh() if sharding.spread_devices() else None
   fit_x, fit_w = (x, None) if mesh is None else sharding.rows_from_processes(train.x, mesh)
   n, d = int(sharding.process_sum(x.shape[0])), train.num_features
   if config.select_k == "none" and config.num_components > n:

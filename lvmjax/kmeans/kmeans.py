@@ -833,7 +833,8 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
       "data"): each Lloyd iteration adds the devices' statistics with one ``psum``
       (`fit_local` inside ``shard_map``); the fit equals the one-device fit up to float rounding. A
       ``jax.Array`` whose rows are already split by a ``NamedSharding`` is fitted this way
-      without ``mesh``.
+      without ``mesh``, and large data on a multi-core CPU are split by themselves
+      (:func:`lvmjax.sharding.auto_placement`).
     axis_name: the mesh axis of the rows (default: "data", else the mesh's first axis).
 
   Returns:
@@ -857,6 +858,8 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   sharding.check_sample_weight(sample_weight, n)
   num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
       n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
+  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+    placement = sharding.auto_placement(x, num_clusters)
   dtype = _float_dtype(x)
   static = dict(num_clusters=num_clusters, init_kind=init_kind, n_init=n_init, max_iter=max_iter)
   if placement is not None:
@@ -866,9 +869,12 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
     init_centroids = None
     if init_kind == "array":  # via the host: it may be committed to one device
       init_centroids = np.asarray(jax.device_get(init), dtype)
-    return _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
-                            chunk_size=chunk_size, mesh=mesh, axis_name=axis_name, layout=layout,
-                            **static)
+    result = _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
+                              chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                              layout=layout, **static)
+    if isinstance(placement, sharding.AutoMesh):
+      result = sharding.to_first_device(result)
+    return result
   chunk_size = min(chunk_size, n)  # one compiled function for every chunk_size >= N
   xf = _as_float(x)
   init_centroids = jnp.asarray(init, xf.dtype) if init_kind == "array" else None

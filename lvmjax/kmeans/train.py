@@ -95,7 +95,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
   # With several devices (or hosts), Lloyd's iterations run data-parallel over all of them. One
   # process pads its rows inside the fit; several processes each put their own rows on their
   # devices (padding rows, at the end, get weight 0).
-  mesh = sharding.data_mesh() if jax.device_count() > 1 else None
+  mesh = sharding.data_mesh() if sharding.spread_devices() else None
   fit_x, fit_w = x, None
   if jax.process_count() > 1:
     fit_x, fit_w = sharding.rows_from_processes(train.x, mesh)

@@ -18,13 +18,16 @@ computed on the global array come from per-process parts: ``process_sum`` adds s
 log-likelihoods) and ``process_concat`` gathers small per-row values (e.g. labels).
 
 On a multi-core CPU, JAX's one CPU device threads only large matrix products; the rest of an EM or
-Lloyd iteration runs on one core. :func:`use_cpu_cores` (called first thing, before any JAX
-computation) gives JAX one host device per core, and a fit over ``data_mesh()`` then runs each
-core's rows on its own thread: on a 2-core CPU, 1.7x the one-device EM speed and 1.55x K-means'
-(``python -m experiments.benchmark_gmm``)::
+Lloyd iteration runs on one core. ``import lvmjax`` therefore gives JAX one host device per core
+(:func:`use_cores_by_default`; a count the user fixed wins, and ``LVMJAX_CPU_DEVICES=1`` keeps one
+device), and the fits split large data over them without a ``mesh`` (:func:`auto_placement`):
+each core runs its rows on its own thread and the result comes back on the first device. Small
+data, data committed to a device and traced data stay on one device. :func:`use_cpu_cores`
+(before the first JAX computation) sets the count explicitly::
 
-  sharding.use_cpu_cores()                           # before the first JAX computation
-  result = gmm.fit(key, x, 10, mesh=sharding.data_mesh())
+  sharding.use_cpu_cores(4)                          # before the first JAX computation
+  result = gmm.fit(key, x, 10)                       # large x: split over the 4 devices
+  result = gmm.fit(key, x, 10, mesh=sharding.data_mesh())  # any x: split
 
 The package's modules: :mod:`~lvmjax.sharding.mesh` (meshes, the data axis),
 :mod:`~lvmjax.sharding.layout` (``RowLayout``, ``Shard``, putting rows on a mesh),
@@ -53,6 +56,13 @@ from lvmjax.sharding.layout import place_rows
 from lvmjax.sharding.layout import RowLayout
 from lvmjax.sharding.layout import Shard
 from lvmjax.sharding.layout import shard_rows
+from lvmjax.sharding.mesh import auto_placement
+from lvmjax.sharding.mesh import AutoMesh
+from lvmjax.sharding.mesh import AUTO_MESH_MIN_ROWS
+from lvmjax.sharding.mesh import AUTO_MESH_MIN_WORK
+from lvmjax.sharding.mesh import CPU_DEVICES_ENV
+from lvmjax.sharding.mesh import cores_by_default
+from lvmjax.sharding.mesh import cpu_device_count_fixed
 from lvmjax.sharding.mesh import DATA_AXIS
 from lvmjax.sharding.mesh import data_mesh
 from lvmjax.sharding.mesh import is_global
@@ -61,6 +71,9 @@ from lvmjax.sharding.mesh import mesh_of
 from lvmjax.sharding.mesh import num_shards
 from lvmjax.sharding.mesh import replicated
 from lvmjax.sharding.mesh import row_sharding
+from lvmjax.sharding.mesh import spread_devices
+from lvmjax.sharding.mesh import to_first_device
+from lvmjax.sharding.mesh import use_cores_by_default
 from lvmjax.sharding.mesh import use_cpu_cores
 from lvmjax.sharding.processes import check_data
 from lvmjax.sharding.processes import check_local_values
@@ -73,10 +86,12 @@ from lvmjax.sharding.processes import rows_from_processes
 from lvmjax.sharding.processes import ShapeOnly
 
 __all__ = [
-    "DATA_AXIS", "Mesh", "RowLayout", "Shard", "ShapeOnly", "check_data", "check_local_values",
-    "check_sample_weight", "data_mesh", "device_index", "gather", "gather_rows", "is_global",
-    "layout_for", "local_rows", "mean_and_variance", "mesh_of", "num_shards", "pad_rows",
-    "place_rows", "pmax", "pmin", "process_concat", "process_rows", "process_share",
-    "process_sum", "psum", "replicated", "row_sharding", "rows_from_processes", "shard_rows",
-    "take", "take_rows", "use_cpu_cores",
+    "AUTO_MESH_MIN_ROWS", "AUTO_MESH_MIN_WORK", "auto_placement", "AutoMesh", "check_data",
+    "check_local_values", "check_sample_weight", "cores_by_default", "cpu_device_count_fixed",
+    "CPU_DEVICES_ENV", "DATA_AXIS", "data_mesh", "device_index", "gather", "gather_rows",
+    "is_global", "layout_for", "local_rows", "mean_and_variance", "Mesh", "mesh_of", "num_shards",
+    "pad_rows", "place_rows", "pmax", "pmin", "process_concat", "process_rows", "process_share",
+    "process_sum", "psum", "replicated", "row_sharding", "RowLayout", "rows_from_processes",
+    "ShapeOnly", "Shard", "shard_rows", "spread_devices", "take", "take_rows", "to_first_device",
+    "use_cores_by_default", "use_cpu_cores",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ def use_cpu_cores(num_devices: int | None = None) -> int:
     ValueError: ``num_devices < 1``, or JAX has already run a computation (too late to change
       the number of CPU devices; call this first thing in the program).
   """
+  global _count_set_on_import
   n = (os.cpu_count() or 1) if num_devices is None else int(num_devices)
   if n < 1:
     raise ValueError(f"num_devices must be >= 1, got {num_devices}.")
@@ -39,7 +40,146 @@ def use_cpu_cores(num_devices: int | None = None) -> int:
   except RuntimeError as e:
     raise ValueError("use_cpu_cores() must run before the first JAX computation (JAX has created "
                      "its CPU backend already); call it right after `import jax`.") from e
+  _count_set_on_import = None
   return n
+
+
+#: Environment variable read by ``import lvmjax``: how many host CPU devices to give JAX
+#: (unset: one per core; ``1``: JAX's own single CPU device).
+CPU_DEVICES_ENV = "LVMJAX_CPU_DEVICES"
+
+#: A fit whose caller names no mesh uses several CPU devices only from this many rows per device
+#: and :data:`AUTO_MESH_MIN_WORK` rows x components x features on: below, a mesh's fixed costs
+#: (padding and splitting the rows, one ``psum`` per iteration) outweigh the second core (whole
+#: GMM and K-means fits on the 2-core development machine: the mesh was 0.4-0.9x one device at
+#: N x K x D <= 2 million, 1.4-1.8x GMM and 1.4x K-means at 8-33 million).
+AUTO_MESH_MIN_ROWS = 4096
+AUTO_MESH_MIN_WORK = 1 << 23
+
+# The CPU device count `import lvmjax` set (None: it set none, or the user set one since). This
+# records where a setting of JAX's own global configuration came from; nothing else is kept.
+_count_set_on_import: int | None = None
+
+
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count_fixed() -> bool:
+  """True when the user fixed JAX's CPU device count (then lvmjax never changes it).
+
+  That is: ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, or ``JAX_NUM_CPU_DEVICES``
+  in the environment. (A ``jax.config.update("jax_num_cpu_devices", ...)`` before ``import
+  lvmjax`` is respected too, by :func:`use_cores_by_default`.)
+  """
+  return ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+          or "JAX_NUM_CPU_DEVICES" in os.environ)
+
+
+def use_cores_by_default() -> int | None:
+  """What ``import lvmjax`` does: one JAX host CPU device per core, unless something fixed it.
+
+  JAX's CPU backend has one device by default, and XLA:CPU threads only large matrix products
+  over the cores, so a fit on it runs most of each iteration on one core. With one device per
+  core, ``gmm.fit`` and ``kmeans.fit`` split large data over them (:func:`auto_placement`) and
+  every core works. Arrays and computations not placed on the other devices stay on device 0,
+  so other JAX code runs as before. Nothing changes when:
+
+  * JAX has already created its CPU backend (a JAX computation ran before ``import lvmjax``);
+  * the user fixed the count (:func:`cpu_device_count_fixed`, or ``jax_num_cpu_devices`` set
+    before ``import lvmjax``); a later ``jax.config.update("jax_num_cpu_devices", n)`` or
+    :func:`use_cpu_cores` before the first computation still wins;
+  * the environment variable ``LVMJAX_CPU_DEVICES`` is ``1`` (other values: that many devices).
+
+  Returns:
+    The number of CPU devices set, or None where nothing was changed.
+
+  Raises:
+    ValueError: ``LVMJAX_CPU_DEVICES`` is not a positive integer.
+  """
+  value = os.environ.get(CPU_DEVICES_ENV, "").strip()
+  if value:
+    n = int(value) if value.isdigit() else 0
+    if n < 1:
+      raise ValueError(f"{CPU_DEVICES_ENV}={value!r}: expected a positive number of host CPU "
+                       "devices for JAX (1: JAX's single CPU device; unset: one per core).")
+  else:
+    n = _usable_cores()
+  if n == 1 or cpu_device_count_fixed() or jax.config.jax_num_cpu_devices >= 0:
+    return None
+  global _count_set_on_import
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # the backend exists already: its device count is fixed
+    return None
+  _count_set_on_import = n
+  return n
+
+
+def cores_by_default() -> bool:
+  """True when JAX's CPU devices are the ones ``import lvmjax`` made (one per core).
+
+  Code that spreads work over every device when there are several (the launchers' data-parallel
+  EM, Lloyd and VAE training) does so only over devices the user asked for: with the devices of
+  ``import lvmjax`` alone it runs on one device and lets :func:`auto_placement` split large fits.
+  """
+  return (_count_set_on_import is not None
+          and jax.config.jax_num_cpu_devices == _count_set_on_import
+          and jax.default_backend() == "cpu")
+
+
+def spread_devices() -> bool:
+  """True where a launcher should run data-parallel over all devices: several devices that the
+  user asked for (more than one process, an accelerator, or CPU devices not made by ``import
+  lvmjax``: :func:`use_cpu_cores`, ``XLA_FLAGS``, ``JAX_NUM_CPU_DEVICES``)."""
+  return jax.device_count() > 1 and (jax.process_count() > 1 or not cores_by_default())
+
+
+class AutoMesh(NamedTuple):
+  """A fit's (mesh, data axis) chosen by :func:`auto_placement`, not by the caller: the fit's
+  result is moved to the first local device (:func:`to_first_device`), where a one-device fit's
+  result lives, so code after the fit sees no difference."""
+  mesh: Mesh
+  axis_name: str
+
+
+def to_first_device(tree: Any) -> Any:
+  """``tree``'s arrays on ``jax.local_devices()[0]`` (from a mesh: one copy of replicated
+  values; row-sharded values gathered)."""
+  return jax.device_put(tree, jax.local_devices()[0])
+
+
+def auto_placement(x: Any, num_components: int) -> AutoMesh | None:
+  """The mesh of a fit whose caller names none and whose ``x`` is not placed: see below.
+
+  Several local CPU devices (one per core after ``import lvmjax``,
+  :func:`use_cores_by_default`) split the rows of large data: every device holds at least
+  :data:`AUTO_MESH_MIN_ROWS` rows and N x K x D is at least :data:`AUTO_MESH_MIN_WORK`. The
+  result equals the one-device fit up to float rounding. Everything else runs on one device: a
+  traced x (under ``jit`` or ``vmap``), a ``jax.Array`` committed to a device (e.g. by
+  ``jax.device_put(x, jax.devices()[0])``: the way to keep a fit on one device), data of
+  several processes, an accelerator as the default backend, or a small problem.
+
+  Returns:
+    ``AutoMesh(mesh, DATA_AXIS)`` over the first devices of ``jax.local_devices()``, or None.
+  """
+  if isinstance(x, jax.core.Tracer) or jax.process_count() > 1:
+    return None
+  if isinstance(x, jax.Array) and (getattr(x, "committed", True) or not x.is_fully_addressable):
+    return None
+  shape = np.shape(x)
+  if len(shape) != 2 or jax.default_backend() != "cpu":
+    return None
+  n, d = shape
+  if n * d * max(int(num_components), 1) < AUTO_MESH_MIN_WORK:
+    return None
+  devices = jax.local_devices()[:n // AUTO_MESH_MIN_ROWS]
+  if len(devices) < 2:
+    return None
+  return AutoMesh(data_mesh(devices), DATA_AXIS)
 
 
 def data_mesh(devices: Any = None, axis_name: str = DATA_AXIS) -> Mesh:

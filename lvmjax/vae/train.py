@@ -418,7 +418,7 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
   if _layers(config) == 2:
     step_kwargs["objective"] = hierarchical.objective(MODELS[config.model], config.num_samples)
   to_device, mesh = jnp.asarray, None
-  if jax.device_count() > 1:
+  if sharding.spread_devices():
     # Data-parallel over all devices (of all hosts): batch split, state replicated, gradients
     # averaged by XLA.
     mesh = sharding.data_mesh()
