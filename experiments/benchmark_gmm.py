@@ -173,7 +173,7 @@ def bench_em(n, d, k, rate_xla):
   fixed = {}
   sec, comp, res_d = per_iteration(run_default, FLAGS.iters, FLAGS.repeats, fixed)
   row.update(default_s_per_iter=sec, default_compile_s=comp, default_fixed_s=fixed["fixed_s"],
-             default_devices=_devices_of(res_d.params.means),
+             default_devices=_devices_of(x, k),
              default_gflops=em_flops(n, d, k) / sec / 1e9,
              default_ll_diff=abs(float(res_d.log_likelihood[-1]) - row["lvmjax_ll"]))
   mesh = _cpu_mesh()
@@ -260,7 +260,7 @@ def bench_kmeans(n, d, k):
   fixed = {}
   sec, comp, res_d = per_iteration(run_default, FLAGS.kmeans_iters, FLAGS.repeats, fixed)
   row.update(default_s_per_iter=sec, default_compile_s=comp, default_fixed_s=fixed["fixed_s"],
-             default_devices=_devices_of(res_d.centroids),
+             default_devices=_devices_of(x, k),
              default_inertia_rel_diff=abs(float(res_d.inertia) - row["lvmjax_inertia"])
              / row["lvmjax_inertia"])
   mesh = _cpu_mesh()
@@ -405,8 +405,10 @@ def _one_device(x):
   return jax.device_put(x, jax.devices()[0])
 
 
-def _devices_of(a) -> int:
-  return len(a.sharding.device_set)
+def _devices_of(x, k) -> int:
+  """The devices a default-call fit of x splits its rows over (its result comes back on one)."""
+  auto = sharding.auto_placement(x, k)
+  return 1 if auto is None else int(auto.mesh.devices.size)
 
 
 def _cpu_mesh():

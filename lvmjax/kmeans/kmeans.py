@@ -641,7 +641,7 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
 def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | None,
               init_centroids: jax.Array | None, tol: ArrayLike, shard: Shard | None = None, *,
               num_clusters: int, init_kind: str, n_init: int, max_iter: int,
-              chunk_size: int | None = None) -> KMeansResult:
+              chunk_size: int | None = None, unit_weights: bool = False) -> KMeansResult:
   r"""The whole K-means fit on a block of rows: one device, or one device's rows of a mesh.
 
   `fit` runs it under ``jit`` (``shard=None``) or inside ``shard_map`` (a
@@ -664,6 +664,8 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
     n_init: restarts (vmapped).
     max_iter: most Lloyd iterations.
     chunk_size: rows per assignment block (None: :func:`default_chunk_size`).
+    unit_weights: ``w`` is 1 on every row that ``valid`` marks (a mesh's padding weights of an
+      unweighted fit), so the weighted rows are the centred rows themselves: no copy is made.
 
   Returns:
     A `KMeansResult` with replicated centroids and statistics and the (n,) labels of these rows.
@@ -684,7 +686,8 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
   n_pad = n if num_chunks == 1 else num_chunks * min(chunk_size, n)
   x_pad = _pad_rows(xc, n_pad)
   w_pad = _pad_rows(jnp.ones((n,), x.dtype) if w is None else w, n_pad)
-  xw = x_pad if w is None else x_pad * w_pad[:, None]
+  # (The centred rows are 0 where w is 0 by `valid`: with unit weights w * x is x.)
+  xw = x_pad if w is None or unit_weights else x_pad * w_pad[:, None]
   valid_pad = jnp.arange(n_pad) < n if valid is None else _pad_rows(valid, n_pad)
   data = _Data(x_pad, _sq_norms(x_pad), w_pad, xw, valid_pad)
 
@@ -716,9 +719,10 @@ def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init,
                    init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "axis_name", "layout"))
+@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "axis_name", "layout",
+                                                   "unit_weights"))
 def _fit_sharded_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init,
-                     max_iter, chunk_size, mesh, axis_name, layout):
+                     max_iter, chunk_size, mesh, axis_name, layout, unit_weights):
   shard = Shard(axis_name, layout)
   spec = P(axis_name)
 
@@ -726,7 +730,7 @@ def _fit_sharded_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind,
     _, valid = sharding.local_rows(axis_name, layout, x.shape[0])
     return fit_local(key, x, w, valid, init_centroids, tol, shard, num_clusters=num_clusters,
                      init_kind=init_kind, n_init=n_init, max_iter=max_iter,
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, unit_weights=unit_weights)
 
   out_specs = KMeansResult(P(), spec, P(), P(), P(), P())
   r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P()), out_specs=out_specs,
@@ -871,7 +875,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
       init_centroids = np.asarray(jax.device_get(init), dtype)
     result = _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
                               chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
-                              layout=layout, **static)
+                              layout=layout, unit_weights=sample_weight is None, **static)
     if isinstance(placement, sharding.AutoMesh):
       result = sharding.to_first_device(result)
     return result
