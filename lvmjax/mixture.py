@@ -863,7 +863,7 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
   sharding.check_sample_weight(sample_weight, n)
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       default_chunk_size(n, num_components, d))
-  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x = jnp.asarray(x)

@@ -674,7 +674,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
   sharding.check_sample_weight(sample_weight, n)
-  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x, w = _prepare(x, sample_weight)

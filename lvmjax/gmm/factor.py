@@ -639,7 +639,7 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   elif fixed:  # as gmm.fit: a named initialisation leaves nothing meaningful to freeze
     raise ValueError(f"fixed={fixed} keeps fields at the values you start from: pass them as "
                      "init=gmm.factor.FactorParams(...) (or a FactorFitResult).")
-  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_components)
   if placement is None:
     x = jnp.asarray(x)

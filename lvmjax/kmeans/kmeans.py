@@ -862,7 +862,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   sharding.check_sample_weight(sample_weight, n)
   num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
       n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
-  if placement is None and mesh is None:  # large data on a multi-core CPU: every core
+  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_clusters)
   dtype = _float_dtype(x)
   static = dict(num_clusters=num_clusters, init_kind=init_kind, n_init=n_init, max_iter=max_iter)

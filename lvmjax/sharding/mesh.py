@@ -166,17 +166,17 @@ def auto_placement(x: Any, num_components: int) -> AutoMesh | None:
   Returns:
     ``AutoMesh(mesh, DATA_AXIS)`` over the first devices of ``jax.local_devices()``, or None.
   """
-  if isinstance(x, jax.core.Tracer) or jax.process_count() > 1:
+  # The checks on x alone first: a small fit (the common case) never asks JAX about devices.
+  if isinstance(x, jax.core.Tracer):
     return None
   if isinstance(x, jax.Array) and (getattr(x, "committed", True) or not x.is_fully_addressable):
     return None
   shape = np.shape(x)
-  if len(shape) != 2 or jax.default_backend() != "cpu":
+  if len(shape) != 2 or shape[0] * shape[1] * max(int(num_components), 1) < AUTO_MESH_MIN_WORK:
     return None
-  n, d = shape
-  if n * d * max(int(num_components), 1) < AUTO_MESH_MIN_WORK:
+  if shape[0] < 2 * AUTO_MESH_MIN_ROWS or jax.process_count() > 1 or jax.default_backend() != "cpu":
     return None
-  devices = jax.local_devices()[:n // AUTO_MESH_MIN_ROWS]
+  devices = jax.local_devices()[:shape[0] // AUTO_MESH_MIN_ROWS]
   if len(devices) < 2:
     return None
   return AutoMesh(data_mesh(devices), DATA_AXIS)
