@@ -164,6 +164,28 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
   return int(value)
 
 
+def check_num_active(num_active: Any, num_components: int, components_name: str) -> Any:
+  """Checks a fit's ``num_active`` (None, or an integer in [1, K]; a traced integer scalar is
+  passed through) and returns None or an int32 scalar, an argument that compiles once for all
+  values."""
+  if num_active is None:
+    return None
+  if not is_concrete(num_active):
+    if np.shape(num_active) != () or not jnp.issubdtype(num_active.dtype, jnp.integer):
+      raise ValueError(f"num_active must be an integer scalar, got a traced {num_active.dtype} "
+                       f"of shape {np.shape(num_active)}.")
+    return num_active.astype(jnp.int32)
+  value = np.asarray(num_active)
+  if value.shape != () or not np.issubdtype(value.dtype, np.integer) or value.dtype == bool:
+    raise ValueError(f"num_active must be an integer between 1 and {components_name}="
+                     f"{num_components}, got {num_active!r}.")
+  if not 1 <= int(value) <= num_components:
+    raise ValueError(f"num_active={int(value)} must be between 1 and {components_name}="
+                     f"{num_components}: the fit runs num_active of the {num_components} "
+                     f"components. Raise {components_name} to at least {int(value)}.")
+  return np.asarray(int(value), np.int32)
+
+
 def check_nonnegative(value: Any, name: str) -> float:
   """Checks that a Python scalar is finite and >= 0 and returns it as ``float``."""
   if not is_concrete(value):

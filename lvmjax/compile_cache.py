@@ -108,6 +108,21 @@ def release_programs() -> bool:
     (then only the caches were cleared).
   """
   jax.clear_caches()
+  return return_free_memory()
+
+
+def return_free_memory() -> bool:
+  """Hands the memory the C allocator holds but nobody uses back to the system (glibc's
+  ``malloc_trim(0)``), keeping every compiled program.
+
+  Compiling a program takes far more memory than the program keeps (on the 8x8 digits, a GMM
+  fit's program of 110 MB took 290 MB to compile); glibc keeps the difference for later
+  allocations, so a process that compiles a few programs in turn holds the sum. Calling this
+  after a compilation starts the next one from the lower level.
+
+  Returns:
+    True when the memory was handed back (glibc), False where there is no ``malloc_trim``.
+  """
   try:
     trim = ctypes.CDLL(None).malloc_trim
   except (AttributeError, OSError):  # not glibc (macOS, musl, Windows)

@@ -1,48 +1,57 @@
 """Model selection over K (lvmjax.gmm.train.select_num_components) compiles a bounded number of
-programs: one EM program per K and one score program per K and split, not every operation of
-the scores op by op (which was ~45 compilations per K, most of the main job's time and memory)."""
-import contextlib
+programs: one EM program for every K (the largest K's, with ``num_active``) and one score program
+per split, not one per K, nor every operation of the scores op by op (which was ~45 compilations
+per K, most of the main job's time and memory)."""
 
 import jax
-import jax.monitoring
+import numpy as np
 
 from configs import gmm_synthetic
+from lvmjax import gmm
 from lvmjax.gmm import train as gmm_train
-
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # also fired by a cache hit
-
-
-@contextlib.contextmanager
-def _count_programs():
-  """Counts the programs JAX compiles (or loads from a persistent cache) inside the block."""
-  count = [0]
-
-  def listener(name, secs, **kwargs):
-    del secs, kwargs
-    if name == _COMPILE_EVENT:
-      count[0] += 1
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield count
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+from tests import compile_count
 
 
-def test_model_selection_compiles_per_k_not_per_operation(tmp_path):
+def test_model_selection_compiles_once_for_every_k(tmp_path):
   config = gmm_synthetic.get_config("smoke")
   config.k_values = (2, 3, 4)
   train, test = gmm_train.load_data(config)
   x, x_test = jax.device_put(train.x), jax.device_put(test.x)
   key = jax.random.key(0)
-  with _count_programs() as first:
+  with compile_count.count_programs() as first:
     table = gmm_train.select_num_components(config, x, key, tmp_path / "a", x_test)
   assert table["k"] == [2, 3, 4]
-  # Per K: the EM fit, the trimming of its history to n_iter (per distinct n_iter), the score on
-  # the training and on the test rows; a few one-off programs (key derivation, constants).
-  # Op-by-op scoring compiled 113 programs for these three Ks.
-  assert 0 < first[0] <= 4 * len(config.k_values) + 6, first[0]
-  with _count_programs() as again:  # the same Ks again: every program is reused
+  # The EM fit, the score on the training and on the test rows, and a few one-off programs (key
+  # derivation, constants); one EM program per K compiled 4 per K, op-by-op scoring 113 in all.
+  assert 0 < first[0] <= 3 + 6, first[0]
+  with compile_count.count_programs() as again:  # the same Ks again: every program is reused
     table_again = gmm_train.select_num_components(config, x, key, tmp_path / "b", x_test)
   assert again[0] == 0
   assert table_again == table
+  config.k_values = (1, 4)  # other Ks up to the same largest K: still nothing new to compile
+  with compile_count.count_programs() as other:
+    table_other = gmm_train.select_num_components(config, x, key, tmp_path / "c", x_test)
+  assert other[0] == 0, other[0]
+  assert table_other["bic"][1] == table["bic"][2]
+
+
+def test_model_selection_scores_are_those_of_the_k_component_mixture(tmp_path):
+  """Each row's BIC, AIC and log-likelihoods are gmm.bic / gmm.aic / log_marginal of the first K
+  components of its fit (the padded mixture's inactive components add nothing)."""
+  config = gmm_synthetic.get_config("smoke")
+  config.k_values = (1, 3)
+  train, test = gmm_train.load_data(config)
+  x, x_test = jax.device_put(train.x), jax.device_put(test.x)
+  key = jax.random.key(0)
+  table = gmm_train.select_num_components(config, x, key, tmp_path, x_test)
+  for i, k in enumerate(config.k_values):
+    res = gmm.fit(jax.random.fold_in(key, k), x, 3, config.covariance_type, init=config.init,
+                  max_iter=config.max_iter, tol=config.tol, reg_covar=config.reg_covar,
+                  num_active=k)
+    p = res.params
+    cov = p.covariances if p.covariance_type == "tied" else p.covariances[:k]
+    first = gmm.GMMParams(p.weights[:k], p.means[:k], cov, p.covariance_type)
+    np.testing.assert_allclose(table["bic"][i], float(gmm.bic(first, x)), rtol=1e-6)
+    np.testing.assert_allclose(table["aic"][i], float(gmm.aic(first, x)), rtol=1e-6)
+    np.testing.assert_allclose(table["test_log_likelihood"][i],
+                               float(np.mean(gmm.log_marginal(first, x_test))), rtol=1e-6)

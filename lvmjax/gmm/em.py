@@ -203,17 +203,21 @@ class GaussianFamily(mixture.MixtureFamily):
   Attributes:
     covariance_type: "full", "tied", "diag" or "spherical" (static).
     reg_covar: added to the diagonal of every covariance in the M-step (traced).
+    num_active: None, or an int32 scalar k (traced): only the first k components are fitted;
+      the others keep weight 0 and their parameters (:func:`fit`'s ``num_active``).
   """
   covariance_type: str = struct.field(pytree_node=False, default="full")
   reg_covar: Any = 1e-6
+  num_active: Any = None
 
   def log_component(self, params: GMMParams, x: jax.Array) -> jax.Array:
     """(n, K) :math:`\\log \\mathcal{N}(x_n; \\mu_k, \\Sigma_k)`."""
     return model.log_joint(params, x) - jnp.log(params.weights)[None, :]
 
   def m_step(self, params: GMMParams, stats: SuffStats) -> GMMParams:
-    """:func:`lvmjax.gmm.m_step` with this family's ``reg_covar``."""
-    return m_step(params, stats, self.reg_covar)
+    """:func:`lvmjax.gmm.m_step` with this family's ``reg_covar`` (components past
+    ``num_active`` parked)."""
+    return park_inactive(m_step(params, stats, self.reg_covar), params, self.num_active)
 
   def m_step_fixed(self, params: GMMParams, stats: SuffStats,
                    fixed: tuple[str, ...]) -> GMMParams:
@@ -223,7 +227,8 @@ class GaussianFamily(mixture.MixtureFamily):
     each other."""
     if "means" in fixed:
       stats = stats._replace(sum_x=jnp.zeros_like(stats.sum_x))
-    return mixture.keep_fields(m_step(params, stats, self.reg_covar), params, fixed)
+    new = park_inactive(m_step(params, stats, self.reg_covar), params, self.num_active)
+    return mixture.keep_fields(new, params, fixed)
 
   def prepare(self, params: GMMParams) -> Any:
     cov_type = params.covariance_type
@@ -293,7 +298,7 @@ class GaussianFamily(mixture.MixtureFamily):
   def initialize(self, key: jax.Array, rows: mixture.Rows, num_components: int, init: str,
                  shard: sharding.Shard | None = None) -> GMMParams:
     return _initialize(key, rows, num_components, self.covariance_type, init, self.reg_covar,
-                       shard)
+                       shard, self.num_active)
 
   def data_shift(self, x: jax.Array, w: jax.Array, shard: sharding.Shard | None = None):
     # Raw moments are accurate near the origin: fit on centred data, shift the means back.
@@ -389,6 +394,27 @@ def e_step(params: GMMParams, x: DataLike, sample_weight: WeightsLike | None = N
   return mixture.e_step(GaussianFamily(params.covariance_type), params, x, sample_weight,
                         chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
                         dtype=params.means.dtype)
+
+
+def park_inactive(new: GMMParams, old: GMMParams, num_active: Any) -> GMMParams:
+  """``new`` with components ``num_active``.. parked: weight exactly 0 (the others renormalised)
+  and the means and covariances of ``old``; ``new`` itself when ``num_active`` is None.
+
+  A component of weight 0 has log-weight -inf, so it takes no responsibility and gathers no
+  statistic: EM never revives it, and the first ``num_active`` components are fitted as a mixture
+  of their own.
+  """
+  if num_active is None:
+    return new
+  k = new.weights.shape[0]
+  active = jnp.arange(k) < num_active
+  weights = jnp.where(active, new.weights, 0)
+  weights = weights / jnp.sum(weights)
+  means = jnp.where(active[:, None], new.means, old.means)
+  cov = new.covariances
+  if new.covariance_type != "tied":
+    cov = jnp.where(active.reshape((k,) + (1,) * (cov.ndim - 1)), cov, old.covariances)
+  return GMMParams(weights, means, cov, new.covariance_type)
 
 
 def _repair_positive_definite(cov: jax.Array) -> jax.Array:
@@ -492,10 +518,12 @@ def params_from_responsibilities(x_chunks: jax.Array, w_chunks: jax.Array, resp_
 
 
 def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, reg_covar,
-                shard=None) -> GMMParams:
+                shard=None, num_active=None) -> GMMParams:
   """The GMM's initialisations, on one device (``shard=None``) or on this device's rows inside
   ``shard_map``: the same draws and the same responsibilities either way (global chunk indices
-  and row ids)."""
+  and row ids). With ``num_active``, the initialisation of that many components (K-means and
+  k-means++ of ``num_active`` clusters, responsibilities on the first ``num_active`` columns),
+  the others parked at mean 0 (before the data shift) and unit covariance."""
   x_chunks, w_chunks = rows.x_chunks, rows.w_chunks
   num_chunks, chunk, _ = x_chunks.shape
   dtype = x_chunks.dtype
@@ -510,7 +538,8 @@ def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, 
       labels = kmeans.fit_local(key, rows.x, rows.w, valid, None, jnp.asarray(1e-4, dtype), shard,
                                 num_clusters=num_components, init_kind="k-means++", n_init=1,
                                 max_iter=300,
-                                chunk_size=kmeans.default_chunk_size(num_components)).labels
+                                chunk_size=kmeans.default_chunk_size(num_components),
+                                num_active=num_active).labels
       labels = jnp.pad(labels, (0, num_chunks * chunk - rows.x.shape[0]))
       labels = labels.reshape(num_chunks, chunk)
 
@@ -518,13 +547,29 @@ def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, 
         return jax.nn.one_hot(labels[i], num_components, dtype=dtype)
     else:
       _, idx = kmeans.kmeans_plusplus(key, rows.x, num_components, rows.w, valid=valid,
-                                      shard=shard)
+                                      shard=shard, num_active=num_active)
       ids = mixture.row_ids(num_chunks, chunk, shard)
 
       def resp_fn(i, _):
         return (ids[i][:, None] == idx[None, :]).astype(dtype)
-  return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
-                                      covariance_type, reg_covar, shard=shard)
+  if num_active is None:
+    return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
+                                         covariance_type, reg_covar, shard=shard)
+  active = (jnp.arange(num_components) < num_active).astype(dtype)
+
+  def active_resp_fn(i, xc):  # responsibilities on the active columns, rows renormalised
+    r = resp_fn(i, xc) * active
+    total = jnp.sum(r, axis=1, keepdims=True)
+    return r / jnp.where(total > 0, total, 1)
+
+  params = params_from_responsibilities(x_chunks, w_chunks, active_resp_fn, num_components,
+                                        covariance_type, reg_covar, shard=shard)
+  d = x_chunks.shape[-1]
+  cov_shape = model.covariance_shape(covariance_type, num_components, d)
+  parking = GMMParams(None, jnp.zeros((num_components, d), dtype),
+                      jnp.ones(cov_shape, dtype) if covariance_type in ("diag", "spherical")
+                      else jnp.broadcast_to(jnp.eye(d, dtype=dtype), cov_shape), covariance_type)
+  return park_inactive(params, parking, num_active)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,7 +620,8 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
         tol: float = 1e-3, reg_covar: float = 1e-6, sample_weight: WeightsLike | None = None, *,
         chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
         axis_name: str | None = None, check_finite: bool = True,
-        fixed: tuple[str, ...] = (), missing: str = "error") -> GMMFitResult:
+        fixed: tuple[str, ...] = (), missing: str = "error",
+        num_active: int | ArrayLike | None = None) -> GMMFitResult:
   r"""Fits a Gaussian mixture by EM, on the device, in one compiled call.
 
   Each iteration runs ``e_step`` (streamed over chunks of rows) and ``m_step``; the loop is
@@ -642,6 +688,16 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
       entry set to its column's observed mean. A row or a column with nothing observed is a
       ValueError. The default ``chunk_size`` is smaller (the E-step holds (chunk, K, D, D)
       for "full").
+    num_active: None (all K components), or k with 1 <= k <= K, an int or an int32 scalar that
+      may be traced: fit a mixture of k components inside the program compiled for K, so that
+      one compilation serves every k (model selection over the number of components, as
+      ``experiments/fit_gmm`` does). Components k.. keep weight exactly 0 and take no
+      responsibility; ``params`` holds the k-component fit in its first k components (slice
+      them off: ``jax.tree.map(lambda a: a[:k], ...)`` on weights, means and, unless "tied",
+      covariances) and placeholders after. The initialisations draw for k components
+      (``"kmeans"`` and ``"k-means++"`` with k-means++'s ``n_local_trials`` of K, so their
+      draws differ from a K=k fit's); from ``init`` parameters, whose components k.. are
+      ignored, the fit equals that of their first k components up to rounding.
 
   Returns:
     ``GMMFitResult(params, log_likelihood, n_iter, converged, lower_bound)``.
@@ -683,12 +739,15 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
     dtype = jnp.result_type(x.dtype, float)
     w = sample_weight
   fixed = check_fixed(fixed, init)
+  num_active = _checks.check_num_active(num_active, num_components, "num_components")
   if isinstance(init, GMMFitResult):
     model.check_init(init.params, d, num_components, covariance_type)
     init_kind = "result"
   elif isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
     init_kind = "params"
+    if num_active is not None:
+      init = park_inactive(init, init, num_active)
   else:
     if not isinstance(init, str) or init not in INITS:
       raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}, "
@@ -705,7 +764,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
     chunk = missing_data.default_chunk_size(n, num_components, d, covariance_type)
   else:
     chunk = default_chunk_size(n, num_components, d)
-  family = family_class(covariance_type, jnp.asarray(reg_covar, dtype))
+  family = family_class(covariance_type, jnp.asarray(reg_covar, dtype), num_active)
   result = mixture.fit_arrays(family, key, x, w, num_components, init=init, n_init=n_init,
                               max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement,
                               fixed=fixed)

@@ -117,10 +117,23 @@ def _total_log_likelihood(params: gmm.GMMParams, x: Any) -> tuple[float, int]:
   return float(total), int(n)
 
 
-def _scores(params: gmm.GMMParams, x: Any) -> dict:
-  """Mean log-likelihood, BIC and AIC over the rows of every process (``x``: this process's)."""
+def _first_components(params: gmm.GMMParams, k: int) -> gmm.GMMParams:
+  """The first k components of (host) parameters, sliced on the host: no program per k."""
+  params = jax.device_get(params)
+  cov = params.covariances if params.covariance_type == "tied" else params.covariances[:k]
+  return gmm.GMMParams(params.weights[:k], params.means[:k], cov, params.covariance_type)
+
+
+def _scores(params: gmm.GMMParams, x: Any, num_active: int | None = None) -> dict:
+  """Mean log-likelihood, BIC and AIC over the rows of every process (``x``: this process's).
+
+  With ``num_active``, ``params`` are a fit with that many active components (the others of
+  weight 0, which add nothing to p(x)): scored as the mixture of those components, by the
+  program compiled for all of them.
+  """
   total, n = _total_log_likelihood(params, x)
-  p = gmm.num_parameters(params)
+  p = gmm.num_parameters(params if num_active is None else
+                         _first_components(params, num_active))
   return {"log_likelihood": total / n, "bic": -2.0 * total + p * math.log(n),
           "aic": -2.0 * total + 2.0 * p, "num_points": n}
 
@@ -158,13 +171,18 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
                           release_programs: bool = False) -> dict:
   """Fits one mixture per K in ``config.k_values`` and scores it by BIC and AIC on the train data.
 
+  Every K is fitted by one compiled program, that of the largest K, with the components past K
+  inactive (:func:`lvmjax.gmm.fit`'s ``num_active``), and scored by one program per split: the
+  compilations do not grow with the number of Ks.
+
   Results are saved to ``<workdir>/model_selection.json`` after each K (by process 0), and a
   restarted run reuses the Ks already done. With several processes, ``x`` and ``x_test`` are this
   process's rows, ``fit_data`` the global (row-sharded) training rows and weights, and the
   scores are over the rows of all processes; every process must call this.
-  With ``release_programs``, each K's compiled programs are freed after its row
-  (:func:`lvmjax.compile_cache.release_programs`): each K compiles programs of its own shapes
-  (about four), which are not run again.
+  With ``release_programs``, the memory the compiler no longer needs is handed back after each
+  fit and each row (:func:`lvmjax.compile_cache.return_free_memory`), and the programs compiled for the
+  selection are freed after its last row (:func:`lvmjax.compile_cache.release_programs`): the
+  final fit does not run them again.
 
   Returns:
     ``{"k": [...], "bic": [...], "aic": [...], "train_log_likelihood": [...],
@@ -182,40 +200,45 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
       done = {}
   primary = distributed.is_primary()
   n = int(sharding.process_sum(x.shape[0]))
+  k_max = max(config.k_values)
+  if k_max > n:
+    raise ValueError(f"config.k_values has K={k_max} but the training data has only {n} points.")
   rows = []
   for k in config.k_values:
     if k in done:
       rows.append(done[k])
       continue
-    if k > n:
-      raise ValueError(f"config.k_values has K={k} but the training data has only {n} points.")
     fx, fw = fit_data if fit_data is not None else (x, None)
-    res = gmm.fit(jax.random.fold_in(key, k), fx, k, config.covariance_type, init=config.init,
+    res = gmm.fit(jax.random.fold_in(key, k), fx, k_max, config.covariance_type, init=config.init,
                   n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
                   reg_covar=config.reg_covar, chunk_size=config.chunk_size or None,
-                  sample_weight=fw, check_finite=False)
+                  sample_weight=fw, check_finite=False, num_active=k)
+    if release_programs:  # what compiling the fit took and no longer needs, before the scores
+      compile_cache.return_free_memory()
     params = _on_host(res.params)
     if not _finite_params(params):
       raise ValueError(
           f"Model selection: the fit with K={k} components has non-finite parameters (a "
           "component with an ill-defined covariance: singleton or collapsed points). Increase "
           "config.reg_covar or remove the largest Ks from config.k_values.")
-    scores = _scores(params, x)
+    scores = _scores(params, x, k)
     row = {"k": int(k), "bic": scores["bic"], "aic": scores["aic"],
            "train_log_likelihood": scores["log_likelihood"],
            "n_iter": int(res.n_iter), "converged": bool(res.converged)}
     if x_test is not None:
-      row["test_log_likelihood"] = _scores(params, x_test)["log_likelihood"]
+      row["test_log_likelihood"] = _scores(params, x_test, k)["log_likelihood"]
     logging.info("model selection: K=%d BIC %.1f AIC %.1f (%d iterations)", k, row["bic"],
                  row["aic"], row["n_iter"])
     rows.append(row)
-    if release_programs:
-      # This K's programs are not run again: free them (the launcher's peak memory; a later
-      # run loads them from the persistent compilation cache).
-      compile_cache.release_programs()
+    if release_programs:  # what compiling this K's programs took and no longer needs
+      compile_cache.return_free_memory()
     table = {name: [r.get(name) for r in rows] for name in row}
     if primary:
       experiment.write_results(workdir, table, "model_selection.json")
+  if release_programs:
+    # The selection's programs are not run again: free them (the launcher's peak memory; a
+    # later run loads them from the persistent compilation cache).
+    compile_cache.release_programs()
   table = {name: [r.get(name) for r in rows] for name in rows[0]}
   table["best_bic"] = int(table["k"][int(np.argmin(table["bic"]))])
   table["best_aic"] = int(table["k"][int(np.argmin(table["aic"]))])
@@ -239,8 +262,10 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     config: an ``ml_collections.ConfigDict`` like ``configs/gmm_digits.py``'s.
     workdir: the run's directory.
     quiet: no progress display.
-    release_programs: free each K's compiled programs after its model-selection fit, and the
-      final fit's before the evaluation (:func:`lvmjax.compile_cache.release_programs`:
+    release_programs: hand the memory the compiler no longer needs back to the system after each
+      fit (:func:`lvmjax.compile_cache.return_free_memory`), and free the model selection's
+      compiled programs after it, the final fit's first block's after that block, and the final
+      fit's before the evaluation (:func:`lvmjax.compile_cache.release_programs`:
       ``jax.clear_caches()``, which empties every in-memory JAX cache of the process: for the
       launcher, where it lowers the peak memory; the persistent compilation cache still holds
       them).
@@ -321,6 +346,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
                        max_iter=min(n_iter + block, config.max_iter), tol=config.tol,
                        reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w,
                        check_finite=False)
+      if release_programs:  # what compiling the block took, before the checkpoint is written
+        compile_cache.return_free_memory()
       done = int(result.n_iter) - n_iter
       new = [float(v) for v in np.asarray(result.log_likelihood)[n_iter:]]
       bad = [i for i, v in enumerate(new) if not np.isfinite(v)]
@@ -339,6 +366,10 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       history += new
       save(params, result.lower_bound, n_iter, converged, history)
       bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
+      if release_programs and n_iter == done and not converged and n_iter < config.max_iter:
+        # The first block's program (initialisation and iterations) is not run again; the
+        # continuing blocks compile their own: free it first (the launcher's peak memory).
+        compile_cache.release_programs()
     bar.close()
     ckpt.wait_until_finished()
   finally:

@@ -276,20 +276,25 @@ def _take_rows(c: jax.Array, labels: jax.Array) -> jax.Array:
 
 def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
                     old_centroids: jax.Array, sums: jax.Array, weights: jax.Array,
-                    shard: Shard | None = None) -> tuple[jax.Array, jax.Array]:
+                    shard: Shard | None = None,
+                    active: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """scikit-learn's ``_relocate_empty_clusters_dense`` on the sufficient statistics.
 
   Each cluster of zero total weight, in index order, takes the not yet taken point farthest from
   its assigned old centroid (removed from its old cluster). Nothing moves when every point sits
   on its centroid (more clusters than distinct points). ``valid`` masks padding rows. On a mesh
   (``shard``) the farthest point is a global argmax, the lowest device on ties (a ``pmax`` and a
-  ``pmin``), and its owner hands it to all devices with a ``psum``.
+  ``pmin``), and its owner hands it to all devices with a ``psum``. Clusters outside ``active``
+  (a (K,) mask) are not clusters: they are never relocated.
   """
+  def is_empty(weights):
+    return weights == 0 if active is None else (weights == 0) & active
+
   def relocate(stats):
     sums, weights = stats
     dist = _sq_norms(x - _take_rows(old_centroids, labels))
     dist = jnp.where(valid, dist, -1)
-    empty = weights == 0
+    empty = is_empty(weights)
     num_empty = jnp.where(sharding.pmax(jnp.max(dist), shard) > 0, jnp.sum(empty), 0)
     empty_ids = jnp.nonzero(empty, size=empty.shape[0], fill_value=0)[0]
     me = sharding.device_index(shard)
@@ -316,7 +321,7 @@ def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Ar
   # At most once, when a cluster is empty: a while loop rather than a cond, because under vmap
   # a cond runs both branches for every member at every Lloyd iteration, while this loop runs
   # the relocation only in the (rare) iterations where some member has an empty cluster.
-  sums, weights, _ = lax.while_loop(lambda s: ~s[2] & jnp.any(s[1] == 0),
+  sums, weights, _ = lax.while_loop(lambda s: ~s[2] & jnp.any(is_empty(s[1])),
                                     lambda s: (*relocate(s[:2]), jnp.bool_(True)),
                                     (sums, weights, jnp.bool_(False)))
   return sums, weights
@@ -448,7 +453,8 @@ def _searchsorted_right_clipped(cdf: jax.Array, values: jax.Array) -> jax.Array:
 def kmeans_plusplus(key: Key, x: DataLike, num_clusters: int,
                     sample_weight: WeightsLike | None = None, *,
                     n_local_trials: int | None = None, valid: ArrayLike | None = None,
-                    shard: Shard | None = None) -> tuple[Centroids, Labels]:
+                    shard: Shard | None = None,
+                    num_active: ArrayLike | None = None) -> tuple[Centroids, Labels]:
   r"""Greedy k-means++ seeding (scikit-learn's ``kmeans_plusplus``), on the device.
 
   The first centre is a point drawn with probability :math:`\propto w_i`. Each further centre:
@@ -469,6 +475,9 @@ def kmeans_plusplus(key: Key, x: DataLike, num_clusters: int,
       :class:`lvmjax.sharding.Shard`: ``x`` and the weights are this device's rows, the
       candidates are drawn from the gathered (N,) cumulative sums exactly as on one device, the
       distances and potentials are computed per device and added (``psum``).
+    num_active: None, or k <= K (an int or a traced int32 scalar): seed only the first k
+      centres (as for ``num_clusters=k``, with ``n_local_trials`` from K); rows k.. of the
+      result are row 0 of x, placeholders (see `fit`'s ``num_active``).
 
   Returns:
     ``(centroids, indices)``: (K, D) chosen points and their (K,) int32 row indices in x, so
@@ -517,7 +526,8 @@ def kmeans_plusplus(key: Key, x: DataLike, num_clusters: int,
     best = jnp.argmin(potentials)
     return indices.at[c].set(candidates[best]), dist[:, best]
 
-  indices, _ = lax.fori_loop(1, num_clusters, body, (indices, closest))
+  last = num_clusters if num_active is None else jnp.asarray(num_active, jnp.int32)
+  indices, _ = lax.fori_loop(1, last, body, (indices, closest))
   return sharding.take(x_orig, indices, shard), indices
 
 
@@ -575,9 +585,20 @@ class _Data(NamedTuple):
   valid: jax.Array  # (N_pad,) bool
 
 
-def _assign_chunks(data: _Data, c: jax.Array, num_chunks: int) -> tuple[jax.Array, jax.Array]:
-  """`assign` over the padded data, in row blocks with `lax.map`."""
+def _active_mask(num_clusters: int, num_active: Any) -> jax.Array | None:
+  """(K,) bool, True for the first ``num_active`` clusters; None when all K are active."""
+  if num_active is None:
+    return None
+  return jnp.arange(num_clusters) < jnp.asarray(num_active, jnp.int32)
+
+
+def _assign_chunks(data: _Data, c: jax.Array, num_chunks: int,
+                   active: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """`assign` over the padded data, in row blocks with `lax.map`; clusters outside ``active``
+  (a (K,) mask whose first entry is True) are at infinite distance."""
   c_sq = _sq_norms(c)
+  if active is not None:
+    c_sq = jnp.where(active, c_sq, jnp.inf)
   if num_chunks == 1:
     return _assign_block(data.x, data.x_sq, c, c_sq)
   n_pad, dim = data.x.shape
@@ -588,14 +609,15 @@ def _assign_chunks(data: _Data, c: jax.Array, num_chunks: int) -> tuple[jax.Arra
   return labels.reshape(-1), min_d.reshape(-1)
 
 
-def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int):
+def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int,
+                active: jax.Array | None = None):
   """Assignment step and the sufficient statistics (Σ w x, Σ w) of each cluster.
 
   The assignment runs in row blocks; the sums are then one segment sum over all rows of the
   precomputed w * x. (Summing per block inside the scan was 2x slower per iteration on CPU: XLA's
   scatter is fast only on a plain buffer, not on a slice or a fused product.)
   """
-  labels, min_d = _assign_chunks(data, c, num_chunks)
+  labels, min_d = _assign_chunks(data, c, num_chunks, active)
   sums, weights = _segment_sums(data.xw, data.w, labels, num_clusters)
   return labels, min_d, sums, weights
 
@@ -608,22 +630,27 @@ class _LloydState(NamedTuple):
 
 
 def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_clusters: int,
-           max_iter: int, num_chunks: int, shard: Shard | None = None) -> KMeansResult:
+           max_iter: int, num_chunks: int, shard: Shard | None = None,
+           active: jax.Array | None = None) -> KMeansResult:
   """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``.
 
   The loop is :func:`lvmjax.fixed_point.fixed_point` with a step that reports its own
   convergence (labels unchanged, or centroid shift <= ``tol_abs``) and monitors the inertia.
   With rows split over devices (``shard``) every total over rows is a ``psum`` and the
   relocation of empty clusters is collective; on one device (``shard=None``) both are local.
+  Clusters outside ``active`` (a (K,) mask) take no points and keep their centroids.
   """
   n_pad = data.x.shape[0]
 
   def step(state: _LloydState):
     c, labels_old = state.centroids, state.labels
-    labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks)
+    labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks, active)
     sums, weights = sharding.psum((sums, weights), shard)
-    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard)
+    sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard,
+                                    active)
     c_new = _average(sums, weights)
+    if active is not None:
+      c_new = jnp.where(active[:, None], c_new, c)
     value = sharding.psum(jnp.sum(data.w * min_d), shard)
     strict = sharding.psum(jnp.sum((labels != labels_old) & data.valid), shard) == 0
     shift = jnp.sum((c_new - c) ** 2)
@@ -633,7 +660,8 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
   out = fixed_point.fixed_point(step, init, tol=tol_abs, max_iter=max_iter, dtype=data.x.dtype)
   c, labels, strict = out.iterate
   # Unless the labels were already stable, re-assign so that labels match the final centroids.
-  labels = lax.cond(strict, lambda: labels, lambda: _assign_chunks(data, c, num_chunks)[0])
+  labels = lax.cond(strict, lambda: labels,
+                    lambda: _assign_chunks(data, c, num_chunks, active)[0])
   value = sharding.psum(_direct_inertia(data.x, data.w, c, labels), shard)
   return KMeansResult(c, labels, value, out.n_iter, out.converged, out.history)
 
@@ -641,7 +669,8 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
 def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | None,
               init_centroids: jax.Array | None, tol: ArrayLike, shard: Shard | None = None, *,
               num_clusters: int, init_kind: str, n_init: int, max_iter: int,
-              chunk_size: int | None = None, unit_weights: bool = False) -> KMeansResult:
+              chunk_size: int | None = None, unit_weights: bool = False,
+              num_active: ArrayLike | None = None) -> KMeansResult:
   r"""The whole K-means fit on a block of rows: one device, or one device's rows of a mesh.
 
   `fit` runs it under ``jit`` (``shard=None``) or inside ``shard_map`` (a
@@ -666,6 +695,7 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
     chunk_size: rows per assignment block (None: :func:`default_chunk_size`).
     unit_weights: ``w`` is 1 on every row that ``valid`` marks (a mesh's padding weights of an
       unweighted fit), so the weighted rows are the centred rows themselves: no copy is made.
+    num_active: None, or k <= K (traced): fit k clusters in this K-cluster program (`fit`).
 
   Returns:
     A `KMeansResult` with replicated centroids and statistics and the (n,) labels of these rows.
@@ -690,15 +720,18 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
   xw = x_pad if w is None or unit_weights else x_pad * w_pad[:, None]
   valid_pad = jnp.arange(n_pad) < n if valid is None else _pad_rows(valid, n_pad)
   data = _Data(x_pad, _sq_norms(x_pad), w_pad, xw, valid_pad)
+  active = _active_mask(num_clusters, num_active)
 
   def one(k):
     if init_kind == "array":
       c0 = init_centroids - mean[None, :]
-    else:
-      seed = kmeans_plusplus if init_kind == "k-means++" else random_init
-      c0, _ = seed(k, xc, num_clusters, w, valid=valid, shard=shard)
+    elif init_kind == "k-means++":
+      c0, _ = kmeans_plusplus(k, xc, num_clusters, w, valid=valid, shard=shard,
+                              num_active=num_active)
+    else:  # the first k of K draws without replacement are k draws without replacement
+      c0, _ = random_init(k, xc, num_clusters, w, valid=valid, shard=shard)
     return _lloyd(data, c0, tol_abs, num_clusters=num_clusters, max_iter=max_iter,
-                  num_chunks=num_chunks, shard=shard)
+                  num_chunks=num_chunks, shard=shard, active=active)
 
   if n_init == 1:
     result = one(key)
@@ -713,28 +746,30 @@ _STATIC = ("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _fit_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init, max_iter,
-             chunk_size):
+def _fit_jit(key, x, w, init_centroids, tol, num_active, *, num_clusters, init_kind, n_init,
+             max_iter, chunk_size):
   return fit_local(key, x, w, None, init_centroids, tol, None, num_clusters=num_clusters,
-                   init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size)
+                   init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size,
+                   num_active=num_active)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "axis_name", "layout",
                                                    "unit_weights"))
-def _fit_sharded_jit(key, x, w, init_centroids, tol, *, num_clusters, init_kind, n_init,
-                     max_iter, chunk_size, mesh, axis_name, layout, unit_weights):
+def _fit_sharded_jit(key, x, w, init_centroids, tol, num_active, *, num_clusters, init_kind,
+                     n_init, max_iter, chunk_size, mesh, axis_name, layout, unit_weights):
   shard = Shard(axis_name, layout)
   spec = P(axis_name)
 
-  def local(key, x, w, init_centroids, tol):
+  def local(key, x, w, init_centroids, tol, num_active):
     _, valid = sharding.local_rows(axis_name, layout, x.shape[0])
     return fit_local(key, x, w, valid, init_centroids, tol, shard, num_clusters=num_clusters,
                      init_kind=init_kind, n_init=n_init, max_iter=max_iter,
-                     chunk_size=chunk_size, unit_weights=unit_weights)
+                     chunk_size=chunk_size, unit_weights=unit_weights, num_active=num_active)
 
   out_specs = KMeansResult(P(), spec, P(), P(), P(), P())
-  r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P()), out_specs=out_specs,
-                    check_vma=False)(key, x, w, init_centroids, tol)
+  r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P(), P()),
+                    out_specs=out_specs, check_vma=False)(key, x, w, init_centroids, tol,
+                                                          num_active)
   return r._replace(labels=r.labels[:layout.num_points])
 
 
@@ -794,7 +829,8 @@ def _check_fit_args(n, dim, num_clusters, init, n_init, max_iter, tol, chunk_siz
 def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-means++",
         n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
         sample_weight: WeightsLike | None = None, *, chunk_size: int | None = None,
-        mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None) -> KMeansResult:
+        mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None,
+        num_active: int | ArrayLike | None = None) -> KMeansResult:
   r"""K-means by Lloyd's algorithm, as scikit-learn's ``KMeans(algorithm="lloyd")``.
 
   Minimises :math:`J = \sum_i w_i \lVert x_i - c_{z_i}\rVert^2`. Each iteration assigns every
@@ -840,6 +876,13 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
       without ``mesh``, and large data on a multi-core CPU are split by themselves
       (:func:`lvmjax.sharding.auto_placement`).
     axis_name: the mesh axis of the rows (default: "data", else the mesh's first axis).
+    num_active: None (all K clusters), or k with 1 <= k <= K, an int or an int32 scalar that may
+      be traced: fit k clusters inside the program compiled for K, so that one compilation
+      serves every k (a sweep over the number of clusters, e.g. ``experiments/fit_kmeans``'s).
+      Clusters k.. take no points: the labels are below k, ``centroids[:k]`` are the k-cluster
+      fit and the later rows keep their initial values (placeholders). The seeding draws the first k centres of K
+      (k-means++ with ``n_local_trials`` of K, so its draws differ from a K=k fit's); from an
+      array ``init`` (whose rows k.. are ignored) the fit equals that of ``init[:k]``.
 
   Returns:
     A `KMeansResult`.
@@ -847,7 +890,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   Raises:
     ValueError: for non-finite or non-2-D ``x``, ``num_clusters`` < 1 or > N, ``n_init`` < 1,
       ``max_iter`` < 0, ``tol`` < 0, an unknown ``init``, an ``init`` array not of shape (K, D)
-      or not finite, a bad ``sample_weight`` or ``chunk_size``.
+      or not finite, a bad ``sample_weight`` or ``chunk_size``, ``num_active`` not in [1, K].
 
   Examples:
     >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
@@ -862,6 +905,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   sharding.check_sample_weight(sample_weight, n)
   num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
       n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
+  num_active = _checks.check_num_active(num_active, num_clusters, "num_clusters")
   if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_clusters)
   dtype = _float_dtype(x)
@@ -873,7 +917,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
     init_centroids = None
     if init_kind == "array":  # via the host: it may be committed to one device
       init_centroids = np.asarray(jax.device_get(init), dtype)
-    result = _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype),
+    result = _fit_sharded_jit(key, xs, ws, init_centroids, jnp.asarray(tol, dtype), num_active,
                               chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
                               layout=layout, unit_weights=sample_weight is None, **static)
     if isinstance(placement, sharding.AutoMesh):
@@ -883,5 +927,5 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   xf = _as_float(x)
   init_centroids = jnp.asarray(init, xf.dtype) if init_kind == "array" else None
   w = None if sample_weight is None else jnp.asarray(sample_weight, xf.dtype)
-  return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype), chunk_size=chunk_size,
-                  **static)
+  return _fit_jit(key, xf, w, init_centroids, jnp.asarray(tol, xf.dtype), num_active,
+                  chunk_size=chunk_size, **static)

@@ -110,10 +110,15 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     sweep = None
     if config.k_values:
       inertias = []
+      k_max = max(config.k_values)
+      if k_max > n:
+        raise ValueError(f"config.k_values has K={k_max} but the training data has only {n} "
+                         "points.")
       for kk in config.k_values:
-        res = kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, kk, init=config.init,
+        # Every K in the program of the largest (num_active): one compilation for the sweep.
+        res = kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, k_max, init=config.init,
                          n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                         sample_weight=fit_w, chunk_size=chunk, mesh=mesh)
+                         sample_weight=fit_w, chunk_size=chunk, mesh=mesh, num_active=kk)
         inertias.append(float(res.inertia))
         logging.info("inertia sweep: K=%d inertia %.1f (%d iterations)", kk, inertias[-1],
                      int(res.n_iter))
