@@ -29,8 +29,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.start()
   from lvmjax.gmm import train  # pylint: disable=g-import-not-at-top
-  # release_programs: the model selection's programs (one per K) are freed after use, which
-  # keeps the main job's peak memory down; nothing else runs in this process.
+  # release_programs: the model selection's programs (one for every K) are freed after use and
+  # each compilation's spare memory is handed back, which keeps the main job's peak memory down;
+  # nothing else runs in this process.
   run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet,
                                release_programs=True)
   common.print_results(run.results, flags.FLAGS.workdir)

@@ -29,7 +29,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.start()
   from lvmjax.kmeans import train  # pylint: disable=g-import-not-at-top
-  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet)
+  # release_programs: compiled programs are freed once they are not run again (nothing else runs
+  # in this process), which keeps the launcher's peak memory down.
+  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet,
+                               release_programs=True)
   common.print_results(run.results, flags.FLAGS.workdir)
 
 

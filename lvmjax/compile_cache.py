@@ -97,8 +97,8 @@ def release_programs() -> bool:
 
   ``jax.clear_caches()`` drops every in-memory JAX cache (compiled programs, traced functions);
   the memory XLA used to compile them is then free but kept by the C allocator, so glibc's
-  ``malloc_trim(0)`` hands it back. For a launcher that compiles a program per shape and never
-  runs it again (the GMM model selection's one fit per K), this keeps the process's memory from
+  ``malloc_trim(0)`` hands it back. For a launcher that compiles programs it never runs again
+  (the GMM model selection's, before the final fit), this keeps the process's memory from
   growing with each compilation (the main job's peak: 679 MB -> under 600 MB, with its other
   savings). A later call of a released function recompiles it,
   or loads it from the persistent cache when that is on.

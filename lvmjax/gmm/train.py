@@ -47,7 +47,7 @@ from lvmjax import sharding
 
 SELECT_K = ("none", "bic", "aic")
 
-# The scores run as one compiled program per shape (not op by op, which compiles each of ~30
+# The scores run as one compiled program per shape (not op by op, which compiled each of ~30
 # operations per K and per split: most of the main job's compilations, time and memory).
 _log_marginal = jax.jit(gmm.log_marginal)
 _map_latent = jax.jit(gmm.map_latent)

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from lvmjax import checkpoint
+from lvmjax import compile_cache
 from lvmjax import data
 from lvmjax import distributed
 from lvmjax import experiment
@@ -59,7 +60,8 @@ def validate_config(config: Any) -> None:
     experiment.check_positive_ints({"k": k}, ["k"])
 
 
-def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False) -> KMeansRun:
+def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False,
+                     release_programs: bool = False) -> KMeansRun:
   """Runs K-means as described by ``config``; writes metrics, checkpoints and figures to workdir.
 
   Writes ``config.json``, ``metrics.jsonl`` (``step`` = iteration, ``inertia``), ``checkpoints/``,
@@ -75,6 +77,11 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     config: an ``ml_collections.ConfigDict`` like ``configs/kmeans_digits.py``'s.
     workdir: the run's directory.
     quiet: no progress display.
+    release_programs: for the launcher, where nothing else runs in the process: hand the memory
+      the compiler no longer needs back to the system after each fit
+      (:func:`lvmjax.compile_cache.return_free_memory`), and free the sweep's programs after the
+      sweep and the first block's after that block (:func:`lvmjax.compile_cache.release_programs`,
+      which empties every in-memory JAX cache of the process).
 
   Returns:
     A :class:`KMeansRun`.
@@ -119,10 +126,14 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
         res = kmeans.fit(jax.random.fold_in(sweep_key, kk), fit_x, k_max, init=config.init,
                          n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
                          sample_weight=fit_w, chunk_size=chunk, mesh=mesh, num_active=kk)
+        if release_programs:
+          compile_cache.return_free_memory()
         inertias.append(float(res.inertia))
         logging.info("inertia sweep: K=%d inertia %.1f (%d iterations)", kk, inertias[-1],
                      int(res.n_iter))
       sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
+      if release_programs:  # the sweep's programs are not run again
+        compile_cache.release_programs()
     writer = progress.MetricsWriter(workdir, enabled=primary)
     bar = progress.Progress(config.max_iter, desc=f"K-means K={k}", quiet=quiet or not primary)
     block = config.checkpoint_every
@@ -146,6 +157,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       else:
         res = kmeans.fit(fit_key, fit_x, k, init=centroids, max_iter=todo, tol=config.tol,
                          sample_weight=fit_w, chunk_size=chunk, mesh=mesh)
+      first_block = centroids is None
+      if release_programs:
+        compile_cache.return_free_memory()
       done = int(res.n_iter)
       new = [float(v) for v in np.asarray(res.inertia_history)[:done]]
       if not np.all(np.isfinite(new)):
@@ -161,6 +175,8 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       bar.update(n_iter, {"inertia": new[-1]} if new else None)
       if todo == 0:
         break
+      if release_programs and first_block and not converged and n_iter < config.max_iter:
+        compile_cache.release_programs()  # the first block's program is not run again
     bar.close()
     ckpt.wait_until_finished()
   finally:
