@@ -17,19 +17,21 @@ Public API (see the README)::
   gmm.e_step(params, x, sample_weight) -> SuffStats;  gmm.m_step(params, stats, reg_covar)
   gmm.em_step(params, x, sample_weight) -> (params, mean log-likelihood)
   gmm.num_parameters(params); gmm.bic(params, x); gmm.aic(params, x)
+  gmm.first_components(params, k)  # the k-component fit of gmm.fit(..., num_active=k)
 """
 from lvmjax.gmm.em import (FIXABLE, GMMFitResult, INITS, MissingGaussianFamily, SuffStats,
                            default_chunk_size, e_step, em_step, fit, m_step,
                            params_from_responsibilities)
 from lvmjax.gmm.missing import MISSING, impute, sample_missing
 from lvmjax.gmm.model import (COVARIANCE_TYPES, GMMParams, aic, bic, check_params, cholesky,
-                              covariance_shape, log_joint, log_marginal, map_latent,
+                              covariance_shape, first_components, log_joint, log_marginal, map_latent,
                               num_parameters, posterior, sample, sample_given)
 
 __all__ = [
     "COVARIANCE_TYPES", "FIXABLE", "GMMFitResult", "GMMParams", "INITS", "MISSING",
     "MissingGaussianFamily", "SuffStats", "aic", "bic", "check_params", "cholesky",
-    "covariance_shape", "default_chunk_size", "e_step", "em_step", "fit", "impute", "log_joint",
+    "covariance_shape", "default_chunk_size", "e_step", "em_step", "first_components", "fit",
+    "impute", "log_joint",
     "log_marginal", "m_step", "map_latent", "num_parameters", "params_from_responsibilities",
     "posterior", "sample", "sample_given", "sample_missing",
 ]

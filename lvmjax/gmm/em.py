@@ -396,6 +396,11 @@ def e_step(params: GMMParams, x: DataLike, sample_weight: WeightsLike | None = N
                         dtype=params.means.dtype)
 
 
+def _active(num_components: int, num_active: Any) -> jax.Array:
+  """(K,) bool: True for the first ``num_active`` components."""
+  return jnp.arange(num_components) < num_active
+
+
 def park_inactive(new: GMMParams, old: GMMParams, num_active: Any) -> GMMParams:
   """``new`` with components ``num_active``.. parked: weight exactly 0 (the others renormalised)
   and the means and covariances of ``old``; ``new`` itself when ``num_active`` is None.
@@ -407,7 +412,7 @@ def park_inactive(new: GMMParams, old: GMMParams, num_active: Any) -> GMMParams:
   if num_active is None:
     return new
   k = new.weights.shape[0]
-  active = jnp.arange(k) < num_active
+  active = _active(k, num_active)
   weights = jnp.where(active, new.weights, 0)
   weights = weights / jnp.sum(weights)
   means = jnp.where(active[:, None], new.means, old.means)
@@ -555,7 +560,7 @@ def _initialize(key, rows: mixture.Rows, num_components, covariance_type, init, 
   if num_active is None:
     return params_from_responsibilities(x_chunks, w_chunks, resp_fn, num_components,
                                          covariance_type, reg_covar, shard=shard)
-  active = (jnp.arange(num_components) < num_active).astype(dtype)
+  active = _active(num_components, num_active).astype(dtype)
 
   def active_resp_fn(i, xc):  # responsibilities on the active columns, rows renormalised
     r = resp_fn(i, xc) * active
@@ -692,9 +697,8 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
       may be traced: fit a mixture of k components inside the program compiled for K, so that
       one compilation serves every k (model selection over the number of components, as
       ``experiments/fit_gmm`` does). Components k.. keep weight exactly 0 and take no
-      responsibility; ``params`` holds the k-component fit in its first k components (slice
-      them off: ``jax.tree.map(lambda a: a[:k], ...)`` on weights, means and, unless "tied",
-      covariances) and placeholders after. The initialisations draw for k components
+      responsibility; ``params`` holds the k-component fit in its first k components
+      (:func:`lvmjax.gmm.first_components`) and placeholders after. The initialisations draw for k components
       (``"kmeans"`` and ``"k-means++"`` with k-means++'s ``n_local_trials`` of K, so their
       draws differ from a K=k fit's); from ``init`` parameters, whose components k.. are
       ignored, the fit equals that of their first k components up to rounding.

@@ -475,6 +475,23 @@ def sample(params: GMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   return sample_given(params, key_x, z), z
 
 
+def first_components(params: GMMParams, k: int) -> GMMParams:
+  """The mixture of the first ``k`` components of ``params`` (a tied covariance is shared), as
+  a fit with ``num_active=k`` holds it. Sliced as the leaves are: NumPy leaves are sliced on the
+  host, so calling this for each k compiles nothing. The weights are not renormalised: those of
+  a ``num_active`` fit already sum to one over its first k components.
+
+  Args:
+    params: ``GMMParams`` of K >= k components.
+    k: the number of components to keep.
+
+  Returns:
+    ``GMMParams`` of k components.
+  """
+  cov = params.covariances if params.covariance_type == "tied" else params.covariances[:k]
+  return GMMParams(params.weights[:k], params.means[:k], cov, params.covariance_type)
+
+
 def num_parameters(params: GMMParams) -> int:
   """The number of free parameters: K-1 weights, K·D means and the covariance parameters."""
   k, d = params.means.shape

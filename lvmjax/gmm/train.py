@@ -117,13 +117,6 @@ def _total_log_likelihood(params: gmm.GMMParams, x: Any) -> tuple[float, int]:
   return float(total), int(n)
 
 
-def _first_components(params: gmm.GMMParams, k: int) -> gmm.GMMParams:
-  """The first k components of (host) parameters, sliced on the host: no program per k."""
-  params = jax.device_get(params)
-  cov = params.covariances if params.covariance_type == "tied" else params.covariances[:k]
-  return gmm.GMMParams(params.weights[:k], params.means[:k], cov, params.covariance_type)
-
-
 def _scores(params: gmm.GMMParams, x: Any, num_active: int | None = None) -> dict:
   """Mean log-likelihood, BIC and AIC over the rows of every process (``x``: this process's).
 
@@ -132,8 +125,8 @@ def _scores(params: gmm.GMMParams, x: Any, num_active: int | None = None) -> dic
   program compiled for all of them.
   """
   total, n = _total_log_likelihood(params, x)
-  p = gmm.num_parameters(params if num_active is None else
-                         _first_components(params, num_active))
+  p = gmm.num_parameters(params if num_active is None else  # sliced on the host: no program
+                         gmm.first_components(jax.device_get(params), num_active))
   return {"log_likelihood": total / n, "bic": -2.0 * total + p * math.log(n),
           "aic": -2.0 * total + 2.0 * p, "num_points": n}
 
@@ -341,6 +334,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     # iterations and stopping rule as one uninterrupted fit. The first block initialises (with
     # n_init restarts); the later ones compile once for all blocks of the same length.
     while result is None or (not converged and n_iter < config.max_iter):
+      first_block = result is None  # initialises: a program no later block runs
       result = gmm.fit(fit_key, fit_x, k, config.covariance_type,
                        init=config.init if result is None else result, n_init=config.n_init,
                        max_iter=min(n_iter + block, config.max_iter), tol=config.tol,
@@ -366,7 +360,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       history += new
       save(params, result.lower_bound, n_iter, converged, history)
       bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
-      if release_programs and n_iter == done and not converged and n_iter < config.max_iter:
+      if release_programs and first_block and not converged and n_iter < config.max_iter:
         # The first block's program (initialisation and iterations) is not run again; the
         # continuing blocks compile their own: free it first (the launcher's peak memory).
         compile_cache.release_programs()
