@@ -9,6 +9,7 @@ Example:
 """
 from lvmjax.kmeans import minibatch  # mini-batch K-means (Sculley 2010) over a stream
 from lvmjax.kmeans import sharded  # old path of the mesh fit (now kmeans.fit / fit_local)
+from lvmjax.kmeans.kmeans import ALGORITHMS
 from lvmjax.kmeans.kmeans import INIT_METHODS
 from lvmjax.kmeans.kmeans import KMeansResult
 from lvmjax.kmeans.kmeans import assign
@@ -19,10 +20,12 @@ from lvmjax.kmeans.kmeans import inertia
 from lvmjax.kmeans.kmeans import kmeans_plusplus
 from lvmjax.kmeans.kmeans import predict
 from lvmjax.kmeans.kmeans import random_init
+from lvmjax.kmeans.kmeans import resolve_algorithm
 from lvmjax.kmeans.kmeans import squared_distances
 from lvmjax.kmeans.kmeans import update_centroids
 
 __all__ = [
+    "ALGORITHMS",
     "INIT_METHODS",
     "KMeansResult",
     "assign",
@@ -34,6 +37,7 @@ __all__ = [
     "minibatch",
     "predict",
     "random_init",
+    "resolve_algorithm",
     "squared_distances",
     "update_centroids",
 ]

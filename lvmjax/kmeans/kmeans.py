@@ -46,6 +46,7 @@ from lvmjax.sharding import Shard
 from lvmjax.types import Array, Centroids, DataLike, Float, Key, Labels, Scalar, WeightsLike
 
 INIT_METHODS = ("k-means++", "random")
+ALGORITHMS = ("auto", "lloyd", "hamerly")
 
 # Distances are differences of large numbers, so the matrix products must not drop to bfloat16 /
 # TF32 on accelerators.
@@ -213,7 +214,7 @@ def assign(x: DataLike, centroids: ArrayLike, *,
     chunk_size: rows per block: the blocks run in sequence with `lax.map`, so memory is
       O(chunk_size * K) instead of O(N * K). None picks a size (on CPU about 2^18 / K rows,
       which keeps a block in cache and is faster than one large block; elsewhere 2^27 / K).
-      Blocks do not change the result.
+      Blocks change the result only by rounding (a point within rounding of two centroids).
 
   Returns:
     ``(labels, min_sq_dist)``: (N,) int32 labels and (N,) squared distance to the chosen
@@ -274,6 +275,14 @@ def _take_rows(c: jax.Array, labels: jax.Array) -> jax.Array:
   return out
 
 
+def _run_if(pred: jax.Array, fn: Any, carry: Any) -> Any:
+  """``fn(carry)`` if ``pred`` else ``carry``. A while loop that runs at most once rather than a
+  ``cond``: under ``vmap`` a ``cond`` runs both branches for every member, this runs ``fn`` only
+  when some member's ``pred`` holds."""
+  return lax.while_loop(lambda s: s[0], lambda s: (jnp.bool_(False), fn(s[1])),
+                        (pred, carry))[1]
+
+
 def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Array,
                     old_centroids: jax.Array, sums: jax.Array, weights: jax.Array,
                     shard: Shard | None = None,
@@ -318,13 +327,8 @@ def _relocate_empty(x: jax.Array, w: jax.Array, labels: jax.Array, valid: jax.Ar
     sums, weights, _ = lax.fori_loop(0, num_empty, body, (sums, weights, dist))
     return sums, weights
 
-  # At most once, when a cluster is empty: a while loop rather than a cond, because under vmap
-  # a cond runs both branches for every member at every Lloyd iteration, while this loop runs
-  # the relocation only in the (rare) iterations where some member has an empty cluster.
-  sums, weights, _ = lax.while_loop(lambda s: ~s[2] & jnp.any(is_empty(s[1])),
-                                    lambda s: (*relocate(s[:2]), jnp.bool_(True)),
-                                    (sums, weights, jnp.bool_(False)))
-  return sums, weights
+  # Only in the (rare) iterations where some member of a vmap has an empty cluster.
+  return _run_if(jnp.any(is_empty(weights)), relocate, (sums, weights))
 
 
 def _average(sums: jax.Array, weights: jax.Array) -> jax.Array:
@@ -585,6 +589,27 @@ class _Data(NamedTuple):
   valid: jax.Array  # (N_pad,) bool
 
 
+def resolve_algorithm(algorithm: str, num_clusters: int, num_points: int) -> str:
+  """The assignment algorithm `fit` runs for ``algorithm``, K clusters and N points.
+
+  ``"auto"`` is ``"hamerly"`` on CPU for K > 8 and N * K >= 2^20 (there the distance products
+  are the cost of an iteration, and the bounds skip most of them once the fit settles), and
+  ``"lloyd"`` otherwise: few clusters are compared elementwise, small problems cost little
+  either way (and compile a smaller program), and an accelerator computes every distance faster
+  than it packs the rows left to assign. Other values are returned as they are.
+
+  Examples:
+    >>> resolve_algorithm("lloyd", 64, 10**6)
+    'lloyd'
+    >>> resolve_algorithm("auto", 3, 10**6)
+    'lloyd'
+  """
+  if algorithm != "auto":
+    return algorithm
+  large = num_clusters > _SMALL_K and num_points * num_clusters >= 2**20
+  return "hamerly" if large and jax.default_backend() == "cpu" else "lloyd"
+
+
 def _active_mask(num_clusters: int, num_active: Any) -> jax.Array | None:
   """(K,) bool, True for the first ``num_active`` clusters; None when all K are active."""
   if num_active is None:
@@ -622,16 +647,148 @@ def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int,
   return labels, min_d, sums, weights
 
 
+def _two_closest(x: jax.Array, x_sq: jax.Array, c: jax.Array,
+                 c_sq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Labels, and the distances (not squared) to the closest and the second closest centroid,
+  of one block of rows. The labels are `_assign_block`'s (first index on ties); the distances
+  come from the same matrix-product expansion, clamped at 0 (the second is inf for K = 1)."""
+  k = c.shape[0]
+  partial = c_sq[:, None] - 2 * _cross(c, x)  # (K, rows), as _assign_block's many-cluster path
+  first = jnp.min(partial, axis=0)
+  index = jnp.arange(k, dtype=jnp.int32)[:, None]
+  labels = jnp.min(jnp.where(partial == first[None, :], index, k), axis=0)
+  second = jnp.min(jnp.where(index == labels[None, :], jnp.inf, partial), axis=0)
+  return (labels, jnp.sqrt(jnp.maximum(first + x_sq, 0)),
+          jnp.sqrt(jnp.maximum(second + x_sq, 0)))
+
+
+class _Bounds(NamedTuple):
+  """Hamerly's bounds (in distances, not squared), per row: ``upper`` >= the distance to the
+  row's centroid, ``lower`` <= the distance to every other centroid."""
+  upper: jax.Array  # (N_pad,)
+  lower: jax.Array  # (N_pad,)
+
+
+def _margin(data: _Data, c: jax.Array, active: jax.Array | None) -> jax.Array:
+  r"""(N_pad,) the gap ``lower - upper`` above which a row's label is certainly the one the
+  matrix-product assignment (`_assign_block`) would give it.
+
+  A squared distance by the expansion :math:`\lVert x
+Vert^2 - 2 x^	op c + \lVert c
+Vert^2`
+  is off by at most :math:`E = (D + 3)\,\epsilon\,(\lVert x
+Vert + \max_k\lVert c_k
+Vert)^2`
+  (the dot product's and the sums' rounding, :math:`\epsilon` the dtype's). The bounds come from
+  such distances, so each may be off by :math:`\sqrt E`, and two expanded squared distances
+  whose true values differ by more than :math:`2E` compare as the true ones do; a gap between
+  the true distances above :math:`\sqrt{2E}` gives that. So a gap of
+  :math:`(2 + \sqrt 2)\sqrt E` between the bounds keeps a row's label exactly as Lloyd's
+  assignment would set it; the factor 1.01 covers the rounding of this margin itself.
+  """
+  eps = jnp.finfo(data.x.dtype).eps
+  norms = jnp.sqrt(_sq_norms(c))
+  if active is not None:
+    norms = jnp.where(active, norms, 0)
+  coef = (2 + math.sqrt(2)) * jnp.sqrt((data.x.shape[1] + 3) * eps * 1.01)
+  return coef * (jnp.sqrt(data.x_sq) + jnp.max(norms))
+
+
+def _half_gaps(c: jax.Array, active: jax.Array | None) -> jax.Array:
+  """(K,) half the distance from each centroid to its closest other (active) centroid, rounded
+  down; inf where there is none."""
+  k = c.shape[0]
+  d = jnp.sqrt(_sq_norms(c[:, None, :] - c[None, :, :]))  # (K, K), direct differences
+  other = ~jnp.eye(k, dtype=bool)
+  if active is not None:
+    other = other & active[None, :]
+  eps = jnp.finfo(c.dtype).eps
+  return 0.5 * jnp.min(jnp.where(other, d, jnp.inf), axis=1) * (1 - 4 * (c.shape[1] + 2) * eps)
+
+
+def _assign_pruned(data: _Data, c: jax.Array, c_sq: jax.Array, labels: jax.Array,
+                   bounds: _Bounds, need: jax.Array, block: int
+                   ) -> tuple[jax.Array, _Bounds]:
+  """The assignment step for the rows marked ``need`` only (Hamerly's algorithm).
+
+  The rows to assign are taken in order, ``block`` at a time, as many blocks as there are such
+  rows: block j holds the rows of rank j * block + 1 ... (the rank of a row is the running count
+  of ``need``; a binary search over the ranks finds the rows, so a block costs O(block log N)
+  and no pass over all N rows). Each block's labels and distances go to a packed buffer, and
+  every assigned row reads its own back by its rank: gathers only, no scatter. The other rows
+  keep their labels and bounds.
+  """
+  n_pad = data.x.shape[0]
+  rank = jnp.cumsum(need, dtype=jnp.int32)
+  num_blocks = (rank[-1] + block - 1) // block
+  offsets = jnp.arange(1, block + 1, dtype=jnp.int32)
+  packed = (jnp.zeros((n_pad,), jnp.int32), jnp.zeros((n_pad,), data.x.dtype),
+            jnp.zeros((n_pad,), data.x.dtype))
+
+  def body(j, packed):
+    ids = jnp.searchsorted(rank, j * block + offsets, side="left")  # past the last: n_pad
+    ids = jnp.minimum(ids, n_pad - 1)
+    rows = data.x.at[ids].get(mode="promise_in_bounds")
+    rows_sq = data.x_sq.at[ids].get(mode="promise_in_bounds")
+    out = _two_closest(rows, rows_sq, c, c_sq)
+    return tuple(lax.dynamic_update_slice_in_dim(p, o, j * block, 0)
+                 for p, o in zip(packed, out))
+
+  new_labels, upper, lower = lax.fori_loop(0, num_blocks, body, packed)
+  at = jnp.maximum(rank - 1, 0)
+  pick = lambda new, old: jnp.where(need, new.at[at].get(mode="promise_in_bounds"), old)
+  return pick(new_labels, labels), _Bounds(pick(upper, bounds.upper), pick(lower, bounds.lower))
+
+
+def _needs_distances(data: _Data, c: jax.Array, labels: jax.Array, bounds: _Bounds,
+                     active: jax.Array | None) -> jax.Array:
+  """(N_pad,) bool: the rows whose label the bounds do not settle (Hamerly's two tests: the
+  gap to the second closest centroid, and half the gap between the row's centroid and its
+  closest other centroid), and every row before the first assignment (``labels == -1``)."""
+  margin = _margin(data, c, active)
+  half = _half_gaps(c, active)[jnp.maximum(labels, 0)]
+  settled = jnp.maximum(bounds.lower - bounds.upper, 2 * (half - bounds.upper)) > margin
+  return ~settled | (labels < 0)
+
+
+def _move_bounds(bounds: _Bounds, labels: jax.Array, c_old: jax.Array,
+                 c_new: jax.Array) -> _Bounds:
+  """Hamerly's update of the bounds after the centroids move: the upper bound grows by the move
+  of the row's centroid, the lower bound shrinks by the largest move of another centroid.
+  Rounded outwards, so that float rounding never makes a bound wrong."""
+  eps = jnp.finfo(c_old.dtype).eps
+  move = jnp.sqrt(_sq_norms(c_new - c_old)) * (1 + 4 * (c_old.shape[1] + 2) * eps)
+  top = jnp.argmax(move)
+  largest = move[top]
+  runner_up = jnp.max(jnp.where(jnp.arange(move.shape[0]) == top, 0, move))
+  other = jnp.where(labels == top, runner_up, largest)
+  upper = (bounds.upper + move[jnp.maximum(labels, 0)]) * (1 + 2 * eps)
+  lower = bounds.lower - other
+  lower = jnp.where(jnp.isfinite(lower), lower - 2 * eps * (jnp.abs(lower) + other), lower)
+  return _Bounds(upper, lower)
+
+
+# Above this fraction of rows left to assign, Hamerly's step assigns every row (`_lloyd`).
+_DENSE_FRACTION = 0.5
+
+
+def _segment_sums_sq(data: _Data, labels: jax.Array, num_clusters: int):
+  """`_segment_sums` and Σ_{z_i=k} w_i ||x_i||^2 (K,), for the inertia from the sums."""
+  sums, weights = _segment_sums(data.xw, data.w, labels, num_clusters)
+  return sums, weights, jax.ops.segment_sum(data.w * data.x_sq, labels, num_clusters)
+
+
 class _LloydState(NamedTuple):
   """The iterate of Lloyd's fixed-point loop."""
   centroids: jax.Array  # (K, D)
   labels: jax.Array  # (N_pad,) labels of the last assignment (-1 before the first)
   strict: jax.Array  # bool: the last assignment changed no label
+  bounds: _Bounds | None = None  # Hamerly's bounds for ``centroids`` (algorithm "hamerly")
 
 
 def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_clusters: int,
            max_iter: int, num_chunks: int, shard: Shard | None = None,
-           active: jax.Array | None = None) -> KMeansResult:
+           active: jax.Array | None = None, algorithm: str = "lloyd") -> KMeansResult:
   """One run of Lloyd's algorithm, as scikit-learn's ``_kmeans_single_lloyd``.
 
   The loop is :func:`lvmjax.fixed_point.fixed_point` with a step that reports its own
@@ -639,29 +796,71 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
   With rows split over devices (``shard``) every total over rows is a ``psum`` and the
   relocation of empty clusters is collective; on one device (``shard=None``) both are local.
   Clusters outside ``active`` (a (K,) mask) take no points and keep their centroids.
+
+  ``algorithm="hamerly"`` computes the same iterates with fewer distances: each row carries
+  Hamerly's (2010) bounds on its distance to its centroid and to the others, moved by the
+  centroids' shifts each iteration, and only the rows the bounds do not settle (with a margin
+  for the rounding of the matrix-product distances, `_margin`) are assigned again. The inertia
+  of each iteration then comes from the per-cluster sums (Σ w ||x||^2 - 2 c·Σ w x +
+  Σ w ||c||^2) instead of the per-row distances.
   """
   n_pad = data.x.shape[0]
+  pruned = algorithm == "hamerly"
+  block = n_pad // num_chunks
+  c_sq_of = lambda c: _sq_norms(c) if active is None else jnp.where(active, _sq_norms(c), jnp.inf)
+
+  def assign_pruned(c, labels, bounds):
+    need = _needs_distances(data, c, labels, bounds, active)
+    c_sq = c_sq_of(c)
+    # Packing rows costs more than the distances it saves when most rows need them: then all
+    # rows are assigned in contiguous blocks (as Lloyd's step, keeping the second distance).
+    dense = jnp.sum(need, dtype=jnp.int32) > _DENSE_FRACTION * n_pad
+
+    def assign_all(carry):
+      xs, sqs = data.x.reshape(num_chunks, block, -1), data.x_sq.reshape(num_chunks, block)
+      out = lax.map(lambda a: _two_closest(a[0], a[1], c, c_sq), (xs, sqs))
+      labels, upper, lower = (o.reshape(-1) for o in out)
+      return labels, _Bounds(upper, lower)
+
+    labels, bounds = _run_if(dense, assign_all, (labels, bounds))
+    return _run_if(~dense, lambda carry: _assign_pruned(data, c, c_sq, *carry, need, block),
+                   (labels, bounds))
 
   def step(state: _LloydState):
     c, labels_old = state.centroids, state.labels
-    labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks, active)
-    sums, weights = sharding.psum((sums, weights), shard)
+    if pruned:
+      labels, bounds = assign_pruned(c, labels_old, state.bounds)
+      sums, weights, sq = _segment_sums_sq(data, labels, num_clusters)
+      sums, weights, sq = sharding.psum((sums, weights, sq), shard)
+      # Inertia of these labels against c from the sums (clusters of weight 0 add 0).
+      value = jnp.sum(jnp.maximum(sq - 2 * jnp.sum(c * sums, axis=1) + weights * _sq_norms(c),
+                                  0))
+    else:
+      labels, min_d, sums, weights = _e_and_sums(data, c, num_clusters, num_chunks, active)
+      sums, weights = sharding.psum((sums, weights), shard)
+      value = sharding.psum(jnp.sum(data.w * min_d), shard)
     sums, weights = _relocate_empty(data.x, data.w, labels, data.valid, c, sums, weights, shard,
                                     active)
     c_new = _average(sums, weights)
     if active is not None:
       c_new = jnp.where(active[:, None], c_new, c)
-    value = sharding.psum(jnp.sum(data.w * min_d), shard)
     strict = sharding.psum(jnp.sum((labels != labels_old) & data.valid), shard) == 0
     shift = jnp.sum((c_new - c) ** 2)
-    return _LloydState(c_new, labels, strict), value, strict | (shift <= tol_abs)
+    bounds = _move_bounds(bounds, labels, c, c_new) if pruned else None
+    return _LloydState(c_new, labels, strict, bounds), value, strict | (shift <= tol_abs)
 
-  init = _LloydState(centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False))
+  bounds = None
+  if pruned:
+    bounds = _Bounds(jnp.full((n_pad,), jnp.inf, data.x.dtype), jnp.zeros((n_pad,), data.x.dtype))
+  init = _LloydState(centroids, jnp.full((n_pad,), -1, jnp.int32), jnp.bool_(False), bounds)
   out = fixed_point.fixed_point(step, init, tol=tol_abs, max_iter=max_iter, dtype=data.x.dtype)
-  c, labels, strict = out.iterate
+  c, labels, strict, bounds = out.iterate
   # Unless the labels were already stable, re-assign so that labels match the final centroids.
-  labels = lax.cond(strict, lambda: labels,
-                    lambda: _assign_chunks(data, c, num_chunks, active)[0])
+  if pruned:
+    final = lambda: assign_pruned(c, labels, bounds)[0]
+  else:
+    final = lambda: _assign_chunks(data, c, num_chunks, active)[0]
+  labels = lax.cond(strict, lambda: labels, final)
   value = sharding.psum(_direct_inertia(data.x, data.w, c, labels), shard)
   return KMeansResult(c, labels, value, out.n_iter, out.converged, out.history)
 
@@ -670,7 +869,7 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
               init_centroids: jax.Array | None, tol: ArrayLike, shard: Shard | None = None, *,
               num_clusters: int, init_kind: str, n_init: int, max_iter: int,
               chunk_size: int | None = None, unit_weights: bool = False,
-              num_active: ArrayLike | None = None) -> KMeansResult:
+              num_active: ArrayLike | None = None, algorithm: str = "auto") -> KMeansResult:
   r"""The whole K-means fit on a block of rows: one device, or one device's rows of a mesh.
 
   `fit` runs it under ``jit`` (``shard=None``) or inside ``shard_map`` (a
@@ -696,6 +895,7 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
     unit_weights: ``w`` is 1 on every row that ``valid`` marks (a mesh's padding weights of an
       unweighted fit), so the weighted rows are the centred rows themselves: no copy is made.
     num_active: None, or k <= K (traced): fit k clusters in this K-cluster program (`fit`).
+    algorithm: "lloyd", "hamerly" or "auto" (`fit`); the same iterates.
 
   Returns:
     A `KMeansResult` with replicated centroids and statistics and the (n,) labels of these rows.
@@ -721,6 +921,8 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
   valid_pad = jnp.arange(n_pad) < n if valid is None else _pad_rows(valid, n_pad)
   data = _Data(x_pad, _sq_norms(x_pad), w_pad, xw, valid_pad)
   active = _active_mask(num_clusters, num_active)
+  algorithm = resolve_algorithm(algorithm, num_clusters,
+                                n if shard is None else shard.layout.num_points)
 
   def one(k):
     if init_kind == "array":
@@ -731,7 +933,7 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
     else:  # the first k of K draws without replacement are k draws without replacement
       c0, _ = random_init(k, xc, num_clusters, w, valid=valid, shard=shard)
     return _lloyd(data, c0, tol_abs, num_clusters=num_clusters, max_iter=max_iter,
-                  num_chunks=num_chunks, shard=shard, active=active)
+                  num_chunks=num_chunks, shard=shard, active=active, algorithm=algorithm)
 
   if n_init == 1:
     result = one(key)
@@ -742,21 +944,22 @@ def fit_local(key: Key, x: jax.Array, w: jax.Array | None, valid: jax.Array | No
   return result._replace(centroids=result.centroids + mean[None, :], labels=result.labels[:n])
 
 
-_STATIC = ("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size")
+_STATIC = ("num_clusters", "init_kind", "n_init", "max_iter", "chunk_size", "algorithm")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _fit_jit(key, x, w, init_centroids, tol, num_active, *, num_clusters, init_kind, n_init,
-             max_iter, chunk_size):
+             max_iter, chunk_size, algorithm):
   return fit_local(key, x, w, None, init_centroids, tol, None, num_clusters=num_clusters,
                    init_kind=init_kind, n_init=n_init, max_iter=max_iter, chunk_size=chunk_size,
-                   num_active=num_active)
+                   num_active=num_active, algorithm=algorithm)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "axis_name", "layout",
                                                    "unit_weights"))
 def _fit_sharded_jit(key, x, w, init_centroids, tol, num_active, *, num_clusters, init_kind,
-                     n_init, max_iter, chunk_size, mesh, axis_name, layout, unit_weights):
+                     n_init, max_iter, chunk_size, algorithm, mesh, axis_name, layout,
+                     unit_weights):
   shard = Shard(axis_name, layout)
   spec = P(axis_name)
 
@@ -764,7 +967,8 @@ def _fit_sharded_jit(key, x, w, init_centroids, tol, num_active, *, num_clusters
     _, valid = sharding.local_rows(axis_name, layout, x.shape[0])
     return fit_local(key, x, w, valid, init_centroids, tol, shard, num_clusters=num_clusters,
                      init_kind=init_kind, n_init=n_init, max_iter=max_iter,
-                     chunk_size=chunk_size, unit_weights=unit_weights, num_active=num_active)
+                     chunk_size=chunk_size, unit_weights=unit_weights, num_active=num_active,
+                     algorithm=algorithm)
 
   out_specs = KMeansResult(P(), spec, P(), P(), P(), P())
   r = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, P(), P(), P()),
@@ -830,7 +1034,7 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
         n_init: int = 1, max_iter: int = 300, tol: float = 1e-4,
         sample_weight: WeightsLike | None = None, *, chunk_size: int | None = None,
         mesh: jax.sharding.Mesh | None = None, axis_name: str | None = None,
-        num_active: int | ArrayLike | None = None) -> KMeansResult:
+        num_active: int | ArrayLike | None = None, algorithm: str = "auto") -> KMeansResult:
   r"""K-means by Lloyd's algorithm, as scikit-learn's ``KMeans(algorithm="lloyd")``.
 
   Minimises :math:`J = \sum_i w_i \lVert x_i - c_{z_i}\rVert^2`. Each iteration assigns every
@@ -883,6 +1087,18 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
       fit and the later rows keep their initial values (placeholders). The seeding draws the first k centres of K
       (k-means++ with ``n_local_trials`` of K, so its draws differ from a K=k fit's); from an
       array ``init`` (whose rows k.. are ignored) the fit equals that of ``init[:k]``.
+    algorithm: how the assignment step finds the closest centroids; every choice runs Lloyd's
+      iterations (the same labels, centroids and ``n_iter``, up to float rounding: a point
+      whose two closest centroids are within rounding of each other may go either way, as it
+      may in Lloyd's own step with another ``chunk_size``). ``"lloyd"``: every distance, every
+      iteration, by matrix products. ``"hamerly"`` (Hamerly 2010, "Making k-means even
+      faster"): each point keeps an upper bound on the distance to its centroid and a lower
+      bound on the distance to every other, moved by the centroids' shifts, and only the points
+      whose bounds do not settle their label (with a margin that covers the rounding of the
+      distances) are assigned again, a fraction that falls as the fit settles; the inertia
+      history is then computed from the clusters' sums, which rounds differently (float32:
+      about 1e-6 relative). ``"auto"`` (`resolve_algorithm`): "hamerly" on CPU for K > 8 and
+      N * K >= 2^20, else "lloyd".
 
   Returns:
     A `KMeansResult`.
@@ -890,7 +1106,8 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   Raises:
     ValueError: for non-finite or non-2-D ``x``, ``num_clusters`` < 1 or > N, ``n_init`` < 1,
       ``max_iter`` < 0, ``tol`` < 0, an unknown ``init``, an ``init`` array not of shape (K, D)
-      or not finite, a bad ``sample_weight`` or ``chunk_size``, ``num_active`` not in [1, K].
+      or not finite, a bad ``sample_weight`` or ``chunk_size``, ``num_active`` not in [1, K], an
+      unknown ``algorithm``.
 
   Examples:
     >>> x = jnp.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
@@ -906,10 +1123,13 @@ def fit(key: Key, x: DataLike, num_clusters: int, init: str | ArrayLike = "k-mea
   num_clusters, n_init, max_iter, tol, chunk_size, init_kind = _check_fit_args(
       n, dim, num_clusters, init, n_init, max_iter, tol, chunk_size, stacklevel=3)
   num_active = _checks.check_num_active(num_active, num_clusters, "num_clusters")
+  algorithm = resolve_algorithm(_checks.check_choice(algorithm, "algorithm", ALGORITHMS),
+                                num_clusters, n)
   if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
     placement = sharding.auto_placement(x, num_clusters)
   dtype = _float_dtype(x)
-  static = dict(num_clusters=num_clusters, init_kind=init_kind, n_init=n_init, max_iter=max_iter)
+  static = dict(num_clusters=num_clusters, init_kind=init_kind, n_init=n_init, max_iter=max_iter,
+                algorithm=algorithm)
   if placement is not None:
     # Rows split over the devices of a mesh: each Lloyd iteration adds the devices' statistics.
     mesh, axis_name = placement

@@ -96,8 +96,8 @@ def place_rows(x: Any, sample_weight: Any, dtype: Any, mesh: Mesh, axis_name: st
         f"x is spread over several processes but not row-sharded over the mesh axis "
         f"{axis_name!r} with a row count divisible by {shards}; build it with "
         "lvmjax.sharding.rows_from_processes.")
-  x = x if isinstance(x, jax.Array) else np.asarray(x)
-  x, w = shard_rows(x.astype(dtype), mesh,
+  x = x.astype(dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype)  # no copy if same
+  x, w = shard_rows(x, mesh,
                     None if sample_weight is None else np.asarray(sample_weight, dtype),
                     axis_name=axis_name, multiple=multiple)
   return x, w.astype(dtype), layout_for(n, shards, multiple)

@@ -76,9 +76,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     restarts), so more restarts never end worse. The seeds are drawn on X in float32, so that
     float32 and float64 X get the same seeds (as in scikit-learn). From an ``init`` array both
     libraries give the same fit. The restarts run one after another, each one compiled call.
-  * ``algorithm="elkan"`` gives the same result as "lloyd", as in scikit-learn, and is computed by
-    the same Lloyd iterations (Elkan's algorithm reaches the same centroids; it only skips
-    distance computations, which pays on one CPU core but not for the matrix products here).
+  * ``algorithm="elkan"`` gives the same result as "lloyd", as in scikit-learn: both run
+    ``lvmjax.kmeans.fit``'s default, Lloyd's iterations with Hamerly's bounds skipping distances
+    on a CPU for large problems (``algorithm="auto"``; Elkan's and Hamerly's algorithms reach
+    the same centroids as Lloyd's).
   * Sparse X (SciPy CSR, e.g. tf-idf vectors) is accepted: a fit densifies it on the device (it
     refuses, naming the fix, above ``2**30`` entries), predict-like methods densify it in blocks
     of rows. The result equals that of the dense X.
