@@ -8,11 +8,14 @@ Command (from the repository root)::
 Fits a 10-component full-covariance mixture by EM on the 1500 training digits (64 pixels scaled to
 [0, 1]), after scoring K = 1, 2, 4, ..., 16 by BIC and AIC, and evaluates on the 297 test digits.
 
-Expected result (measured on 2 shared CPU cores): about 15 s wall-clock with an empty compilation
-cache and 8 s with a warm one, mostly compiling: every K of the model selection runs in the
-program of the largest K (``gmm.fit``'s ``num_active``), then the final fit compiles its own;
-peak memory 550-600 MiB cold, about 340 MiB warm. EM converges in under 10 iterations; mean test log-likelihood about 65 nats per digit (train about 74: full covariances
-overfit 1500 points); the MAP components agree with the digit classes at ARI about 0.65-0.69;
+Expected result (measured on 2 CPU cores): about 13 s wall-clock with an empty compilation
+cache and 7 s with a warm one, mostly compiling: every K of the model selection runs in the
+program of the largest K (``gmm.fit``'s ``num_active``; the initialisation and EM compile as two
+programs, one after the other), and the final fit of ``num_components`` (10, one of
+``k_values``) is the selection's fit of K=10, so nothing is compiled for it; peak memory about
+500 MiB cold, about 340 MiB warm. EM converges in under 10 iterations; mean test
+log-likelihood about 64 nats per digit (train about 73: full covariances overfit 1500 points);
+the MAP components agree with the digit classes at ARI about 0.56-0.59;
 BIC picks K=2 and AIC K=8 (BIC's log N penalty on 2145 parameters per component is heavy).
 Leaves config.json, metrics.jsonl, results.json,
 model_selection.json, checkpoints/, gmm_components.png (PCA scatter with each component's 1- and

@@ -422,6 +422,10 @@ def park_inactive(new: GMMParams, old: GMMParams, num_active: Any) -> GMMParams:
   return GMMParams(weights, means, cov, new.covariance_type)
 
 
+# Given parameters parked at fit's door: one small program, not one per array operation.
+_park_given = jax.jit(lambda params, num_active: park_inactive(params, params, num_active))
+
+
 def _repair_positive_definite(cov: jax.Array) -> jax.Array:
   """Adds a jitter of 100·eps·mean(diag) to the matrices whose Cholesky factorisation failed
   because float rounding left them indefinite (e.g. float32 data with exactly duplicated points).
@@ -751,7 +755,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
     model.check_init(init, d, num_components, covariance_type)
     init_kind = "params"
     if num_active is not None:
-      init = park_inactive(init, init, num_active)
+      init = _park_given(init, num_active)
   else:
     if not isinstance(init, str) or init not in INITS:
       raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}, "

@@ -6,6 +6,9 @@ notebooks call. The config fields are those of ``configs/gmm_digits.py``.
 
 EM runs in blocks of ``config.checkpoint_every`` iterations with an Orbax checkpoint of the
 parameters after each block, so a long fit (large N) that is killed resumes from its last block.
+When the model selection (``config.k_values``) has fitted the final K, with the same data and
+settings, that fit is the result (recorded and checkpointed as one block) instead of a second
+fit: the launcher then compiles one EM program in all.
 Every block is one call of :func:`lvmjax.gmm.fit`: the first with the configured initialisation
 and restarts, the later ones with ``init=`` the previous block's ``GMMFitResult`` (restored from
 the checkpoint after a restart), which continues its history, iteration count and stopping rule
@@ -25,6 +28,7 @@ one process). Only process 0 writes files; its figures show its own rows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -158,6 +162,36 @@ def _finite_params(params: gmm.GMMParams) -> bool:
   return all(bool(np.all(np.isfinite(a))) for a in jax.tree.leaves(jax.device_get(params)))
 
 
+def _selection_fit(config: Any, key: jax.Array, fit_data: tuple[jax.Array, jax.Array | None],
+                   k: int, release_programs: bool = False) -> gmm.GMMFitResult:
+  """The model selection's fit of K=k: in the program of the largest K of ``config.k_values``,
+  with the components past k inactive, from the key ``fold_in(key, k)``.
+
+  With one restart, the initialisation (``max_iter=0``, which compiles no EM iteration) and EM
+  (from its parameters) run as two programs: compiling them one after the other, with the
+  compiler's spare memory handed back in between (``release_programs``), peaks at the larger of
+  the two instead of their sum (the launcher's peak memory). The fit equals the one-call fit up
+  to rounding (the data shift is applied to the initial parameters and taken back).
+  """
+  fx, fw = fit_data
+  fit = functools.partial(gmm.fit, jax.random.fold_in(key, k), fx, max(config.k_values),
+                          config.covariance_type, tol=config.tol, reg_covar=config.reg_covar,
+                          chunk_size=config.chunk_size or None, sample_weight=fw,
+                          check_finite=False, num_active=k)
+  if config.n_init > 1:  # the restarts are compared after EM: one program
+    return fit(init=config.init, n_init=config.n_init, max_iter=config.max_iter)
+  start = fit(init=config.init, max_iter=0).params
+  if release_programs:
+    compile_cache.return_free_memory()
+  return fit(init=start, max_iter=config.max_iter)
+
+
+def _first_components_fit(result: gmm.GMMFitResult, k: int) -> gmm.GMMFitResult:
+  """A ``num_active=k`` fit as the fit of its k components, on the host."""
+  result = jax.device_get(result)
+  return result._replace(params=_on_host(gmm.first_components(result.params, k)))
+
+
 def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
                           x_test: jax.Array | None = None, *,
                           fit_data: tuple[jax.Array, jax.Array | None] | None = None,
@@ -182,6 +216,14 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
     "test_log_likelihood": [...] (when x_test is given), "n_iter": [...], "best_bic": K,
     "best_aic": K}``.
   """
+  return _select(config, x, key, workdir, x_test, fit_data=fit_data,
+                 release_programs=release_programs)[0]
+
+
+def _select(config, x, key, workdir, x_test=None, *, fit_data=None, release_programs=False):
+  """`select_num_components`'s table, and the fits it ran: ``{K: GMMFitResult}`` of the first K
+  components, on the host (the Ks restored from ``model_selection.json`` are not refitted, so
+  they are missing)."""
   path = workdir / "model_selection.json"
   done = {}
   if path.exists():
@@ -196,19 +238,17 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   k_max = max(config.k_values)
   if k_max > n:
     raise ValueError(f"config.k_values has K={k_max} but the training data has only {n} points.")
-  rows = []
+  rows, fits = [], {}
   for k in config.k_values:
     if k in done:
       rows.append(done[k])
       continue
-    fx, fw = fit_data if fit_data is not None else (x, None)
-    res = gmm.fit(jax.random.fold_in(key, k), fx, k_max, config.covariance_type, init=config.init,
-                  n_init=config.n_init, max_iter=config.max_iter, tol=config.tol,
-                  reg_covar=config.reg_covar, chunk_size=config.chunk_size or None,
-                  sample_weight=fw, check_finite=False, num_active=k)
+    res = _selection_fit(config, key, fit_data if fit_data is not None else (x, None), k,
+                         release_programs)
     if release_programs:  # what compiling the fit took and no longer needs, before the scores
       compile_cache.return_free_memory()
     params = _on_host(res.params)
+    fits[k] = _first_components_fit(res, k)
     if not _finite_params(params):
       raise ValueError(
           f"Model selection: the fit with K={k} components has non-finite parameters (a "
@@ -237,7 +277,7 @@ def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pa
   table["best_aic"] = int(table["k"][int(np.argmin(table["aic"]))])
   if primary:
     experiment.write_results(workdir, table, "model_selection.json")
-  return table
+  return table, fits
 
 
 def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = False,
@@ -294,11 +334,10 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     meta = experiment.check_resumable(ckpt, config, workdir)
     if primary:
       progress.write_config_json(workdir, config)
-    selection = None
+    selection, fits = None, {}
     if config.k_values:
-      selection = select_num_components(config, x, selection_key, workdir, x_test,
-                                        fit_data=(fit_x, fit_w),
-                                        release_programs=release_programs)
+      selection, fits = _select(config, x, selection_key, workdir, x_test,
+                                fit_data=(fit_x, fit_w), release_programs=release_programs)
     k = config.num_components
     if config.select_k != "none":
       k = selection[f"best_{config.select_k}"]
@@ -330,16 +369,27 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       n_iter, converged, history = 0, False, []
     bar.update(n_iter, {"log_likelihood": history[-1]} if history else None)
 
+    adopt = result is None and selection is not None and k in config.k_values
     # One gmm.fit per block of checkpoint_every iterations, each continuing the last: the same
     # iterations and stopping rule as one uninterrupted fit. The first block initialises (with
-    # n_init restarts); the later ones compile once for all blocks of the same length.
+    # n_init restarts); the later ones compile once for all blocks of the same length. When the
+    # model selection has fitted this K (same data and settings), its fit is the result: one
+    # whole "block", recorded as the blocks are (metrics, checkpoint), and nothing compiled.
     while result is None or (not converged and n_iter < config.max_iter):
       first_block = result is None  # initialises: a program no later block runs
-      result = gmm.fit(fit_key, fit_x, k, config.covariance_type,
-                       init=config.init if result is None else result, n_init=config.n_init,
-                       max_iter=min(n_iter + block, config.max_iter), tol=config.tol,
-                       reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w,
-                       check_finite=False)
+      if adopt:
+        result = fits.get(k)
+        if result is None:  # the selection was restored from its file: the same fit again
+          result = _first_components_fit(
+              _selection_fit(config, selection_key, (fit_x, fit_w), k), k)
+          logging.info("Refitting K=%d as the model selection did (its fit is the result).", k)
+        adopt = False  # (it ran to convergence or max_iter: no block follows)
+      else:
+        result = gmm.fit(fit_key, fit_x, k, config.covariance_type,
+                         init=config.init if result is None else result, n_init=config.n_init,
+                         max_iter=min(n_iter + block, config.max_iter), tol=config.tol,
+                         reg_covar=config.reg_covar, chunk_size=chunk, sample_weight=fit_w,
+                         check_finite=False)
       if release_programs:  # what compiling the block took, before the checkpoint is written
         compile_cache.return_free_memory()
       done = int(result.n_iter) - n_iter
