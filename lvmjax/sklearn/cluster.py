@@ -76,10 +76,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     restarts), so more restarts never end worse. The seeds are drawn on X in float32, so that
     float32 and float64 X get the same seeds (as in scikit-learn). From an ``init`` array both
     libraries give the same fit. The restarts run one after another, each one compiled call.
-  * ``algorithm="elkan"`` gives the same result as "lloyd", as in scikit-learn: both run
-    ``lvmjax.kmeans.fit``'s default, Lloyd's iterations with Hamerly's bounds skipping distances
-    on a CPU for large problems (``algorithm="auto"``; Elkan's and Hamerly's algorithms reach
-    the same centroids as Lloyd's).
+  * ``algorithm="elkan"`` gives the same result as "lloyd", as in scikit-learn: it runs
+    ``lvmjax.kmeans.fit(..., algorithm="hamerly")`` (Lloyd's iterations with Hamerly's bounds
+    skipping distances, the same idea as Elkan's with one lower bound per point instead of K),
+    and "lloyd" runs ``kmeans.fit``'s default (``"auto"``: Hamerly's bounds on a CPU for large
+    problems, every distance otherwise).
   * Sparse X (SciPy CSR, e.g. tf-idf vectors) is accepted: a fit densifies it on the device (it
     refuses, naming the fix, above ``2**30`` entries), predict-like methods densify it in blocks
     of rows. The result equals that of the dense X.
@@ -198,7 +199,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         init = self._check_centers(init, d, dtype)
       w = _common.validate_sample_weight(sample_weight, n, dtype)
       key = _common.key_from_random_state(self.random_state)
-      fit_args = dict(max_iter=self.max_iter, tol=self.tol, sample_weight=w)
+      # "elkan" (bounds that skip distances) is Hamerly's bounds here, whatever the size;
+      # "lloyd" is kmeans.fit's default, which uses them where they pay (the same result).
+      fit_args = dict(max_iter=self.max_iter, tol=self.tol, sample_weight=w,
+                      algorithm="hamerly" if self._algorithm == "elkan" else "auto")
       if callable(init):
         rng = check_random_state(self.random_state)
         x_host = x if not isinstance(x, jax.Array) else _common.to_numpy(x)
