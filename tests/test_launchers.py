@@ -18,6 +18,7 @@ from configs import vae_digits
 from lvmjax import checkpoint
 from lvmjax import data
 from lvmjax import experiment
+from lvmjax import kmeans
 from lvmjax import progress
 from lvmjax.gmm import train as gmm_train
 from lvmjax.kmeans import train as kmeans_train
@@ -91,6 +92,29 @@ def test_fit_kmeans_smoke(tmp_path):
   np.testing.assert_allclose(results["train_inertia"],
                              ((run.centroids[run.labels] - data.load_splits(
                                  kmeans_digits.get_config("smoke"))[0].x) ** 2).sum(), rtol=1e-4)
+
+
+def test_fit_kmeans_final_fit_is_the_sweeps(tmp_path, monkeypatch):
+  """The sweep has fitted the final K: that fit is the result (every fit of the run is in the
+  sweep's program, the largest K), and it scores as the sweep reported it."""
+  config = kmeans_digits.get_config("smoke")
+  config.k_values = (2, 4, 6)
+  config.figures = False
+  calls = []
+  fit = kmeans.fit
+
+  def recording_fit(key, x, num_clusters, *args, **kwargs):
+    calls.append(num_clusters)
+    return fit(key, x, num_clusters, *args, **kwargs)
+
+  monkeypatch.setattr(kmeans, "fit", recording_fit)
+  run = kmeans_train.fit_and_evaluate(config, tmp_path, quiet=True)
+  assert calls == [6, 6, 6], calls
+  assert run.centroids.shape == (4, 64)
+  np.testing.assert_allclose(run.results["train_inertia"],
+                             run.sweep["inertia"][config.k_values.index(4)], rtol=1e-5)
+  records = progress.read_metrics(tmp_path)
+  assert [r["step"] for r in records] == list(range(1, run.results["n_iter"] + 1))
 
 
 @pytest.fixture(scope="module")

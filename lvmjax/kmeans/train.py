@@ -8,7 +8,8 @@ after each block the centroids are checkpointed and the next block starts from t
 The stopping rule is checked at every iteration as in one uninterrupted fit, except that the
 "labels did not change" test cannot fire on the first iteration of a block (it needs the previous
 iteration's labels), which can add one iteration per block. With ``n_init > 1`` the restarts are
-compared after the first block.
+compared after the first block. When the sweep (``config.k_values``) has fitted the final K, that
+fit is the result (recorded and checkpointed as one block), not fitted a second time.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
     meta = experiment.check_resumable(ckpt, config, workdir)
     if primary:
       progress.write_config_json(workdir, config)
-    sweep = None
+    sweep, adopted = None, None
     if config.k_values:
       inertias = []
       k_max = max(config.k_values)
@@ -129,6 +130,9 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
         if release_programs:
           compile_cache.return_free_memory()
         inertias.append(float(res.inertia))
+        if kk == k and meta is None:  # the final fit's K, same data and settings: keep its fit
+          host = jax.device_get(res._replace(labels=None))
+          adopted = host._replace(centroids=np.asarray(host.centroids)[:k])
         logging.info("inertia sweep: K=%d inertia %.1f (%d iterations)", kk, inertias[-1],
                      int(res.n_iter))
       sweep = {"k": [int(v) for v in config.k_values], "inertia": inertias}
@@ -150,7 +154,11 @@ def fit_and_evaluate(config: Any, workdir: str | pathlib.Path, *, quiet: bool = 
       centroids, n_iter, converged, history = None, 0, False, []
     while (centroids is None) or (not converged and n_iter < config.max_iter):
       todo = min(block, config.max_iter - n_iter)
-      if centroids is None:
+      if centroids is None and adopted is not None:
+        # The sweep has fitted this K (in its program, the clusters past K inactive): its fit is
+        # the result, recorded as one block; nothing is compiled or fitted again.
+        res, adopted = adopted, None
+      elif centroids is None:
         res = kmeans.fit(fit_key, fit_x, k, init=config.init, n_init=config.n_init,
                          max_iter=todo, tol=config.tol, sample_weight=fit_w, chunk_size=chunk,
                          mesh=mesh)
