@@ -10,6 +10,7 @@ from configs import gmm_synthetic
 from lvmjax import gmm
 from lvmjax.gmm import train as gmm_train
 from tests import compile_count
+from tests import recording
 
 
 def test_model_selection_compiles_once_for_every_k(tmp_path):
@@ -69,14 +70,7 @@ def test_final_fit_is_the_selections_fit_of_its_k(tmp_path, monkeypatch):
   config.select_k = "none"
   config.num_components = 3
   config.figures = False
-  calls = []
-  fit = gmm.fit
-
-  def recording_fit(key, x, num_components, *args, **kwargs):
-    calls.append(num_components)
-    return fit(key, x, num_components, *args, **kwargs)
-
-  monkeypatch.setattr(gmm, "fit", recording_fit)
+  calls = recording.record_sizes(monkeypatch, gmm)
   run = gmm_train.fit_and_evaluate(config, tmp_path / "a", quiet=True)
   assert calls and set(calls) == {4}, calls  # no fit of K=3 after the selection
   row = run.selection["k"].index(3)

@@ -23,6 +23,7 @@ from lvmjax import progress
 from lvmjax.gmm import train as gmm_train
 from lvmjax.kmeans import train as kmeans_train
 from lvmjax.vae import train as vae_train
+from tests import recording
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("sklearn")  # the smoke configs use the bundled digits
@@ -100,14 +101,7 @@ def test_fit_kmeans_final_fit_is_the_sweeps(tmp_path, monkeypatch):
   config = kmeans_digits.get_config("smoke")
   config.k_values = (2, 4, 6)
   config.figures = False
-  calls = []
-  fit = kmeans.fit
-
-  def recording_fit(key, x, num_clusters, *args, **kwargs):
-    calls.append(num_clusters)
-    return fit(key, x, num_clusters, *args, **kwargs)
-
-  monkeypatch.setattr(kmeans, "fit", recording_fit)
+  calls = recording.record_sizes(monkeypatch, kmeans)
   run = kmeans_train.fit_and_evaluate(config, tmp_path, quiet=True)
   assert calls == [6, 6, 6], calls
   assert run.centroids.shape == (4, 64)
