@@ -202,20 +202,19 @@ def _masked_gaussians(params: GMMParams, x: jax.Array, observed: jax.Array, *,
   .. math::
 
     \log \mathcal{N}(x_o; \mu_{k,o}, \Sigma_{k,oo}), \qquad
-    \hat x_{nk} = egin{pmatrix} x_o \ \mu_{k,m} + \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
+    \hat x_{nk} = \begin{pmatrix} x_o \\ \mu_{k,m} + \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
     (x_o - \mu_{k,o}) \end{pmatrix}, \qquad
-    C_{nk} = egin{pmatrix} 0 & 0 \ 0 & \Sigma_{k,mm} - \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
+    C_{nk} = \begin{pmatrix} 0 & 0 \\ 0 & \Sigma_{k,mm} - \Sigma_{k,mo} \Sigma_{k,oo}^{-1}
     \Sigma_{k,om} \end{pmatrix}.
 
   "full" and "tied" take every row through one masked matrix, without a loop over rows or mask
-  patterns: :math:`	ilde\Sigma = M \Sigma M + (I - M)`, :math:`M = \mathrm{diag}(o_n)`, is
+  patterns: :math:`\tilde\Sigma = M \Sigma M + (I - M)`, :math:`M = \mathrm{diag}(o_n)`, is
   :math:`\Sigma_{oo}` on the observed block and the identity on the missing one, so with
-  :math:`	ilde\Sigma = 	ilde L 	ilde L^	op` and the residual :math:`r = M(x - \mu)` (0 where
-  missing), :math:`\lVert 	ilde L^{-1} r
-Vert^2` and :math:`\log\det	ilde\Sigma` are those of
-  the observed block; with :math:`v = 	ilde L^{-1} r` and :math:`B = 	ilde L^{-1} M \Sigma`,
-  :math:`\Sigma_{mo}\Sigma_{oo}^{-1} r_o = (B^	op v)_m` and
-  :math:`\Sigma_{mo}\Sigma_{oo}^{-1}\Sigma_{om} = (B^	op B)_{mm}`. O(D³) per row and component.
+  :math:`\tilde\Sigma = \tilde L \tilde L^\top` and the residual :math:`r = M(x - \mu)` (0 where
+  missing), :math:`\lVert \tilde L^{-1} r\rVert^2` and :math:`\log\det\tilde\Sigma` are those of
+  the observed block; with :math:`v = \tilde L^{-1} r` and :math:`B = \tilde L^{-1} M \Sigma`,
+  :math:`\Sigma_{mo}\Sigma_{oo}^{-1} r_o = (B^\top v)_m` and
+  :math:`\Sigma_{mo}\Sigma_{oo}^{-1}\Sigma_{om} = (B^\top B)_{mm}`. O(D³) per row and component.
   "diag" and "spherical" factorise over the entries: the observed ones enter the density, the
   missing ones keep the component's mean and variance.
 

@@ -187,9 +187,10 @@ def _selection_fit(config: Any, key: jax.Array, fit_data: tuple[jax.Array, jax.A
 
 
 def _first_components_fit(result: gmm.GMMFitResult, k: int) -> gmm.GMMFitResult:
-  """A ``num_active=k`` fit as the fit of its k components, on the host."""
+  """A ``num_active=k`` fit as the fit of its k components, on the host (NumPy leaves: the
+  evaluation puts the final parameters on the device once)."""
   result = jax.device_get(result)
-  return result._replace(params=_on_host(gmm.first_components(result.params, k)))
+  return result._replace(params=gmm.first_components(result.params, k))
 
 
 def select_num_components(config: Any, x: jax.Array, key: jax.Array, workdir: pathlib.Path,
@@ -247,8 +248,9 @@ def _select(config, x, key, workdir, x_test=None, *, fit_data=None, release_prog
                          release_programs)
     if release_programs:  # what compiling the fit took and no longer needs, before the scores
       compile_cache.return_free_memory()
-    params = _on_host(res.params)
-    fits[k] = _first_components_fit(res, k)
+    host = jax.device_get(res)  # one copy for the scores and the fit kept
+    params = jax.device_put(host.params)
+    fits[k] = _first_components_fit(host, k)
     if not _finite_params(params):
       raise ValueError(
           f"Model selection: the fit with K={k} components has non-finite parameters (a "

@@ -152,19 +152,30 @@ def _assign_block(x: jax.Array, x_sq: jax.Array, c: jax.Array,
       labels = jnp.where(closer, j, labels)
       min_partial = jnp.where(closer, partial[:, j], min_partial)
     return labels, jnp.maximum(min_partial + x_sq, 0)
-  # Many clusters: the (K, rows) layout, so that both reductions below run over the leading axis,
-  # elementwise across contiguous rows of the block (the (rows, K) layout reduces over a short
-  # minor axis, which XLA:CPU vectorises poorly: 85-106 ms against 72-79 ms per assignment of
-  # N=500,000, D=32, K=64 on 2 cores).
+  _, labels, min_partial = _closest_columns(x, c, c_sq)
+  return labels, jnp.maximum(min_partial + x_sq, 0)
+
+
+def _closest_columns(x: jax.Array, c: jax.Array,
+                     c_sq: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(partial, labels, min_partial)`` of one block of rows for many clusters: ``partial`` is
+  the (K, rows) matrix ||c_k||^2 - 2 c_k.x_i, ``labels`` the first index of its minimum in
+  each column, ``min_partial`` that minimum.
+
+  The (K, rows) layout makes both reductions run over the leading axis, elementwise across
+  contiguous rows of the block (the (rows, K) layout reduces over a short minor axis, which
+  XLA:CPU vectorises poorly: 85-106 ms against 72-79 ms per assignment of N=500,000, D=32, K=64
+  on 2 cores). The first index is found by two plain reductions instead of jnp.argmin's one over
+  (value, index) pairs, which XLA:CPU vectorises poorly (2x slower here). XLA may recompute
+  `partial` inside the second reduction; that is bit-identical (2 * dot is exact, so a fused
+  multiply-add rounds the same), hence some entry always equals the minimum.
+  """
+  k = c.shape[0]
   partial = c_sq[:, None] - 2 * _cross(c, x)  # (K, rows)
   min_partial = jnp.min(partial, axis=0)
-  # The first index attaining the minimum. Same as jnp.argmin, but two plain reductions instead
-  # of one over (value, index) pairs, which XLA:CPU vectorises poorly (2x slower here). XLA may
-  # recompute `partial` inside the second reduction; that is bit-identical (2 * dot is exact, so
-  # a fused multiply-add rounds the same), hence some entry always equals the minimum.
   index = jnp.arange(k, dtype=jnp.int32)[:, None]
   labels = jnp.min(jnp.where(partial == min_partial[None, :], index, k), axis=0)
-  return labels, jnp.maximum(min_partial + x_sq, 0)
+  return partial, labels, min_partial
 
 
 _pad_rows = sharding.pad_rows
@@ -617,21 +628,27 @@ def _active_mask(num_clusters: int, num_active: Any) -> jax.Array | None:
   return jnp.arange(num_clusters) < jnp.asarray(num_active, jnp.int32)
 
 
-def _assign_chunks(data: _Data, c: jax.Array, num_chunks: int,
-                   active: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """`assign` over the padded data, in row blocks with `lax.map`; clusters outside ``active``
-  (a (K,) mask whose first entry is True) are at infinite distance."""
+def _active_sq_norms(c: jax.Array, active: jax.Array | None) -> jax.Array:
+  """||c_k||^2, inf for the clusters outside ``active`` (a (K,) mask whose first entry is True):
+  in the distances' expansion they are at infinite distance."""
   c_sq = _sq_norms(c)
-  if active is not None:
-    c_sq = jnp.where(active, c_sq, jnp.inf)
+  return c_sq if active is None else jnp.where(active, c_sq, jnp.inf)
+
+
+def _assign_chunks(data: _Data, c: jax.Array, num_chunks: int,
+                   active: jax.Array | None = None, block_fn: Any = None) -> tuple:
+  """``block_fn(x, x_sq, c, c_sq)`` (default `_assign_block`: `assign`) over the padded data,
+  in row blocks with `lax.map`, its outputs joined over the rows; clusters outside ``active``
+  are at infinite distance (`_active_sq_norms`)."""
+  block_fn = _assign_block if block_fn is None else block_fn
+  c_sq = _active_sq_norms(c, active)
   if num_chunks == 1:
-    return _assign_block(data.x, data.x_sq, c, c_sq)
+    return block_fn(data.x, data.x_sq, c, c_sq)
   n_pad, dim = data.x.shape
   chunk = n_pad // num_chunks
-  labels, min_d = lax.map(
-      lambda a: _assign_block(a[0], a[1], c, c_sq),
-      (data.x.reshape(num_chunks, chunk, dim), data.x_sq.reshape(num_chunks, chunk)))
-  return labels.reshape(-1), min_d.reshape(-1)
+  out = lax.map(lambda a: block_fn(a[0], a[1], c, c_sq),
+                (data.x.reshape(num_chunks, chunk, dim), data.x_sq.reshape(num_chunks, chunk)))
+  return tuple(o.reshape(-1) for o in out)
 
 
 def _e_and_sums(data: _Data, c: jax.Array, num_clusters: int, num_chunks: int,
@@ -652,11 +669,8 @@ def _two_closest(x: jax.Array, x_sq: jax.Array, c: jax.Array,
   """Labels, and the distances (not squared) to the closest and the second closest centroid,
   of one block of rows. The labels are `_assign_block`'s (first index on ties); the distances
   come from the same matrix-product expansion, clamped at 0 (the second is inf for K = 1)."""
-  k = c.shape[0]
-  partial = c_sq[:, None] - 2 * _cross(c, x)  # (K, rows), as _assign_block's many-cluster path
-  first = jnp.min(partial, axis=0)
-  index = jnp.arange(k, dtype=jnp.int32)[:, None]
-  labels = jnp.min(jnp.where(partial == first[None, :], index, k), axis=0)
+  partial, labels, first = _closest_columns(x, c, c_sq)
+  index = jnp.arange(c.shape[0], dtype=jnp.int32)[:, None]
   second = jnp.min(jnp.where(index == labels[None, :], jnp.inf, partial), axis=0)
   return (labels, jnp.sqrt(jnp.maximum(first + x_sq, 0)),
           jnp.sqrt(jnp.maximum(second + x_sq, 0)))
@@ -673,12 +687,8 @@ def _margin(data: _Data, c: jax.Array, active: jax.Array | None) -> jax.Array:
   r"""(N_pad,) the gap ``lower - upper`` above which a row's label is certainly the one the
   matrix-product assignment (`_assign_block`) would give it.
 
-  A squared distance by the expansion :math:`\lVert x
-Vert^2 - 2 x^	op c + \lVert c
-Vert^2`
-  is off by at most :math:`E = (D + 3)\,\epsilon\,(\lVert x
-Vert + \max_k\lVert c_k
-Vert)^2`
+  A squared distance by the expansion :math:`\lVert x\rVert^2 - 2 x^\top c + \lVert c\rVert^2`
+  is off by at most :math:`E = (D + 3)\,\epsilon\,(\lVert x\rVert + \max_k\lVert c_k\rVert)^2`
   (the dot product's and the sums' rounding, :math:`\epsilon` the dtype's). The bounds come from
   such distances, so each may be off by :math:`\sqrt E`, and two expanded squared distances
   whose true values differ by more than :math:`2E` compare as the true ones do; a gap between
@@ -806,25 +816,23 @@ def _lloyd(data: _Data, centroids: jax.Array, tol_abs: jax.Array, *, num_cluster
   """
   n_pad = data.x.shape[0]
   pruned = algorithm == "hamerly"
-  block = n_pad // num_chunks
-  c_sq_of = lambda c: _sq_norms(c) if active is None else jnp.where(active, _sq_norms(c), jnp.inf)
 
   def assign_pruned(c, labels, bounds):
     need = _needs_distances(data, c, labels, bounds, active)
-    c_sq = c_sq_of(c)
     # Packing rows costs more than the distances it saves when most rows need them: then all
     # rows are assigned in contiguous blocks (as Lloyd's step, keeping the second distance).
     dense = jnp.sum(need, dtype=jnp.int32) > _DENSE_FRACTION * n_pad
 
     def assign_all(carry):
-      xs, sqs = data.x.reshape(num_chunks, block, -1), data.x_sq.reshape(num_chunks, block)
-      out = lax.map(lambda a: _two_closest(a[0], a[1], c, c_sq), (xs, sqs))
-      labels, upper, lower = (o.reshape(-1) for o in out)
+      labels, upper, lower = _assign_chunks(data, c, num_chunks, active, _two_closest)
       return labels, _Bounds(upper, lower)
 
+    def assign_needed(carry):
+      return _assign_pruned(data, c, _active_sq_norms(c, active), *carry, need,
+                            n_pad // num_chunks)
+
     labels, bounds = _run_if(dense, assign_all, (labels, bounds))
-    return _run_if(~dense, lambda carry: _assign_pruned(data, c, c_sq, *carry, need, block),
-                   (labels, bounds))
+    return _run_if(~dense, assign_needed, (labels, bounds))
 
   def step(state: _LloydState):
     c, labels_old = state.centroids, state.labels
