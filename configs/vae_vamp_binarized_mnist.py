@@ -44,6 +44,7 @@ def get_config(variants: str | None = None):
   c = vae_binarized_mnist.get_config(variants)
   c.prior = "vamp"
   c.num_pseudo_inputs = 500
+  c.pseudo_input_init = "random"  # "data": start at random training images ("VampPrior data")
   c.kl_warmup_epochs = 100  # the paper's warm-up; without it the posterior collapses at once
   if "smoke" in (variants or ""):
     c.num_pseudo_inputs = 20

@@ -126,6 +126,9 @@ flags.DEFINE_enum("prior", "standard", ["standard", "vamp"],
                   "p(z): N(0, I), or the VampPrior (Tomczak & Welling 2018) over "
                   "--num_pseudo_inputs learnable pseudo-inputs.")
 flags.DEFINE_integer("num_pseudo_inputs", 500, "K of the VampPrior (--prior=vamp).")
+flags.DEFINE_enum("pseudo_input_init", "random", ["random", "data"],
+                  "The VampPrior's pseudo-inputs start from N(0.05, 0.01^2) (random) or at random "
+                  "training images (data: the paper's 'VampPrior data').")
 flags.DEFINE_integer("kl_warmup_epochs", 0, "The ELBO's KL weight rises linearly from 0 to 1 over "
                      "this many epochs (0: none); the VampPrior needs it.")
 flags.DEFINE_integer("stochastic_layers", 1, "1, or 2 for Burda et al.'s two-layer model "
@@ -372,6 +375,9 @@ def main(argv):
   key = jax.random.key(FLAGS.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
   state = vae.create_train_state(init_key, model, test[:bs], optimizer)
+  if FLAGS.prior == "vamp" and FLAGS.pseudo_input_init == "data":
+    state = vae.TrainState(state.step, vae.pseudo_inputs_from_data(
+        model, state.params, jax.random.fold_in(init_key, 2), train), state.opt_state)
   if two:  # the two-layer bounds as a per-point objective
     objective = hierarchical.objective(objective, FLAGS.k)
   step_options = dict(objective=objective, num_samples=FLAGS.k)
@@ -388,7 +394,7 @@ def main(argv):
       "dataset", "objective", "k", "time_budget_s", "epochs", "batch_size", "learning_rate",
       "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
       "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll", "prior",
-      "num_pseudo_inputs", "kl_warmup_epochs", "stochastic_layers", "latent_dim2", "ais_points",
+      "num_pseudo_inputs", "pseudo_input_init", "kl_warmup_epochs", "stochastic_layers", "latent_dim2", "ais_points",
       "ais_steps", "ais_chains", "ais_leapfrog", "ais_step_size", "ais_init", "load_params")},
              "num_parameters": int(sum(np.size(a) for a in jax.tree.leaves(state.params))),
              "jax_version": jax.__version__, "backend": jax.default_backend(),

@@ -139,6 +139,36 @@ def test_evaluate_works_unchanged_with_the_vamp_prior(x64):
   assert results["elbo"] <= results["iwae_5"] + 0.5 and np.isfinite(float(ll.mean()))
 
 
+def test_pseudo_inputs_from_data_are_distinct_training_points():
+  model = _vamp_model()
+  x = np.random.default_rng(0).random((12, D))
+  params = vae.init(jax.random.key(0), model, x[:1])
+  got = vae.pseudo_inputs_from_data(model, params, jax.random.key(1), x)
+  u = np.asarray(got["params"]["prior"]["pseudo_inputs"])
+  rows = [int(np.flatnonzero(np.all(np.isclose(x, r), axis=1))[0]) for r in u.astype(np.float64)]
+  assert len(set(rows)) == K and u.dtype == np.float32
+  np.testing.assert_array_equal(u, x[rows].astype(np.float32))
+  again = vae.pseudo_inputs_from_data(model, params, jax.random.key(1), x)
+  np.testing.assert_array_equal(again["params"]["prior"]["pseudo_inputs"], u)
+  other = vae.pseudo_inputs_from_data(model, params, jax.random.key(2), jnp.asarray(x))
+  assert not np.array_equal(other["params"]["prior"]["pseudo_inputs"], u)
+  for name in ("encoder", "decoder"):  # nothing else changes
+    jax.tree.map(np.testing.assert_array_equal, got["params"][name], params["params"][name])
+  # the launcher's validated option, and the errors at the door
+  config = vae_vamp_binarized_mnist.get_config()
+  assert config.pseudo_input_init == "random"
+  config.pseudo_input_init = "kmeans"
+  with pytest.raises(ValueError, match="pseudo_input_init"):
+    vae_train.validate_config(config)
+  with pytest.raises(ValueError, match="VampPrior"):
+    vae.pseudo_inputs_from_data(vae.VAE(vae.MLPEncoder(2, (H,)), vae.MLPDecoder(D, (H,)),
+                                        vae.BernoulliLikelihood()), params, jax.random.key(1), x)
+  with pytest.raises(ValueError, match="data_shape"):
+    vae.pseudo_inputs_from_data(model, params, jax.random.key(1), x[:, :3])
+  with pytest.raises(ValueError, match="fewer than the 3"):
+    vae.pseudo_inputs_from_data(model, params, jax.random.key(1), x[:2])
+
+
 def test_vamp_config_is_burdas_architecture_with_the_vamp_prior():
   config = vae_vamp_binarized_mnist.get_config()
   model = vae_train.build_model(config, 784)
@@ -166,3 +196,15 @@ def test_launcher_trains_a_vamp_prior_vae_end_to_end(tmp_path):
   assert isinstance(run.model.prior, vae.VampPrior)
   assert np.isfinite(run.results["log_likelihood"])
   assert run.state.params["params"]["prior"]["pseudo_inputs"].shape == (10, 64)
+
+
+def test_launcher_starts_the_pseudo_inputs_at_training_points(tmp_path):
+  config = vae_digits.get_config("smoke")
+  config.prior, config.num_pseudo_inputs, config.pseudo_input_init = "vamp", 10, "data"
+  config.num_steps, config.learning_rate, config.num_importance_samples = 2, 1e-9, 0
+  config.figures = False
+  run = vae_train.train_and_evaluate(config, tmp_path, quiet=True)
+  u = np.asarray(run.state.params["params"]["prior"]["pseudo_inputs"], np.float64)
+  train_x = np.asarray(vae_train.load_data(config).train.x, np.float64)
+  nearest = np.min(np.abs(u[:, None, :] - train_x[None]).max(-1), axis=1)
+  assert np.all(nearest < 1e-5), nearest  # two steps at lr 1e-9 leave them where they started

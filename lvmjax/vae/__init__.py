@@ -17,7 +17,8 @@ Model and networks
   likelihoods ``BernoulliLikelihood()``, ``GaussianLikelihood(scale=None|float)`` (distrax).
   priors (:mod:`lvmjax.vae.priors`) ``StandardNormal()`` (the default, N(0, I)),
   ``GaussianPrior()`` (learnable N(m, diag s^2)), ``VampPrior(num_pseudo_inputs, data_shape)``
-  (Tomczak & Welling, 2018), ``GaussianMixturePrior(num_components)`` (VaDE's, :mod:`lvmjax.vae.vade`),
+  (Tomczak & Welling, 2018; ``pseudo_inputs_from_data(model, params, key, x)`` starts its
+  pseudo-inputs at training points), ``GaussianMixturePrior(num_components)`` (VaDE's, :mod:`lvmjax.vae.vade`),
   base class ``Prior``; ``has_analytic_kl(model)``.
 
 VaDE (:mod:`lvmjax.vae.vade`, Jiang et al., 2017): clustering with a Gaussian-mixture prior
@@ -110,7 +111,8 @@ from lvmjax.vae.model import (VAE, ElboTerms, LatentMoments, active_units,
                               sample_posterior)
 from lvmjax.vae.networks import (ConvDecoder, ConvEncoder, LinearDecoder, LinearEncoder,
                                  MLPDecoder, MLPEncoder, get_activation)
-from lvmjax.vae.priors import GaussianPrior, Prior, StandardNormal, VampPrior, gaussian_kl
+from lvmjax.vae.priors import (GaussianPrior, Prior, StandardNormal, VampPrior, gaussian_kl,
+                               pseudo_inputs_from_data)
 from lvmjax.vae import vade  # pylint: disable=g-bad-import-order
 from lvmjax.vae.vade import GaussianMixturePrior
 from lvmjax.vae.steps import (OBJECTIVES, Objective, TrainState, create_train_state, evaluate,
@@ -126,6 +128,7 @@ __all__ = [
     "has_analytic_kl", "LatentMoments", "posterior_means", "posterior_mean_moments",
     "active_units_from_moments",
     "Prior", "StandardNormal", "GaussianPrior", "VampPrior", "GaussianMixturePrior",
+    "pseudo_inputs_from_data",
     "BernoulliLikelihood", "GaussianLikelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder",
     "ConvDecoder", "LinearEncoder", "LinearDecoder", "get_activation", "TrainState",
     "create_train_state", "make_train_step", "jit_train_step", "make_multi_train_step",

@@ -36,7 +36,9 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from lvmjax import _checks
 from lvmjax import gmm
 from lvmjax.types import DataBatchLike, Key, LatentBatch, LogDensity
 
@@ -270,5 +272,46 @@ class VampPrior(Prior):
     return z
 
 
+def pseudo_inputs_from_data(model: Any, params: Any, key: Key, x: DataBatchLike) -> Any:
+  r"""The VampPrior's "data" initialisation: its K pseudo-inputs become K training points.
+
+  Tomczak & Welling (2018) compare the pseudo-inputs drawn from N(0.05, 0.01\ :sup:`2`) (what
+  :func:`lvmjax.vae.init` does) with pseudo-inputs started at random training points ("VampPrior
+  data"). Here K distinct rows of ``x`` are drawn without replacement with ``key`` and put in
+  ``params["params"]["prior"]["pseudo_inputs"]`` in its dtype; the other params are unchanged.
+
+  Args:
+    model: a :class:`lvmjax.vae.VAE` whose ``prior`` is a :class:`VampPrior`.
+    params: its params (from :func:`lvmjax.vae.init`).
+    key: PRNG key of the draw.
+    x: ``(N, *data_shape)`` training data, N >= K; NumPy or JAX, any real dtype.
+
+  Returns:
+    The params with the new pseudo-inputs.
+
+  Raises:
+    ValueError: the model has no VampPrior, or ``x`` has the wrong shape or fewer than K rows.
+  """
+  prior = getattr(model, "prior", None)
+  if not isinstance(prior, VampPrior):
+    raise ValueError("pseudo_inputs_from_data needs a VAE whose prior is a VampPrior, got prior "
+                     f"{type(prior).__name__}.")
+  _checks.check_key(key)
+  old = params["params"]["prior"]["pseudo_inputs"]
+  k = int(prior.num_pseudo_inputs)
+  data_shape = tuple(int(d) for d in prior.data_shape)
+  shape = tuple(np.shape(x))
+  if shape[1:] != data_shape:
+    raise ValueError(f"x has shape {shape}; the VampPrior's pseudo-inputs have data_shape "
+                     f"{data_shape}, so x must be (N, {', '.join(map(str, data_shape))}).")
+  if shape[0] < k:
+    raise ValueError(f"x has {shape[0]} rows, fewer than the {k} pseudo-inputs to start from "
+                     "them; pass more data or lower num_pseudo_inputs.")
+  rows = np.asarray(jax.random.choice(key, shape[0], (k,), replace=False))
+  new = jnp.asarray(np.asarray(x)[rows], old.dtype)
+  prior_params = {**params["params"]["prior"], "pseudo_inputs": new}
+  return {**params, "params": {**params["params"], "prior": prior_params}}
+
+
 __all__ = ["Prior", "StandardNormal", "GaussianPrior", "VampPrior", "gaussian_kl",
-           "diag_gaussian_log_prob"]
+           "diag_gaussian_log_prob", "pseudo_inputs_from_data"]

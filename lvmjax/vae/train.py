@@ -53,6 +53,10 @@ MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder", "vade": "vade"}
 #: ``config.prior`` (absent: ``"standard"``): N(0, I), the learnable Gaussian, the VampPrior, the
 #: Gaussian mixture (``config.num_components``; always the prior of ``model="vade"``).
 PRIORS = ("standard", "gaussian", "vamp", "mixture")
+#: ``config.pseudo_input_init`` of the VampPrior (absent: ``"random"``): drawn from
+#: N(0.05, 0.01^2) at init, or ``"data"``: random training points
+#: (:func:`lvmjax.vae.pseudo_inputs_from_data`, the paper's "VampPrior data").
+PSEUDO_INPUT_INITS = ("random", "data")
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 LR_SCHEDULES = ("constant", "burda", "step_decay")
@@ -107,6 +111,11 @@ def validate_config(config: Any) -> None:
     experiment.check_positive_ints(config, ["num_components"])
   if _prior_name(config) == "vamp":
     experiment.check_positive_ints(config, ["num_pseudo_inputs"])
+    experiment.check_choice({"pseudo_input_init": config.get("pseudo_input_init", "random")},
+                            "pseudo_input_init", PSEUDO_INPUT_INITS)
+    if config.get("pseudo_input_init", "random") == "data" and jax.process_count() > 1:
+      raise ValueError("config.pseudo_input_init='data' draws the pseudo-inputs from the training "
+                       "points of one process; run it in one process or use 'random'.")
   if config.model == "vade":
     experiment.check_positive_ints(config, ["pretrain_epochs", "gmm_n_init"], minimum=0)
     if "gmm_max_iter" in config:
@@ -371,6 +380,10 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
                    position[0], position[1], ckpt.directory)
     else:
       writer.truncate_after(None)
+      if _prior_name(config) == "vamp" and config.get("pseudo_input_init", "random") == "data":
+        state = steps.TrainState(state.step, vae.pseudo_inputs_from_data(
+            model, state.params, jax.random.fold_in(init_key, 2), _reshape(train.x, data_shape)),
+                                 state.opt_state)
     if primary:
       progress.write_config_json(workdir, config)
     if config.model == "vade" and meta is None:
