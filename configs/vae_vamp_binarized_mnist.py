@@ -13,8 +13,9 @@ Setup: exactly ``configs/vae_binarized_mnist.py`` (Burda et al.'s one-stochastic
 architecture 784-200-200-50, tanh, Bernoulli likelihood, Adam lr 1e-3 eps 1e-4, batch 100, Burda's
 schedule, k = 5000 test log-likelihood on the 10,000 test images) with the prior
 p(z) = (1/K) sum_k q(z | u_k) over K = 500 learnable pseudo-inputs u_k (drawn from N(0.05, 0.01^2)
-and clipped to [0, 1], the paper's hard-tanh), trained with the Monte Carlo KL and the paper's
-KL warm-up (the KL weight rises linearly from 0 to 1 over the first 100 epochs,
+and clipped to [0, 1], the paper's hard-tanh; ``config.pseudo_input_init="data"`` starts them at
+random training images instead, the paper's "VampPrior data"), trained with the Monte Carlo KL
+and the paper's KL warm-up (the KL weight rises linearly from 0 to 1 over the first 100 epochs,
 ``config.kl_warmup_epochs``): without it every pseudo-input and every image encode alike within a
 few hundred steps and no latent unit stays active. The IS
 log-likelihood, IWAE bounds and active units use the prior's log-density, as for every prior.
