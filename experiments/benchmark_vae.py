@@ -109,8 +109,8 @@ flags.DEFINE_integer("eval_k", 5000, "Importance samples for the test log-likeli
 flags.DEFINE_list("eval_iwae_k", ["5", "50"], "IWAE bounds to report on the test set.")
 flags.DEFINE_integer("eval_batch_size", 100, "Test points per evaluation batch.")
 flags.DEFINE_integer("eval_chunk_size", 500, "Importance samples per chunk in evaluation.")
-flags.DEFINE_integer("eval_max_points", None, "Evaluate on a random subset of the test set "
-                     "(default: all 10000 points).")
+flags.DEFINE_integer("eval_max_points", None, "Evaluate on a random subset of the test set, "
+                     "the same for every run with the same --seed (default: all 10000 points).")
 flags.DEFINE_integer("batch_size", 100, "Training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("adam_eps", 1e-4, "Adam epsilon (Burda et al.: 1e-4).")
@@ -302,11 +302,14 @@ def time_steps(step, batches, seconds: float, sync, steps_per_call: int = 1,
 # ------------------------------------------------------------------------------------------------
 
 
-def evaluate_test(model, params, eval_key, test, rng, evaluate_fn, latent_dim) -> dict:
+def evaluate_test(model, params, eval_key, test, evaluate_fn, latent_dim) -> dict:
   """The test figures (IS log-likelihood, bounds, active units); with --ais_points, AIS too."""
   x_eval = test
   if FLAGS.eval_max_points:
-    x_eval = test[rng.permutation(test.shape[0])[:FLAGS.eval_max_points]]
+    # A generator of its own: the subset depends on --seed only, not on how many epochs the
+    # training's generator drew, so runs with the same seed are scored on the same images.
+    x_eval = test[np.random.default_rng(FLAGS.seed + 555).permutation(
+        test.shape[0])[:FLAGS.eval_max_points]]
   t0 = time.perf_counter()
   last = [t0]
 
@@ -587,7 +590,7 @@ def main(argv):
     if FLAGS.save_params:
       with open(FLAGS.save_params, "wb") as f:
         f.write(serialization.to_bytes(jax.device_get(params)))
-    results["test"] = evaluate_test(model, params, eval_key, test, rng, evaluate_fn, latent_dim)
+    results["test"] = evaluate_test(model, params, eval_key, test, evaluate_fn, latent_dim)
 
   if "throughput" in results:
     t = results["throughput"]
