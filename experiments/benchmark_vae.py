@@ -397,8 +397,9 @@ def main(argv):
       "dataset", "objective", "k", "time_budget_s", "epochs", "batch_size", "learning_rate",
       "adam_eps", "final_learning_rate", "latent_dim", "eval_k", "seed", "torch",
       "throughput_s", "throughput_rounds", "steps_per_call", "scan_unroll", "prior",
-      "num_pseudo_inputs", "pseudo_input_init", "kl_warmup_epochs", "stochastic_layers", "latent_dim2", "ais_points",
-      "ais_steps", "ais_chains", "ais_leapfrog", "ais_step_size", "ais_init", "load_params")},
+      "num_pseudo_inputs", "pseudo_input_init", "kl_warmup_epochs", "stochastic_layers",
+      "latent_dim2", "ais_points", "ais_steps", "ais_chains", "ais_leapfrog", "ais_step_size",
+      "ais_init", "load_params")},
              "num_parameters": int(sum(np.size(a) for a in jax.tree.leaves(state.params))),
              "jax_version": jax.__version__, "backend": jax.default_backend(),
              "cpu_count": os.cpu_count()}

@@ -18,8 +18,8 @@ Model and networks
   priors (:mod:`lvmjax.vae.priors`) ``StandardNormal()`` (the default, N(0, I)),
   ``GaussianPrior()`` (learnable N(m, diag s^2)), ``VampPrior(num_pseudo_inputs, data_shape)``
   (Tomczak & Welling, 2018; ``pseudo_inputs_from_data(model, params, key, x)`` starts its
-  pseudo-inputs at training points), ``GaussianMixturePrior(num_components)`` (VaDE's, :mod:`lvmjax.vae.vade`),
-  base class ``Prior``; ``has_analytic_kl(model)``.
+  pseudo-inputs at training points), ``GaussianMixturePrior(num_components)`` (VaDE's,
+  :mod:`lvmjax.vae.vade`), base class ``Prior``; ``has_analytic_kl(model)``.
 
 VaDE (:mod:`lvmjax.vae.vade`, Jiang et al., 2017): clustering with a Gaussian-mixture prior
   ``vade.elbo``, ``vade.cluster_posterior``, ``vade.map_cluster``, ``vade.sample_given`` (per

@@ -300,7 +300,9 @@ def pseudo_inputs_from_data(model: Any, params: Any, key: Key, x: DataBatchLike)
   old = params["params"]["prior"]["pseudo_inputs"]
   k = int(prior.num_pseudo_inputs)
   data_shape = tuple(int(d) for d in prior.data_shape)
-  shape = tuple(np.shape(x))
+  if not hasattr(x, "shape"):
+    x = np.asarray(x)
+  shape = tuple(x.shape)
   if shape[1:] != data_shape:
     raise ValueError(f"x has shape {shape}; the VampPrior's pseudo-inputs have data_shape "
                      f"{data_shape}, so x must be (N, {', '.join(map(str, data_shape))}).")
@@ -308,7 +310,7 @@ def pseudo_inputs_from_data(model: Any, params: Any, key: Key, x: DataBatchLike)
     raise ValueError(f"x has {shape[0]} rows, fewer than the {k} pseudo-inputs to start from "
                      "them; pass more data or lower num_pseudo_inputs.")
   rows = np.asarray(jax.random.choice(key, shape[0], (k,), replace=False))
-  new = jnp.asarray(np.asarray(x)[rows], old.dtype)
+  new = jnp.asarray(x[rows], old.dtype)  # only the K rows leave x (no copy of the whole data)
   prior_params = {**params["params"]["prior"], "pseudo_inputs": new}
   return {**params, "params": {**params["params"], "prior": prior_params}}
 

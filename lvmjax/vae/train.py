@@ -111,9 +111,9 @@ def validate_config(config: Any) -> None:
     experiment.check_positive_ints(config, ["num_components"])
   if _prior_name(config) == "vamp":
     experiment.check_positive_ints(config, ["num_pseudo_inputs"])
-    experiment.check_choice({"pseudo_input_init": config.get("pseudo_input_init", "random")},
+    experiment.check_choice({"pseudo_input_init": _pseudo_input_init(config)},
                             "pseudo_input_init", PSEUDO_INPUT_INITS)
-    if config.get("pseudo_input_init", "random") == "data" and jax.process_count() > 1:
+    if _pseudo_input_init(config) == "data" and jax.process_count() > 1:
       raise ValueError("config.pseudo_input_init='data' draws the pseudo-inputs from the training "
                        "points of one process; run it in one process or use 'random'.")
   if config.model == "vade":
@@ -181,6 +181,10 @@ def build_model(config: Any, num_features: int) -> vae.VAE:
 
 def _prior_name(config: Any) -> str:
   return "mixture" if config.model == "vade" else config.get("prior", "standard")
+
+
+def _pseudo_input_init(config: Any) -> str:
+  return config.get("pseudo_input_init", "random")  # configs from before the option: "random"
 
 
 def build_prior(config: Any, num_features: int) -> vae.Prior | None:
@@ -380,7 +384,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
                    position[0], position[1], ckpt.directory)
     else:
       writer.truncate_after(None)
-      if _prior_name(config) == "vamp" and config.get("pseudo_input_init", "random") == "data":
+      if _prior_name(config) == "vamp" and _pseudo_input_init(config) == "data":
         state = steps.TrainState(state.step, vae.pseudo_inputs_from_data(
             model, state.params, jax.random.fold_in(init_key, 2), _reshape(train.x, data_shape)),
                                  state.opt_state)
