@@ -15,10 +15,12 @@ K = 10 clusters with diagonal covariances. Initialisation: the same networks tra
 autoencoder (``pretrain_epochs``; the paper loads a pretrained stacked autoencoder), then a
 diagonal GMM (``lvmjax.gmm.fit``) on the encoder means. Training: the paper's ELBO (``model="vade"``,
 one latent sample), Adam (lr 0.002, eps 1e-4), batch 100, the rate x 0.9 every 10 epochs down to
-0.0002, 300 epochs (the code's MNIST setting is 500). Score: the MAP cluster of q(c|x) per digit and
-the unsupervised clustering accuracy (best one-to-one matching of clusters to labels, Hungarian)
-in ``results.json`` as ``clustering_accuracy``; figure ``vade_cluster_samples.png`` (one row per
-cluster: means of p(x|z), z ~ p(z|c)), plus the VAE figures.
+0.0002, 300 epochs (GuHongyang/VaDE-pytorch's; the paper's code runs 3000 for MNIST).
+``learn_mixture_weights=False`` holds p(c) at 1/K (the paper learns it). Score: the MAP
+cluster of q(c|x) per digit and the unsupervised clustering accuracy (best one-to-one matching
+of clusters to labels, Hungarian) in ``results.json`` as ``clustering_accuracy``; figure
+``vade_cluster_samples.png`` (one row per cluster: means of p(x|z), z ~ p(z|c)), plus the VAE
+figures.
 
 Expected result: the paper reports 94.46% (best run) on MNIST. Time: on a CPU one epoch of the
 3.4M-parameter MLP over 70,000 digits takes minutes (2 shared cores: ~2-4 min), so the full
@@ -46,6 +48,7 @@ def get_config(variants: str | None = None):
   c.fit_all = True                 # train and score on every split (70,000 digits)
   c.model = "vade"
   c.num_components = 10
+  c.learn_mixture_weights = True   # the paper's; False holds p(c) at 1/K
   c.architecture = "mlp"
   c.hidden = (500, 500, 2000)
   c.activation = "relu"

@@ -175,6 +175,38 @@ def test_vade_objective_trains_prior_and_networks():
                          vae.init(jax.random.key(0), model, x)["params"]["prior"]["means"])
 
 
+def test_fixed_weights_get_no_gradient_and_stay_equal_from_the_initialisation():
+  fixed = _model(prior=vade.GaussianMixturePrior(num_components=K, learn_weights=False))
+  rng = np.random.default_rng(7)
+  x = (rng.random((64, D)) < 0.3).astype(np.float32)
+  params, fit = vade.init_prior_from_data(fixed, vae.init(jax.random.key(0), fixed, x),
+                                          jax.random.key(1), x, init="random_from_data")
+  np.testing.assert_allclose(vade.mixture_params(params).weights, np.full(K, 1.0 / K), rtol=1e-6)
+  learned, _ = vade.init_prior_from_data(_model(), params, jax.random.key(1), x,
+                                         init="random_from_data")  # same fit, weights kept
+  np.testing.assert_allclose(vade.mixture_params(learned).weights, fit.params.weights, rtol=1e-6)
+  assert np.ptp(np.asarray(fit.params.weights)) > 0.01  # so the two checks above differ
+
+  def loss(p, m):
+    return -jnp.mean(vade.elbo(m, p, jax.random.key(2), x))
+  grad_fixed = jax.grad(loss)(params, fixed)["params"]["prior"]
+  grad_learned = jax.grad(loss)(params, _model())["params"]["prior"]
+  np.testing.assert_array_equal(grad_fixed["logits"], 0.0)
+  assert np.abs(np.asarray(grad_learned["logits"])).max() > 1e-4
+  np.testing.assert_allclose(grad_fixed["means"], grad_learned["means"], rtol=1e-5, atol=1e-7)
+
+  opt = optax.adam(1e-2)
+  state = vae.create_train_state(jax.random.key(0), fixed, x, opt)
+  state = vae.TrainState(state.step, params, opt.init(params))
+  step = vae.jit_train_step(fixed, opt, objective="vade")
+  means_before = np.array(params["params"]["prior"]["means"])  # the step donates the state
+  for i in range(5):
+    state, _ = step(state, x, jax.random.key(i))
+  np.testing.assert_allclose(vade.mixture_params(state.params).weights, np.full(K, 1.0 / K),
+                             rtol=1e-6)
+  assert not np.allclose(state.params["params"]["prior"]["means"], means_before)
+
+
 def test_clustering_accuracy_is_the_best_one_to_one_matching():
   y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
   c = np.array([5, 5, 1, 1, 1, 7, 7, 7, 5])
@@ -273,6 +305,17 @@ def test_non_finite_pretraining_loss_raises(tmp_path):
   config = _smoke_config(pretrain_learning_rate=1e30, num_train_points=100, log_every=2)
   with pytest.raises(experiment.NonFiniteLossError, match="pretraining"):
     vae_train.train_and_evaluate(config, tmp_path, quiet=True)
+
+
+def test_learn_mixture_weights_config():
+  config = _smoke_config()
+  del config["learn_mixture_weights"]  # a typed ConfigDict refuses a non-bool; a hand-built one
+  config.learn_mixture_weights = 1
+  with pytest.raises(ValueError, match="learn_mixture_weights must be True"):
+    vae_train.validate_config(config)
+  assert vade_mnist.get_config().learn_mixture_weights  # the paper learns them
+  model = vae_train.build_model(_smoke_config(learn_mixture_weights=False), 64)
+  assert not model.prior.learn_weights
 
 
 @pytest.mark.slow

@@ -109,6 +109,10 @@ def validate_config(config: Any) -> None:
   experiment.check_choice({"prior": _prior_name(config)}, "prior", PRIORS)
   if _prior_name(config) == "mixture" or config.model == "vade":
     experiment.check_positive_ints(config, ["num_components"])
+    if not isinstance(_learn_mixture_weights(config), bool):
+      raise ValueError("config.learn_mixture_weights must be True (train the mixture's weights, "
+                       "the paper's) or False (hold them equal), got "
+                       f"{_learn_mixture_weights(config)!r}.")
   if _prior_name(config) == "vamp":
     experiment.check_positive_ints(config, ["num_pseudo_inputs"])
     experiment.check_choice({"pseudo_input_init": _pseudo_input_init(config)},
@@ -187,13 +191,18 @@ def _pseudo_input_init(config: Any) -> str:
   return config.get("pseudo_input_init", "random")  # configs from before the option: "random"
 
 
+def _learn_mixture_weights(config: Any) -> bool:
+  return config.get("learn_mixture_weights", True)  # configs from before the option: learned
+
+
 def build_prior(config: Any, num_features: int) -> vae.Prior | None:
   """The prior ``config.prior`` names (None: the standard normal); the mixture for VaDE."""
   name = _prior_name(config)
   if name == "gaussian":
     return vae.GaussianPrior()
   if name == "mixture":
-    return vae.GaussianMixturePrior(num_components=int(config.num_components))
+    return vae.GaussianMixturePrior(num_components=int(config.num_components),
+                                    learn_weights=_learn_mixture_weights(config))
   if name == "vamp":
     shape = (28, 28, 1) if config.architecture == "conv" else (num_features,)
     return vae.VampPrior(num_pseudo_inputs=int(config.num_pseudo_inputs), data_shape=shape)

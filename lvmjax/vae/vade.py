@@ -100,16 +100,25 @@ class GaussianMixturePrior(Prior):
   ELBO of :func:`lvmjax.vae.elbo` uses the Monte Carlo KL with the marginal :math:`\log p(z)`;
   VaDE's own bound is :func:`elbo`.
 
+  With ``learn_weights=False`` the weights are not trained: p(c) stays where the params hold it,
+  1/K from the initialisation and from :func:`init_prior_from_data`, and no gradient reaches the
+  logits (the uniform p(c) of e.g. Dilokthanakul et al.'s GMVAE). Equal weights keep one
+  component from growing to cover two classes at double weight; the paper learns them.
+
   Attributes:
     num_components: K, the number of clusters.
+    learn_weights: train the mixture weights (default) or hold them fixed.
   """
   num_components: int
+  learn_weights: bool = True
 
   @nn.compact
   def __call__(self, latent_dim: int) -> gmm_unconstrained.UnconstrainedGMMParams:
     """The unconstrained parameters, created on first use (L = ``latent_dim``)."""
     k = self.num_components
     logits = self.param("logits", nn.initializers.zeros, (k,), jnp.float32)
+    if not self.learn_weights:
+      logits = jax.lax.stop_gradient(logits)
     means = self.param("means", nn.initializers.normal(1.0), (k, latent_dim), jnp.float32)
     scale = self.param("scale", nn.initializers.constant(_SOFTPLUS_INV_ONE), (k, latent_dim),
                        jnp.float32)
@@ -252,7 +261,8 @@ def init_prior_from_data(model: vae_model.VAE, params: Params, key: Key, x: Data
 
   Encodes ``x`` (batch by batch) to :math:`\tilde\mu(x)`, runs
   ``gmm.fit(key, means, K, covariance_type="diag", **fit_kwargs)`` and sets the prior to the
-  result (:func:`set_mixture_params`). Call it after pretraining the networks as an autoencoder.
+  result (:func:`set_mixture_params`), with equal weights when the prior holds them fixed
+  (``learn_weights=False``). Call it after pretraining the networks as an autoencoder.
 
   Args:
     model, params: the VaDE model and its params.
@@ -268,7 +278,10 @@ def init_prior_from_data(model: vae_model.VAE, params: Params, key: Key, x: Data
   _checks.check_key(key)
   means = vae_model.posterior_means(model, params, x, batch_size)  # checks x and batch_size
   result = gmm.fit(key, means, model.prior.num_components, covariance_type="diag", **fit_kwargs)
-  return set_mixture_params(params, result.params), result
+  mixture = result.params
+  if not model.prior.learn_weights:  # the prior's weights are held equal: only means, variances
+    mixture = mixture.replace(weights=jnp.full_like(mixture.weights, 1.0 / mixture.weights.size))
+  return set_mixture_params(params, mixture), result
 
 
 def elbo_terms(model: vae_model.VAE, params: Params, key: Key, x: DataBatchLike,
