@@ -8,7 +8,9 @@ A checkpoint holds two items:
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
 mid-save leaves either the whole step or nothing that :meth:`Checkpointer.latest_step` sees; on the
-next start, unfinished temporary directories are removed.
+next start, unfinished temporary directories are removed. A reader of another process's run
+(evaluation while training goes on) opens it with ``read_only=True``, which removes nothing: the
+temporary directory it would take for a dead save may be the live run's save in progress.
 
 Examples:
   >>> import tempfile, jax.numpy as jnp
@@ -113,14 +115,23 @@ class Checkpointer:
     async_save: write in a background thread (Orbax copies the arrays to host before ``save``
       returns, so the caller may donate them to the next step at once); call
       :meth:`wait_until_finished` (or :meth:`close`, or leave the ``with`` block) before exiting.
+    read_only: only read: create, save and delete nothing, and leave unfinished temporary
+      directories alone (a run still training may be writing them). For evaluating or
+      inspecting a run's checkpoints from another process.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save)
+    self.read_only = bool(read_only)
+    if self.read_only:  # Orbax would only warn and reset each writer's option
+      options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None, create=False,
+                                             cleanup_tmp_directories=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+          enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 
@@ -134,7 +145,14 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> bool:
     """Saves ``state`` and ``meta`` as checkpoint ``step`` (overwriting nothing: a step saved twice
-    is skipped). Returns True when a save started."""
+    is skipped). Returns True when a save started.
+
+    Raises:
+      ValueError: the checkpointer is read-only.
+    """
+    if self.read_only:
+      raise ValueError(f"This Checkpointer of {self.directory} is read-only (read_only=True); "
+                       "open it without read_only to save.")
     if step in self._manager.all_steps():
       return False
     return self._manager.save(

@@ -55,6 +55,29 @@ def test_unfinished_save_is_invisible(tmp_path):
   assert not partial.exists()
 
 
+def test_read_only_reader_leaves_a_save_in_progress_alone(tmp_path):
+  """Evaluating a run that is still training must not remove the save it is writing (a writer's
+  start removes unfinished temporary directories; that crashed a live run). A read-only
+  checkpointer reads the finished steps and removes, creates and saves nothing."""
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(5, _state(5), {"position": [0, 5]})
+  in_progress = tmp_path / "checkpoints" / "10.orbax-checkpoint-tmp-1234567"
+  in_progress.mkdir()
+  (in_progress / "part").write_text("being written by the training process")
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    assert reader.latest_step() == 5 and reader.all_steps() == [5]
+    state, meta = reader.restore(_state(0))
+    assert meta["position"] == [0, 5]
+    np.testing.assert_array_equal(state["params"]["w"], _state(5)["params"]["w"])
+    with pytest.raises(ValueError, match="read-only"):
+      reader.save(6, _state(6), {"position": [0, 6]})
+  assert (in_progress / "part").exists()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10.orbax-checkpoint-tmp-1234567", "5"]
+  with checkpoint.Checkpointer(tmp_path / "elsewhere", read_only=True) as reader:
+    assert reader.latest_step() is None
+  assert not (tmp_path / "elsewhere").exists()
+
+
 def test_restore_into_wrong_shapes_fails_clearly(tmp_path):
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, {"w": jnp.zeros((3,))}, {})

@@ -141,8 +141,13 @@ def test_train_vae_rerun_is_a_no_op_and_evaluate_checkpoint(vae_run):
   for a, b in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(again.state.params)):
     np.testing.assert_array_equal(a, b)
   assert [r["step"] for r in progress.read_metrics(workdir)] == [10, 20, 30]
+  # as if the run were still training and writing step 40: evaluating must leave that save alone
+  in_progress = workdir / "checkpoints" / "40.orbax-checkpoint-tmp-99"
+  in_progress.mkdir()
   results = vae_train.evaluate_checkpoint(workdir, num_importance_samples=20, step=20,
                                           quiet=True)
+  assert in_progress.exists()
+  in_progress.rmdir()
   assert results["step"] == 20 and results["num_points"] == 40
   assert results["num_importance_samples"] == 20
   assert results["elbo"] != again.results["elbo"]  # the step-20 parameters, not the final ones

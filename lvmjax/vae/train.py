@@ -648,7 +648,7 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None, *,
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if not (workdir / "checkpoints").is_dir():
     raise ValueError(f"No checkpoints in {workdir}: give the --workdir of a train_vae run.")
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)  # the run may still be training
   try:
     meta = ckpt.restore_meta(step)
     if meta is None:
