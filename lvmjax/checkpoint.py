@@ -75,29 +75,36 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_differences(saved: Any, current: Any,
-                       resumable: Iterable[str] = RESUMABLE_KEYS) -> dict[str, tuple[Any, Any]]:
+def config_differences(saved: Any, current: Any, resumable: Iterable[str] = RESUMABLE_KEYS,
+                       defaults: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
   """Keys whose values differ between two configs, except those allowed to change on resume.
 
   Args:
     saved: the config stored with a checkpoint (dict or ConfigDict).
     current: the config of the run being started.
     resumable: leaf names allowed to differ (matched on the last dotted component).
+    defaults: ``{dotted_key: value}`` for keys added to a launcher's config after runs were saved
+      without them: an absent key counts as this value, the one the launcher reads for it (so a
+      run from before the key resumes under a config that has the old behaviour's value).
 
   Returns:
     ``{dotted_key: (saved_value, current_value)}``; empty when the configs agree.
   """
   a, b = _flatten(config_to_dict(saved)), _flatten(config_to_dict(current))
-  resumable = set(resumable)
-  return {k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
-          for k in sorted(set(a) | set(b))
-          if k.rsplit(".", 1)[-1] not in resumable and a.get(k, "<absent>") != b.get(k, "<absent>")}
+  resumable, defaults = set(resumable), dict(defaults or {})
+
+  def value(c, k):
+    return c.get(k, defaults.get(k, "<absent>"))
+  return {k: (value(a, k), value(b, k)) for k in sorted(set(a) | set(b))
+          if k.rsplit(".", 1)[-1] not in resumable and value(a, k) != value(b, k)}
 
 
 def check_config_matches(saved: Any, current: Any, workdir: str | os.PathLike,
-                         resumable: Iterable[str] = RESUMABLE_KEYS) -> None:
-  """Raises ValueError when ``current`` cannot resume the checkpoint that was saved with ``saved``."""
-  diff = config_differences(saved, current, resumable)
+                         resumable: Iterable[str] = RESUMABLE_KEYS,
+                         defaults: Mapping[str, Any] | None = None) -> None:
+  """Raises ValueError when ``current`` cannot resume the checkpoint that was saved with ``saved``
+  (:func:`config_differences`)."""
+  diff = config_differences(saved, current, resumable, defaults)
   if diff:
     lines = "; ".join(f"{k}: checkpoint has {v[0]!r}, this run has {v[1]!r}" for k, v in diff.items())
     raise ValueError(

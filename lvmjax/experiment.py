@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -64,23 +64,28 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   return path
 
 
-def check_resumable(ckpt: checkpoint.Checkpointer, config: Any, workdir: pathlib.Path) -> dict | None:
+def check_resumable(ckpt: checkpoint.Checkpointer, config: Any, workdir: pathlib.Path,
+                    defaults: Mapping[str, Any] | None = None) -> dict | None:
   """The metadata of the latest checkpoint after checking that ``config`` may resume it.
 
   Without a checkpoint, a ``config.json`` left in the workdir by an earlier start of a different
-  run is also refused. Returns None when there is nothing to resume.
+  run is also refused. Returns None when there is nothing to resume. ``defaults``: the values of
+  keys added to the launcher's config later, for runs saved without them
+  (:func:`lvmjax.checkpoint.config_differences`).
 
   Raises:
     ValueError: the workdir holds a run with a different config.
   """
   meta = ckpt.restore_meta()
   if meta is not None:
-    checkpoint.check_config_matches(meta.get("config", {}), config, workdir)
+    checkpoint.check_config_matches(meta.get("config", {}), config, workdir,
+                                    defaults=defaults)
     return meta
   saved = workdir / "config.json"
   if saved.exists():
     try:
-      checkpoint.check_config_matches(json.loads(saved.read_text()), config, workdir)
+      checkpoint.check_config_matches(json.loads(saved.read_text()), config, workdir,
+                                      defaults=defaults)
     except json.JSONDecodeError:
       pass
   return None

@@ -102,6 +102,16 @@ def test_config_differences():
     checkpoint.check_config_matches(a, b, "/w")
 
 
+def test_config_differences_with_defaults_for_keys_added_later():
+  saved = {"lr": 0.1, "model": {"k": 3}}                       # saved before "new" existed
+  now = {"lr": 0.1, "model": {"k": 3, "new": True}}
+  assert checkpoint.config_differences(saved, now) == {"model.new": ("<absent>", True)}
+  assert checkpoint.config_differences(saved, now, defaults={"model.new": True}) == {}
+  changed = {"lr": 0.1, "model": {"k": 3, "new": False}}
+  assert checkpoint.config_differences(saved, changed, defaults={"model.new": True}) == {
+      "model.new": (True, False)}
+
+
 def test_metrics_writer(tmp_path):
   w = progress.MetricsWriter(tmp_path)
   for s in (10, 20, 30):

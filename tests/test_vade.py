@@ -300,6 +300,18 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(smoke_run, tmp_pa
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_from_before_learn_mixture_weights_resumes(tmp_path):
+  old = _smoke_config(num_steps=10, figures=False)
+  del old["learn_mixture_weights"]  # a config file from before the option
+  vae_train.train_and_evaluate(old, tmp_path, quiet=True)
+  (tmp_path / "pretrain.json").unlink()
+  run = vae_train.train_and_evaluate(_smoke_config(figures=False), tmp_path, quiet=True)
+  assert int(run.state.step) == 20 and not (tmp_path / "pretrain.json").exists()  # resumed
+  with pytest.raises(ValueError, match="learn_mixture_weights: checkpoint has True"):
+    vae_train.train_and_evaluate(_smoke_config(learn_mixture_weights=False, num_steps=30),
+                                 tmp_path, quiet=True)
+
+
 @pytest.mark.slow
 def test_non_finite_pretraining_loss_raises(tmp_path):
   config = _smoke_config(pretrain_learning_rate=1e30, num_train_points=100, log_every=2)

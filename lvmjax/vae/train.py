@@ -57,6 +57,12 @@ PRIORS = ("standard", "gaussian", "vamp", "mixture")
 #: N(0.05, 0.01^2) at init, or ``"data"``: random training points
 #: (:func:`lvmjax.vae.pseudo_inputs_from_data`, the paper's "VampPrior data").
 PSEUDO_INPUT_INITS = ("random", "data")
+#: Config keys added after runs had been saved without them, with the value that reproduces those
+#: runs. The launcher reads each through :func:`_later_key`, and a checkpoint saved without one
+#: resumes under a config that holds this value (``experiment.check_resumable(defaults=)``).
+LATER_KEYS = {"prior": "standard", "pseudo_input_init": "random", "learn_mixture_weights": True,
+              "kl_warmup_epochs": 0, "gmm_init": "kmeans", "stochastic_layers": 1,
+              "fit_all": False}
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 LR_SCHEDULES = ("constant", "burda", "step_decay")
@@ -94,7 +100,7 @@ def validate_config(config: Any) -> None:
                                           "num_train_points"], minimum=0)
   experiment.check_positive_floats(config, ["learning_rate", "adam_eps"])
   experiment.check_positive_floats(config, ["beta", "gaussian_scale"], allow_zero=True)
-  experiment.check_positive_ints({"kl_warmup_epochs": config.get("kl_warmup_epochs", 0)},
+  experiment.check_positive_ints({"kl_warmup_epochs": _later_key(config, "kl_warmup_epochs")},
                                  ["kl_warmup_epochs"], minimum=0)
   for h in config.hidden:
     experiment.check_positive_ints({"hidden": h}, ["hidden"])
@@ -128,7 +134,7 @@ def validate_config(config: Any) -> None:
   if config.lr_schedule == "step_decay":
     experiment.check_positive_ints(config, ["lr_decay_epochs"])
     experiment.check_positive_floats(config, ["lr_decay_rate", "min_learning_rate"])
-  if config.get("fit_all", False) and jax.process_count() > 1:
+  if _later_key(config, "fit_all") and jax.process_count() > 1:
     raise ValueError("config.fit_all (train and evaluate on all splits) runs in one process.")
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got "
@@ -137,7 +143,7 @@ def validate_config(config: Any) -> None:
 
 
 def _layers(config: Any) -> int:
-  return int(config.get("stochastic_layers", 1))
+  return int(_later_key(config, "stochastic_layers"))
 
 
 def _validate_layers(config: Any) -> None:
@@ -183,16 +189,21 @@ def build_model(config: Any, num_features: int) -> vae.VAE:
   return vae.VAE(encoder, decoder, likelihood, prior=build_prior(config, num_features))
 
 
+def _later_key(config: Any, key: str) -> Any:
+  """``config[key]``, or for a config from before the key, the value of :data:`LATER_KEYS`."""
+  return config.get(key, LATER_KEYS[key])
+
+
 def _prior_name(config: Any) -> str:
-  return "mixture" if config.model == "vade" else config.get("prior", "standard")
+  return "mixture" if config.model == "vade" else _later_key(config, "prior")
 
 
 def _pseudo_input_init(config: Any) -> str:
-  return config.get("pseudo_input_init", "random")  # configs from before the option: "random"
+  return _later_key(config, "pseudo_input_init")
 
 
 def _learn_mixture_weights(config: Any) -> bool:
-  return config.get("learn_mixture_weights", True)  # configs from before the option: learned
+  return _later_key(config, "learn_mixture_weights")
 
 
 def build_prior(config: Any, num_features: int) -> vae.Prior | None:
@@ -261,7 +272,7 @@ def load_data(config: Any) -> _Data:
   kwargs = dict(data_dir=config.data_dir or None)
   if config.dataset == "synthetic_gmm":
     kwargs["synthetic_options"] = config.synthetic.to_dict()
-  if config.get("fit_all", False):
+  if _later_key(config, "fit_all"):
     return _load_all(config, kwargs)
   train, num_train = data.load_process_share(config.dataset, "train",
                                              subset=config.num_train_points,
@@ -380,7 +391,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   writer = progress.MetricsWriter(workdir, enabled=primary)
   try:
-    meta = experiment.check_resumable(ckpt, config, workdir)
+    meta = experiment.check_resumable(ckpt, config, workdir, defaults=LATER_KEYS)
     position = (0, 0)
     if meta is not None:
       restored, meta = ckpt.restore({"train_state": state,
@@ -542,7 +553,7 @@ def _local_batches(config: Any, num_points: int, step: int) -> tuple[int, int, d
 
 def _beta(config: Any, num_train_points: int):
   """config.beta, or a linear KL warm-up from 0 over config.kl_warmup_epochs (counted in steps)."""
-  epochs = int(config.get("kl_warmup_epochs", 0))
+  epochs = int(_later_key(config, "kl_warmup_epochs"))
   if epochs == 0:
     return config.beta
   steps_per_epoch = data.steps_per_epoch(num_train_points, config.batch_size)
@@ -796,7 +807,7 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
     params = pre.params
   params, fit = vae.vade.init_prior_from_data(
       model, params, key, _reshape(train.x, data_shape), n_init=max(int(config.gmm_n_init), 1),
-      init=config.get("gmm_init", "kmeans"),
+      init=_later_key(config, "gmm_init"),
       # gmm.fit's own default when a config predates gmm_max_iter
       **({"max_iter": int(config.gmm_max_iter)} if "gmm_max_iter" in config else {}))
   if not _finite_tree(params):
