@@ -181,7 +181,7 @@ class Checkpointer:
     Raises:
       ValueError: there is no checkpoint, or its arrays do not fit ``template``.
     """
-    step = self.latest_step() if step is None else step
+    step = self.latest_step() if step is None else self._existing(step)
     if step is None:
       raise ValueError(f"No checkpoint in {self.directory}.")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
@@ -197,10 +197,18 @@ class Checkpointer:
 
   def restore_meta(self, step: int | None = None) -> dict | None:
     """The JSON metadata of checkpoint ``step`` (default: the latest), or None without checkpoints."""
-    step = self.latest_step() if step is None else step
+    step = self.latest_step() if step is None else self._existing(step)
     if step is None:
       return None
     return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def _existing(self, step: int) -> int:
+    """``step`` if it is a complete checkpoint; otherwise a ValueError naming those there are."""
+    steps = self.all_steps()
+    if int(step) not in steps:
+      raise ValueError(f"No checkpoint of step {step} in {self.directory}; it holds steps "
+                       f"{steps or 'none'}. Pass one of them, or none for the latest.")
+    return int(step)
 
   def wait_until_finished(self) -> None:
     """Blocks until background saves have been written."""

@@ -71,6 +71,10 @@ def test_read_only_reader_leaves_a_save_in_progress_alone(tmp_path):
     np.testing.assert_array_equal(state["params"]["w"], _state(5)["params"]["w"])
     with pytest.raises(ValueError, match="read-only"):
       reader.save(6, _state(6), {"position": [0, 6]})
+    with pytest.raises(ValueError, match=r"No checkpoint of step 10 .* holds steps \[5\]"):
+      reader.restore(_state(0), 10)  # the unfinished save is not a checkpoint
+    with pytest.raises(ValueError, match="No checkpoint of step 7"):
+      reader.restore_meta(7)
   assert (in_progress / "part").exists()
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10.orbax-checkpoint-tmp-1234567", "5"]
   with checkpoint.Checkpointer(tmp_path / "elsewhere", read_only=True) as reader:
