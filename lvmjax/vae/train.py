@@ -61,8 +61,8 @@ PSEUDO_INPUT_INITS = ("random", "data")
 #: runs. The launcher reads each through :func:`_later_key`, and a checkpoint saved without one
 #: resumes under a config that holds this value (``experiment.check_resumable(defaults=)``).
 LATER_KEYS = {"prior": "standard", "pseudo_input_init": "random", "learn_mixture_weights": True,
-              "kl_warmup_epochs": 0, "gmm_init": "kmeans", "stochastic_layers": 1,
-              "fit_all": False}
+              "kl_warmup_epochs": 0, "gmm_init": "kmeans", "gmm_max_iter": 100,  # gmm.fit's
+              "stochastic_layers": 1, "fit_all": False}
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 LR_SCHEDULES = ("constant", "burda", "step_decay")
@@ -128,8 +128,8 @@ def validate_config(config: Any) -> None:
                        "points of one process; run it in one process or use 'random'.")
   if config.model == "vade":
     experiment.check_positive_ints(config, ["pretrain_epochs", "gmm_n_init"], minimum=0)
-    if "gmm_max_iter" in config:
-      experiment.check_positive_ints(config, ["gmm_max_iter"], minimum=0)
+    experiment.check_positive_ints({"gmm_max_iter": _later_key(config, "gmm_max_iter")},
+                                   ["gmm_max_iter"], minimum=0)
     experiment.check_positive_floats(config, ["pretrain_learning_rate"])
   if config.lr_schedule == "step_decay":
     experiment.check_positive_ints(config, ["lr_decay_epochs"])
@@ -808,8 +808,7 @@ def _pretrain_vade(config: Any, model: vae.VAE, state: steps.TrainState,
   params, fit = vae.vade.init_prior_from_data(
       model, params, key, _reshape(train.x, data_shape), n_init=max(int(config.gmm_n_init), 1),
       init=_later_key(config, "gmm_init"),
-      # gmm.fit's own default when a config predates gmm_max_iter
-      **({"max_iter": int(config.gmm_max_iter)} if "gmm_max_iter" in config else {}))
+      max_iter=int(_later_key(config, "gmm_max_iter")))
   if not _finite_tree(params):
     raise experiment.NonFiniteLossError("The pretrained parameters or the GMM fitted to the "
                                         "encodings are not finite; lower "
