@@ -23,7 +23,9 @@ Examples:
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -113,6 +115,23 @@ def check_config_matches(saved: Any, current: Any, workdir: str | os.PathLike,
         f"{os.path.join(workdir, 'config.json')}).")
 
 
+class _ReadOnlyNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _without_read_only_warning():
+  """Drops Orbax's "Given directory is read only" warning, which a read-only manager logs on
+  opening: that is what the caller asked for, not something to warn a user about."""
+  logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
+
+
 class Checkpointer:
   """Saves and restores (state pytree, JSON metadata) pairs in ``<workdir>/checkpoints``.
 
@@ -139,8 +158,9 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
           enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    with _without_read_only_warning():
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or None."""

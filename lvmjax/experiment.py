@@ -47,6 +47,14 @@ def check_positive_floats(config: Any, names: Iterable[str], *, allow_zero: bool
       raise ValueError(f"config.{name} must be a finite number {bound}, got {value!r}.")
 
 
+def check_bools(config: Any, names: Iterable[str]) -> None:
+  """Each ``config.<name>`` must be True or False (not 0/1 or a string such as "false")."""
+  for name in names:
+    value = config_value(config, name)
+    if not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"config.{name} must be True or False, got {value!r}.")
+
+
 def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
   """``config.<name>`` must be one of ``choices``."""
   _checks.check_choice(config_value(config, name), f"config.{name}", choices)

@@ -1,6 +1,7 @@
 """lvmjax.checkpoint, lvmjax.progress, lvmjax.distributed and lvmjax.plotting."""
 import io
 import json
+import logging
 import math
 import os
 
@@ -55,7 +56,7 @@ def test_unfinished_save_is_invisible(tmp_path):
   assert not partial.exists()
 
 
-def test_read_only_reader_leaves_a_save_in_progress_alone(tmp_path):
+def test_read_only_reader_leaves_a_save_in_progress_alone(tmp_path, caplog):
   """Evaluating a run that is still training must not remove the save it is writing (a writer's
   start removes unfinished temporary directories; that crashed a live run). A read-only
   checkpointer reads the finished steps and removes, creates and saves nothing."""
@@ -64,7 +65,10 @@ def test_read_only_reader_leaves_a_save_in_progress_alone(tmp_path):
   in_progress = tmp_path / "checkpoints" / "10.orbax-checkpoint-tmp-1234567"
   in_progress.mkdir()
   (in_progress / "part").write_text("being written by the training process")
-  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+  with caplog.at_level(logging.WARNING):
+    reader = checkpoint.Checkpointer(tmp_path, read_only=True)
+  assert not [r for r in caplog.records if "read only" in r.getMessage()]  # asked for, not warned
+  with reader:
     assert reader.latest_step() == 5 and reader.all_steps() == [5]
     state, meta = reader.restore(_state(0))
     assert meta["position"] == [0, 5]

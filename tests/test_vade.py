@@ -325,6 +325,11 @@ def test_learn_mixture_weights_config():
   config.learn_mixture_weights = 1
   with pytest.raises(ValueError, match="learn_mixture_weights must be True"):
     vae_train.validate_config(config)
+  config = _smoke_config()
+  del config["fit_all"]
+  config.fit_all = "false"  # a string would be truthy: refused, not read as True
+  with pytest.raises(ValueError, match="fit_all must be True or False, got 'false'"):
+    vae_train.validate_config(config)
   assert vade_mnist.get_config().learn_mixture_weights  # the paper learns them
   model = vae_train.build_model(_smoke_config(learn_mixture_weights=False), 64)
   assert not model.prior.learn_weights

@@ -100,8 +100,9 @@ def validate_config(config: Any) -> None:
                                           "num_train_points"], minimum=0)
   experiment.check_positive_floats(config, ["learning_rate", "adam_eps"])
   experiment.check_positive_floats(config, ["beta", "gaussian_scale"], allow_zero=True)
-  experiment.check_positive_ints({"kl_warmup_epochs": _later_key(config, "kl_warmup_epochs")},
-                                 ["kl_warmup_epochs"], minimum=0)
+  later = {key: _later_key(config, key) for key in LATER_KEYS}
+  experiment.check_positive_ints(later, ["kl_warmup_epochs"], minimum=0)
+  experiment.check_bools(later, ["learn_mixture_weights", "fit_all"])
   for h in config.hidden:
     experiment.check_positive_ints({"hidden": h}, ["hidden"])
   for k in config.iwae_k:
@@ -115,21 +116,15 @@ def validate_config(config: Any) -> None:
   experiment.check_choice({"prior": _prior_name(config)}, "prior", PRIORS)
   if _prior_name(config) == "mixture" or config.model == "vade":
     experiment.check_positive_ints(config, ["num_components"])
-    if not isinstance(_learn_mixture_weights(config), bool):
-      raise ValueError("config.learn_mixture_weights must be True (train the mixture's weights, "
-                       "the paper's) or False (hold them equal), got "
-                       f"{_learn_mixture_weights(config)!r}.")
   if _prior_name(config) == "vamp":
     experiment.check_positive_ints(config, ["num_pseudo_inputs"])
-    experiment.check_choice({"pseudo_input_init": _pseudo_input_init(config)},
-                            "pseudo_input_init", PSEUDO_INPUT_INITS)
-    if _pseudo_input_init(config) == "data" and jax.process_count() > 1:
+    experiment.check_choice(later, "pseudo_input_init", PSEUDO_INPUT_INITS)
+    if later["pseudo_input_init"] == "data" and jax.process_count() > 1:
       raise ValueError("config.pseudo_input_init='data' draws the pseudo-inputs from the training "
                        "points of one process; run it in one process or use 'random'.")
   if config.model == "vade":
     experiment.check_positive_ints(config, ["pretrain_epochs", "gmm_n_init"], minimum=0)
-    experiment.check_positive_ints({"gmm_max_iter": _later_key(config, "gmm_max_iter")},
-                                   ["gmm_max_iter"], minimum=0)
+    experiment.check_positive_ints(later, ["gmm_max_iter"], minimum=0)
     experiment.check_positive_floats(config, ["pretrain_learning_rate"])
   if config.lr_schedule == "step_decay":
     experiment.check_positive_ints(config, ["lr_decay_epochs"])
@@ -198,14 +193,6 @@ def _prior_name(config: Any) -> str:
   return "mixture" if config.model == "vade" else _later_key(config, "prior")
 
 
-def _pseudo_input_init(config: Any) -> str:
-  return _later_key(config, "pseudo_input_init")
-
-
-def _learn_mixture_weights(config: Any) -> bool:
-  return _later_key(config, "learn_mixture_weights")
-
-
 def build_prior(config: Any, num_features: int) -> vae.Prior | None:
   """The prior ``config.prior`` names (None: the standard normal); the mixture for VaDE."""
   name = _prior_name(config)
@@ -213,7 +200,7 @@ def build_prior(config: Any, num_features: int) -> vae.Prior | None:
     return vae.GaussianPrior()
   if name == "mixture":
     return vae.GaussianMixturePrior(num_components=int(config.num_components),
-                                    learn_weights=_learn_mixture_weights(config))
+                                    learn_weights=_later_key(config, "learn_mixture_weights"))
   if name == "vamp":
     shape = (28, 28, 1) if config.architecture == "conv" else (num_features,)
     return vae.VampPrior(num_pseudo_inputs=int(config.num_pseudo_inputs), data_shape=shape)
@@ -404,7 +391,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
                    position[0], position[1], ckpt.directory)
     else:
       writer.truncate_after(None)
-      if _prior_name(config) == "vamp" and _pseudo_input_init(config) == "data":
+      if _prior_name(config) == "vamp" and _later_key(config, "pseudo_input_init") == "data":
         state = steps.TrainState(state.step, vae.pseudo_inputs_from_data(
             model, state.params, jax.random.fold_in(init_key, 2), _reshape(train.x, data_shape)),
                                  state.opt_state)
