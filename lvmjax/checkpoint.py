@@ -115,16 +115,12 @@ def check_config_matches(saved: Any, current: Any, workdir: str | os.PathLike,
         f"{os.path.join(workdir, 'config.json')}).")
 
 
-class _ReadOnlyNotice(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Given directory is read only")
-
-
 @contextlib.contextmanager
 def _without_read_only_warning():
   """Drops Orbax's "Given directory is read only" warning, which a read-only manager logs on
   opening: that is what the caller asked for, not something to warn a user about."""
-  logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+  logger = logging.getLogger("absl")
+  notice = lambda record: not record.getMessage().startswith("Given directory is read only")
   logger.addFilter(notice)
   try:
     yield
