@@ -174,7 +174,8 @@ def _scan(x_chunks, w_chunks, centers, covariance_type, resp_fn, shard=None):
 class _Whitened(NamedTuple):
   """What the whitened E-step computes once per iteration ("full" and "tied")."""
   chol: jax.Array     # (K, D, D) or (D, D)
-  w_t: jax.Array      # (K·D, D) stacked L_k^{-1}, or (D, D)
+  w_t: jax.Array      # (K·D, D) stacked L_k^{-1}; (K·D, D+1) with -L_k^{-1} mu_k appended for
+                      # "full" with D > SMALL_D (the GEMM subtracts the means); (D, D) "tied"
   b: jax.Array        # (K, D) L_k^{-1} mu_k
   offset: jax.Array   # (K,) log w_k - D/2 log 2pi - log det L_k
 
@@ -244,6 +245,11 @@ class GaussianFamily(mixture.MixtureFamily):
     if cov_type == "full":
       w_t = chol_inv.reshape(k * d, d)  # row block k: L_k^{-1}
       b = linalg.matmul(chol_inv, params.means[:, :, None])[:, :, 0]
+      if d > linalg.SMALL_D:
+        # The product with [x; 1] gives y = L^{-1} x - b directly: no (K, D, n) pass to
+        # subtract b (-14% time per EM iteration at D=16, K=32 on 2 CPU devices). Small D stays
+        # elementwise (a contraction over D + 1 > SMALL_D terms would become a dot call).
+        w_t = jnp.concatenate([w_t, -b.reshape(k * d, 1)], axis=1)
     else:
       w_t = chol_inv
       b = linalg.matmul(params.means, chol_inv.T)
@@ -258,7 +264,11 @@ class GaussianFamily(mixture.MixtureFamily):
       return _chunk_stats(diff, w[:, None] * resp, log_px, w, self.covariance_type)
     d = x.shape[-1]
     n = x.shape[0]
-    y = linalg.matmul(prepared.w_t, x.T).reshape(-1, d, n) - prepared.b[:, :, None]  # (K, D, n)
+    if prepared.w_t.shape[-1] > d:  # -b folded into the product: [x; 1]
+      xa = jnp.concatenate([x.T, jnp.ones((1, n), x.dtype)], axis=0)
+      y = linalg.matmul(prepared.w_t, xa).reshape(-1, d, n)  # (K, D, n)
+    else:
+      y = linalg.matmul(prepared.w_t, x.T).reshape(-1, d, n) - prepared.b[:, :, None]
     log_joint = prepared.offset[:, None] - 0.5 * linalg.sum_small(y * y, axis=1)  # (K, n)
     log_px = linalg.logsumexp_small(log_joint, axis=0)
     wr = jnp.exp(log_joint - log_px[None, :]) * w[None, :]
