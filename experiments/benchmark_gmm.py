@@ -128,13 +128,11 @@ def per_iteration(run, iters, repeats, fixed=None, iterations_run=None):
   first = time.perf_counter() - t0
   t_long, result = best_of(lambda: run(iters), repeats)
   t_short, short = best_of(lambda: run(1), repeats + 1)
-  done = iters if iterations_run is None else iterations_run(result)
+  ran_long, ran_short = ((iters, 1) if iterations_run is None
+                         else (iterations_run(result), iterations_run(short)))
+  sec = (t_long - t_short) / max(ran_long - ran_short, 1)
   if fixed is not None:
-    fixed["iterations_run"] = done
-  extra = done - (1 if iterations_run is None else iterations_run(short))
-  sec = (t_long - t_short) / max(extra, 1)
-  if fixed is not None:
-    fixed["fixed_s"] = max(t_short - sec, 0.0)
+    fixed.update(fixed_s=max(t_short - sec, 0.0), iterations_run=ran_long)
   return sec, max(first - t_long, 0.0), result
 
 
@@ -224,7 +222,7 @@ def bench_em(n, d, k, rate_xla):
     try:
       from gmmx import EMFitter, GaussianMixtureModelJax  # pylint: disable=g-import-not-at-top
     except ImportError:
-      row["gmmx"] = "not installed (pip install gmmx)"
+      row["gmmx"] = "not installed: pip install gmmx"
     else:
       g0 = GaussianMixtureModelJax.from_squeezed(
           means=init["means"], covariances=init["covariances"], weights=init["weights"],
@@ -239,7 +237,9 @@ def bench_em(n, d, k, rate_xla):
                                       iterations_run=lambda r: int(r.n_iter))
       row.update(gmmx_s_per_iter=sec, gmmx_compile_s=comp,
                  gmmx_ll=float(gres.log_likelihood), gmmx_iterations_run=ran["iterations_run"])
-      if np.isfinite(row["gmmx_ll"]):  # a failed fit's time is no comparison: no ratio
+      if not np.isfinite(row["gmmx_ll"]):  # a failed fit's time is no comparison: no ratio
+        row["gmmx"] = f"log-likelihood NaN; stopped after {ran['iterations_run']} iterations"
+      else:
         row.update(speedup_vs_gmmx=sec / row["lvmjax_s_per_iter"],
                    default_speedup_vs_gmmx=sec / row["default_s_per_iter"])
         if "lvmjax_mesh_s_per_iter" in row:
@@ -545,8 +545,8 @@ def main(argv):
     row = bench_em(*_parse(size), rate_xla)
     rows.append(row)
     gm = (f"{row['gmmx_s_per_iter']:.4f}" if "gmmx_s_per_iter" in row else "n/a")
-    if "gmmx_ll" in row and not np.isfinite(row["gmmx_ll"]):
-      gm += f" (log-likelihood NaN; stopped after {row['gmmx_iterations_run']} iterations)"
+    if "gmmx" in row:  # why there is no gmmx ratio: not installed, or its fit failed
+      gm += f" ({row['gmmx']})"
     vs_gm = (f"{row['speedup_vs_gmmx']:.1f}x" if "speedup_vs_gmmx" in row else "n/a")
     print(f"| {row['N']:,} | {row['D']} | {row['K']} | lvmjax, 1 device | "
           f"{row['lvmjax_s_per_iter']:.4f} | {row['lvmjax_compile_s']:.1f} | "

@@ -120,7 +120,10 @@ def _without_read_only_warning():
   """Drops Orbax's "Given directory is read only" warning, which a read-only manager logs on
   opening: that is what the caller asked for, not something to warn a user about."""
   logger = logging.getLogger("absl")
-  notice = lambda record: not record.getMessage().startswith("Given directory is read only")
+
+  def notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
   logger.addFilter(notice)
   try:
     yield
