@@ -1,25 +1,15 @@
 """The benchmark scripts run, and divide by the work they time (no timings are asserted)."""
 import json
-import os
-import pathlib
-import subprocess
 import sys
-import textwrap
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-
-def _python(code, timeout=300):
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout, env=ENV)
+from tests import processes
 
 
 def test_per_iteration_divides_by_the_iterations_a_fit_ran():
   # A library that stops after 4 iterations (as gmmx at a NaN log-likelihood) and costs 1 s of a
   # fake clock per iteration plus 0.5 s per call: asked for 10, it ran 3 more than the 1-iteration
   # call, so its time per iteration is 1 s, not 3 s / 9.
-  out = _python("""
+  out = processes.python("""
       import types
       from experiments import benchmark_gmm as b
       clock = [0.0]
@@ -35,18 +25,16 @@ def test_per_iteration_divides_by_the_iterations_a_fit_ran():
       sec, _, _ = b.per_iteration(run, 4, 1)  # a library that runs what it is asked
       assert abs(sec - 1.0) < 1e-9, sec
       print("ok")
-      """)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+      """, timeout=300)
+  assert "ok" in out.stdout, out.stdout[-3000:]
 
 
 def test_benchmark_gmm_smoke_run(tmp_path):
   path = tmp_path / "bench.json"
-  out = subprocess.run(
+  out = processes.run(
       [sys.executable, "-m", "experiments.benchmark_gmm", "--sizes=2048x8x4",
        "--kmeans_size=8192x8x8", "--iters=3", "--sklearn_iters=3", "--kmeans_iters=3",
-       "--repeats=1", "--small_fits=0", "--nogmmx", f"--json_out={path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
-  assert out.returncode == 0, out.stderr[-3000:]
+       "--repeats=1", "--small_fits=0", "--nogmmx", f"--json_out={path}"], timeout=600)
   result = json.loads(path.read_text())
   (row,) = result["em"]
   assert (row["N"], row["D"], row["K"]) == (2048, 8, 4)

@@ -3,10 +3,8 @@ off for the math modules, the user's setting wins. Each case runs in a fresh Pyt
 cache is process-wide JAX state), with a timeout."""
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import processes
 
 # A small drop-in fit; prints JAX's cache events and the cache directory JAX ended up with.
 _DROP_IN = """
@@ -51,12 +49,10 @@ print(json.dumps({"dir": jax.config.jax_compilation_cache_dir,
 
 
 def _run(code, tmp_path, **env):
-  full = {k: v for k, v in os.environ.items()
-          if k not in ("JAX_COMPILATION_CACHE_DIR", "LVMJAX_NO_COMPILE_CACHE")}
-  full.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **env)
-  out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
-                       timeout=240, check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
+  """``code`` in a fresh Python with its cache under ``tmp_path``; the JSON it prints last."""
+  full = processes.environment(drop=("JAX_COMPILATION_CACHE_DIR", "LVMJAX_NO_COMPILE_CACHE"),
+                               XDG_CACHE_HOME=str(tmp_path / "xdg"), **env)
+  out = processes.python(code, timeout=240, env=full)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -13,11 +13,7 @@ this process, in float64.
 """
 import itertools
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,49 +21,18 @@ import numpy as np
 import pytest
 
 from lvmjax import linalg
+from tests import processes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 600  # seconds without a finished case: deadlocked (a case takes 10-150 s, loaded)
-
-
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  for name in ("XLA_FLAGS", "PJRT_NPROC"):  # PJRT_NPROC > devices would hide the deadlock
-    env.pop(name, None)
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+STALL = 600  # seconds without a finished case: deadlocked (a case takes 10-150 s, loaded)
 
 
 def _run(commands, tmp_path):
-  """Runs the worker commands side by side; fails (killing them) when their output has not grown
-  for TIMEOUT seconds (the worker prints a line per finished case), i.e. a case is stuck."""
-  paths = [tmp_path / f"log{i}.txt" for i in range(len(commands))]
-  logs = [open(path, "w") for path in paths]  # pylint: disable=consider-using-with
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.cpu_mesh_worker", *c], cwd=REPO,
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT)
-           for c, log in zip(commands, logs)]
-  try:
-    size, since = -1, time.monotonic()
-    while any(p.poll() is None for p in procs):
-      now_size = sum(os.path.getsize(path) for path in paths)
-      if now_size != size:
-        size, since = now_size, time.monotonic()
-      elif time.monotonic() - since > TIMEOUT:
-        break
-      time.sleep(1)
-    codes = None if any(p.poll() is None for p in procs) else [p.returncode for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-    for log in logs:
-      log.close()
-  tails = "\n".join((tmp_path / f"log{i}.txt").read_text()[-3000:] for i in range(len(procs)))
-  if codes is None:
-    pytest.fail(f"a case made no progress for {TIMEOUT} s (deadlocked):\n{tails}")
-  assert codes == [0] * len(procs), tails
+  """Runs ``tests/cpu_mesh_worker.py`` with each argument list, side by side, with JAX's CPU
+  thread pool as the machine gives it (no ``PJRT_NPROC``, which would hide the deadlock); fails
+  when a case makes no progress for STALL seconds."""
+  env = processes.environment(drop=("XLA_FLAGS", "PJRT_NPROC"))
+  processes.run_together([[sys.executable, "-m", "tests.cpu_mesh_worker", *c] for c in commands],
+                         tmp_path, timeout=None, stall=STALL, env=env)
 
 
 def _devices(tmp_path, num_devices, cases):
@@ -109,9 +74,7 @@ def test_sizes_that_hung_on_cpu_meshes(tmp_path, num_devices):
 
 @pytest.mark.slow
 def test_two_processes_with_two_cpu_devices_each_at_64_features(tmp_path):
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = processes.free_port()
   out = tmp_path / "result.json"
   _run([["process", str(i), "2", str(port), str(out)] for i in range(2)], tmp_path)
   res = json.loads(out.read_text())

@@ -1,7 +1,6 @@
 """lvmjax.data: datasets, the download/convert/verify path (with local fake originals), batches."""
 import gzip
 import hashlib
-import os
 import pathlib
 import urllib.error
 

@@ -6,31 +6,26 @@ with a time limit (a hang fails the test instead of stalling the suite).
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests import cpu_devices
+from tests import processes
 
 _REPORT = ("import jax, json; from lvmjax import sharding; "
            "print('RESULT', json.dumps(dict(devices=jax.device_count(), "
            "by_default=sharding.cores_by_default(), spread=sharding.spread_devices())))")
 
 
-def _python(code: str, timeout: float = 120, **env_changes) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "LVMJAX_CPU_DEVICES")}
-  env.update(JAX_PLATFORMS="cpu", **env_changes)
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=timeout)
+def _python(code: str, check: bool = True, **env_changes):
+  """``code`` in a fresh Python whose device count nothing has fixed (but ``env_changes``)."""
+  env = processes.environment(
+      drop=("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "LVMJAX_CPU_DEVICES"), **env_changes)
+  return processes.python(code, timeout=120, env=env, check=check)
 
 
 def _report(prefix: str, **env_changes) -> dict:
-  proc = _python(prefix + _REPORT, **env_changes)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.split("RESULT ", 1)[1])
+  return processes.result(_python(prefix + _REPORT, **env_changes))
 
 
 def test_import_makes_one_device_per_core():
@@ -67,7 +62,7 @@ def test_who_fixes_the_device_count(prefix, env, devices, by_default, spread):
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_bad_cpu_devices_variable_is_a_clear_error(value):
-  proc = _python("import lvmjax", LVMJAX_CPU_DEVICES=value)
+  proc = _python("import lvmjax", check=False, LVMJAX_CPU_DEVICES=value)
   assert proc.returncode != 0
   assert "ValueError" in proc.stderr and "LVMJAX_CPU_DEVICES" in proc.stderr
   assert "positive number of host CPU devices" in proc.stderr
@@ -80,14 +75,14 @@ def test_launcher_flag_wins_over_the_import_default(tmp_path, flag, want):
           f"'--workdir={tmp_path}']; from absl import flags; from experiments import common; "
           "common.define_flags('kmeans_digits.py'); flags.FLAGS(sys.argv); common.start(); "
           "print('RESULT', jax.device_count())")
-  proc = _python(code, LVMJAX_CPU_DEVICES="3", XDG_CACHE_HOME=str(tmp_path / "cache"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = processes.result(_python(code, LVMJAX_CPU_DEVICES="3",
+                                 XDG_CACHE_HOME=str(tmp_path / "cache")))
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  assert int(proc.stdout.split("RESULT ", 1)[1]) == (cores if want == "cores" else want)
+  assert got == (cores if want == "cores" else want)
 
 
 # --------------------------------------------------------------------------------------------
-# Automatic mesh: run in a subprocess of 2 CPU devices by tests/cpu_devices.py.
+# Automatic mesh: run in a subprocess of 2 CPU devices by tests/processes.py.
 
 
 def _auto_main():
@@ -161,7 +156,7 @@ def _clusters(dtype, n=640, seed=0):
 
 
 def test_large_fits_split_over_the_cpu_devices_and_equal_the_one_device_fit():
-  out = cpu_devices.run("test_default_devices", "_auto_main", 2, timeout=300)
+  out = processes.on_cpu_devices("test_default_devices", "_auto_main", 2, timeout=300)
   assert out["devices"] == 2
   assert out["small_real_threshold"] and out["big_real_threshold"]
   assert out["auto_devices"] == 2

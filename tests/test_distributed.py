@@ -21,29 +21,18 @@ and the assertions.
 """
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import processes
+
 TIMEOUT = 900  # seconds; generous for a loaded 2-core machine
 
 
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  env.pop("XLA_FLAGS", None)
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
+def _env(**changes):
+  return processes.environment(drop=("XLA_FLAGS",), **changes)
 
 
 def _check_gmm(case, tol=1e-10):
@@ -67,9 +56,8 @@ def _check_vae(case):
 @pytest.mark.slow
 def test_eight_simulated_devices(tmp_path):
   out = tmp_path / "devices.json"
-  proc = subprocess.run([sys.executable, "-m", "tests.scale_worker", "devices", str(out)],
-                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  processes.run([sys.executable, "-m", "tests.scale_worker", "devices", out], timeout=TIMEOUT,
+                env=_env())
   res = json.loads(out.read_text())
   assert res["num_devices"] == 8
   _check_vae(res["vae"])
@@ -82,7 +70,7 @@ def test_eight_simulated_devices(tmp_path):
 
 
 def test_two_processes_joined_by_jax_distributed(tmp_path):
-  port = _free_port()
+  port = processes.free_port()
   _run_all([[sys.executable, "-m", "tests.scale_worker", "process", str(i), "2", str(port),
              str(tmp_path)] for i in range(2)], tmp_path)
   res = json.loads((tmp_path / "result.json").read_text())
@@ -94,28 +82,14 @@ def test_two_processes_joined_by_jax_distributed(tmp_path):
 
 def _launch(module, nproc, out_dir, *args):
   """Runs ``python -m module PID NPROC PORT OUT_DIR *args`` for every process (see _run_all)."""
-  port = _free_port()
+  port = processes.free_port()
   _run_all([[sys.executable, "-m", module, str(i), str(nproc), str(port), str(out_dir), *args]
             for i in range(nproc)], out_dir)
 
 
 def _run_all(commands, out_dir):
   """Runs the commands at once (one process each, logs in out_dir/log<i>.txt); all must exit 0."""
-  nproc = len(commands)
-  logs = [open(out_dir / f"log{i}.txt", "w")  # pylint: disable=consider-using-with
-          for i in range(nproc)]
-  procs = [subprocess.Popen(command, cwd=REPO, env=_env(), stdout=logs[i],
-                            stderr=subprocess.STDOUT) for i, command in enumerate(commands)]
-  try:
-    codes = [p.wait(timeout=TIMEOUT) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-    for f in logs:
-      f.close()
-  tails = "\n".join((out_dir / f"log{i}.txt").read_text()[-3000:] for i in range(nproc))
-  assert codes == [0] * nproc, tails
+  processes.run_together(commands, out_dir, timeout=TIMEOUT, env=_env())
 
 
 def _small_mnist(data_dir):
@@ -227,22 +201,12 @@ def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, confi
     return [sys.executable, os.path.join("experiments", launcher + ".py"), "--config", config,
             "--workdir", str(workdir), "--quiet", *extra, *flags]
 
-  single = subprocess.run(command(tmp_path / "one"), cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
-  assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
-  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  procs = [subprocess.Popen(command(tmp_path / "two", f"--coordinator_address=localhost:{port}",
-                                    "--num_processes=2", f"--process_id={i}"),
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+  processes.run(command(tmp_path / "one"), timeout=TIMEOUT, env=_env())
+  port = processes.free_port()
+  processes.run_together(
+      [command(tmp_path / "two", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+               f"--process_id={i}") for i in range(2)], tmp_path, timeout=TIMEOUT,
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
   one = json.loads((tmp_path / "one" / "results.json").read_text())
   two = json.loads((tmp_path / "two" / "results.json").read_text())
   assert set(one) == set(two)
@@ -260,11 +224,9 @@ def test_launcher_on_two_processes_matches_one_process(tmp_path, launcher, confi
     # The two processes evaluated the trained parameters on their own blocks of the evaluation
     # points; one process evaluating the same checkpoint on all of them gets the same figures.
     k = two["num_importance_samples"]
-    alone = subprocess.run([sys.executable, os.path.join("experiments", "evaluate_vae.py"),
-                            "--workdir", str(tmp_path / "two"), f"--num_importance_samples={k}",
-                            "--figures=False", "--quiet"], cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    processes.run([sys.executable, os.path.join("experiments", "evaluate_vae.py"), "--workdir",
+                   tmp_path / "two", f"--num_importance_samples={k}", "--figures=False",
+                   "--quiet"], timeout=TIMEOUT, env=_env())
     ev = json.loads((tmp_path / "two" / "evaluation" / f"eval_{two['step']}_k{k}.json")
                     .read_text())
     for name in ("elbo", "kl", "reconstruction", "log_likelihood", "active_units", "num_points"):

@@ -11,14 +11,14 @@ Both run in subprocesses with a timeout (on a quiet 2-core machine: the build ~3
 examples ~1.5 min of CPU, run as two processes side by side).
 """
 import importlib.util
-import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from tests import processes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The modules whose every public name the reference documents (issue 14 and DESIGN.md).
@@ -29,13 +29,6 @@ REQUIRED_MODULES = [
     "lvmjax.sharding", "lvmjax.checkpoint", "lvmjax.fixed_point", "lvmjax.types",
 ]
 TIMEOUT_S = 900  # the default suite runs on 2 shared cores; a quiet build takes ~30 s
-
-
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  return env
 
 
 def _listed_modules() -> list[str]:
@@ -70,8 +63,7 @@ def test_docs_build(tmp_path):
   out = tmp_path / "html"
   cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q",
          str(src / "docs"), str(out)]
-  proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                        timeout=TIMEOUT_S, check=False)
+  proc = processes.run(cmd, cwd=tmp_path, timeout=TIMEOUT_S, check=False)
   assert proc.returncode == 0, (
       f"sphinx-build failed (warnings are errors):\n{proc.stderr[-8000:]}\n{proc.stdout[-2000:]}")
 
@@ -95,17 +87,7 @@ def test_docstring_examples(tmp_path):
   base = [sys.executable, "-m", "pytest", "--doctest-modules", "-q", "-p", "no:cacheprovider",
           "-o", "addopts=", "-o", "testpaths=",
           "-o", "doctest_optionflags=NORMALIZE_WHITESPACE ELLIPSIS", "--rootdir", str(REPO)]
-  procs = [subprocess.Popen(base + files[i::2], cwd=tmp_path, env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-  outs = []
-  try:
-    for proc in procs:
-      outs.append(proc.communicate(timeout=TIMEOUT_S)[0])
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-  for proc, out in zip(procs, outs):
-    assert proc.returncode == 0, f"docstring examples failed:\n{out[-12000:]}"
+  outs = processes.run_together([base + files[i::2] for i in range(2)], tmp_path,
+                                timeout=TIMEOUT_S, cwd=tmp_path)
   ran = sum(int(m) for out in outs for m in re.findall(r"(\d+) passed", out))
   assert ran >= 20, f"too few docstring examples ran ({ran}):\n{outs}"

@@ -6,7 +6,6 @@ import itertools
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn import mixture as sk_mixture

@@ -13,7 +13,7 @@ from sklearn.decomposition import PCA, FactorAnalysis
 
 from lvmjax import gmm, mixture, ppca
 from lvmjax.gmm import factor
-from tests import cpu_devices
+from tests import processes
 
 NOISES = ("diagonal", "isotropic")
 
@@ -336,7 +336,7 @@ def _mesh_main():
 
 @pytest.mark.slow
 def test_mesh_of_four_cpu_devices_equals_one_device():
-  out = cpu_devices.run("test_gmm_factor", "_mesh_main", 4, timeout=600)
+  out = processes.on_cpu_devices("test_gmm_factor", "_mesh_main", 4, timeout=600)
   assert out["n_iter"][0] == out["n_iter"][1] and out["diff"] < 1e-9, out
 
 

@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from lvmjax import gmm
 from lvmjax import mixture
 from lvmjax import sharding
-from tests import cpu_devices
+from tests import processes
 
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(gmm.FIXABLE, r)]
 
@@ -202,7 +202,7 @@ def _mesh_main():
 
 @pytest.mark.slow
 def test_fixed_on_a_two_device_cpu_mesh():
-  out = cpu_devices.run("test_gmm_fixed", "_mesh_main", 2, timeout=300)
+  out = processes.on_cpu_devices("test_gmm_fixed", "_mesh_main", 2, timeout=300)
   for cov_type, r in out.items():
     assert r["bitwise"] == [True, True], (cov_type, r)
     assert r["diff"] < 1e-3, (cov_type, r)

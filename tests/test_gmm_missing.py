@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 from lvmjax import gmm
 from lvmjax import mixture
 from lvmjax import sharding
-from tests import cpu_devices
+from tests import processes
 
 COV_TYPES = gmm.COVARIANCE_TYPES
 
@@ -308,6 +308,6 @@ def _mesh_main():
 
 @pytest.mark.slow
 def test_two_device_cpu_mesh_equals_one_device():
-  out = cpu_devices.run("test_gmm_missing", "_mesh_main", 2, timeout=600)
+  out = processes.on_cpu_devices("test_gmm_missing", "_mesh_main", 2, timeout=600)
   for cov_type, r in out.items():
     assert r["bitwise"] and r["diff"] < 1e-9, (cov_type, r)

@@ -17,7 +17,7 @@ from sklearn.cluster import KMeans
 from lvmjax import kmeans
 from lvmjax import sharding
 from lvmjax.kmeans import kmeans as kmeans_impl
-from tests import cpu_devices
+from tests import processes
 
 
 def _blobs(n=3000, d=5, k=12, spread=1.0, seed=0, dtype=np.float64):
@@ -222,6 +222,6 @@ def _mesh_main():
 
 
 def test_hamerly_on_a_two_device_cpu_mesh():
-  out = cpu_devices.run("test_kmeans_hamerly", "_mesh_main", 2, timeout=300)
+  out = processes.on_cpu_devices("test_kmeans_hamerly", "_mesh_main", 2, timeout=300)
   assert out["centroids"] < 1e-9 and out["labels"] == 0, out
   assert out["n_iter"][0] == out["n_iter"][1], out

@@ -2,7 +2,6 @@
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -23,6 +22,7 @@ from lvmjax import progress
 from lvmjax.gmm import train as gmm_train
 from lvmjax.kmeans import train as kmeans_train
 from lvmjax.vae import train as vae_train
+from tests import processes
 from tests import recording
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -281,25 +281,23 @@ def test_launcher_runs_as_a_script(tmp_path):
   cmd = [sys.executable, str(REPO / "experiments" / "fit_gmm.py"), "--workdir", str(tmp_path),
          "--config", str(REPO / "configs" / "gmm_synthetic.py") + ":smoke",
          "--config.k_values=()", "--config.select_k=none", "--config.max_iter=5", "--quiet"]
-  out = subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert out.returncode == 0, out.stderr[-3000:]
+  env = processes.environment(importable=False)  # the script finds the repository itself
+  out = processes.run(cmd, cwd="/", timeout=300, env=env)
   assert "Results:" in out.stdout and "test_log_likelihood" in out.stdout
   shown = [line for line in (out.stdout + out.stderr).splitlines()
            if "test_log_likelihood" in line and "true_test" not in line]
   assert len(shown) == 1, shown  # the results are shown once (not also logged)
   assert _json(tmp_path / "config.json")["max_iter"] == 5
   assert _json(tmp_path / "results.json")["n_iter"] <= 5
-  bad = subprocess.run(cmd[:2] + ["--workdir", str(tmp_path / "b"), "--config.nonexistent=1"],
-                       cwd="/", capture_output=True, text=True, timeout=120)
+  bad = processes.run(cmd[:2] + ["--workdir", tmp_path / "b", "--config.nonexistent=1"],
+                      cwd="/", timeout=120, env=env, check=False)
   assert bad.returncode != 0 and "nonexistent" in bad.stderr
 
 
 def _launch(module, *args, cwd=REPO, env=None, timeout=300):
   """Runs ``python -m experiments.<module> args`` (CPU) and returns the CompletedProcess."""
-  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+  return processes.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=cwd,
+                       timeout=timeout, env=processes.environment(**(env or {})), check=False)
 
 
 @pytest.mark.parametrize("module", ["fit_gmm", "fit_kmeans", "train_vae"])

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from lvmjax import mixture
-from tests import cpu_devices
+from tests import processes
 
 
 # ---- The new family: a mixture of independent Poissons (what a user writes) ------------------
@@ -190,7 +190,7 @@ def _mesh_main():
 
 
 def test_mesh_of_four_cpu_devices_equals_one_device():
-  out = cpu_devices.run("test_mixture", "_mesh_main", 4, timeout=300)
+  out = processes.on_cpu_devices("test_mixture", "_mesh_main", 4, timeout=300)
   for init, r in out.items():
     assert r["n_iter"][0] == r["n_iter"][1] and r["converged"] == [True, True], (init, r)
     assert r["diff"] < 1e-9, (init, r)

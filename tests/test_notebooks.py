@@ -5,7 +5,6 @@ versions, a few minutes each on a CPU, are marked slow. Lines starting with ``!`
 and IPython magics) are skipped. The notebooks must be stored without outputs.
 """
 import json
-import os
 import pathlib
 
 import pytest

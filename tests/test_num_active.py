@@ -12,7 +12,7 @@ from lvmjax import gmm
 from lvmjax import kmeans
 from lvmjax import sharding
 from tests import compile_count
-from tests import cpu_devices
+from tests import processes
 
 
 def _data(n_per=120, dtype=np.float64, seed=0):
@@ -177,7 +177,7 @@ def _mesh_main():
 
 
 def test_num_active_on_a_two_device_cpu_mesh():
-  out = cpu_devices.run("test_num_active", "_mesh_main", 2, timeout=300)
+  out = processes.on_cpu_devices("test_num_active", "_mesh_main", 2, timeout=300)
   assert out["gmm"] < 1e-9, out
   assert out["gmm_weights"][3:] == [0.0, 0.0], out
   assert out["kmeans"] < 1e-9 and out["kmeans_labels"] == 2, out

@@ -19,8 +19,8 @@ from lvmjax import progress
 from lvmjax.gmm import train as gmm_train
 from lvmjax.kmeans import train as kmeans_train
 from lvmjax.vae import train as vae_train
+from tests import processes
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("sklearn")  # the configs use the bundled digits
 
 NUM_STEPS = 150
@@ -45,10 +45,10 @@ def _without_rate(records):
 
 def test_sigkill_mid_training_then_resume_is_bit_exact(tmp_path):
   workdir = tmp_path / "killed"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         vae_train.STEP_DELAY_ENV: "0.03"}  # slow the tiny run down so it can be killed midway
-  proc = subprocess.Popen(_command(workdir), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+  # Slowed down so that the tiny run can be killed midway.
+  env = processes.environment(**{vae_train.STEP_DELAY_ENV: "0.03"})
+  proc = subprocess.Popen(_command(workdir), cwd=processes.REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   deadline = time.time() + 240
   try:
     while not [s for s in _complete_steps(workdir) if s >= 30]:
@@ -68,9 +68,7 @@ def test_sigkill_mid_training_then_resume_is_bit_exact(tmp_path):
   assert not (workdir / "results.json").exists()
 
   env.pop(vae_train.STEP_DELAY_ENV)
-  out = subprocess.run(_command(workdir), cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = processes.run(_command(workdir), timeout=300, env=env)
   resumed = re.search(r"Resuming from step (\d+)", out.stderr)
   assert resumed and killed_at <= int(resumed.group(1)) < NUM_STEPS, out.stderr[-3000:]
   assert "Results:" in out.stdout

@@ -3,8 +3,6 @@ sharded fits on a one-device mesh, flat memory.
 
 Multi-device and multi-process equality lives in tests/test_distributed.py (subprocesses).
 """
-import os
-import subprocess
 import sys
 
 import jax
@@ -15,8 +13,7 @@ import pytest
 from lvmjax import gmm, kmeans, sharding
 from lvmjax.gmm import online, streaming
 from lvmjax.kmeans import minibatch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import processes
 
 
 def blobs(n=600, d=3, k=3, seed=0, dtype=np.float64, spread=5.0):
@@ -217,7 +214,6 @@ def test_minibatch_kmeans_reaches_the_lloyd_fit(tmp_path):
 def _ragged(num, n_max, seed=0):
   """num data sets of 150 or n_max rows, padded to n_max rows with weight 0 (two sizes only,
   so that the separate reference fits compile twice, not once per data set)."""
-  rng = np.random.default_rng(seed)
   sizes = np.where(np.arange(num) % 2, 150, n_max)
   xs = np.zeros((num, n_max, 2), np.float32)
   ws = np.zeros((num, n_max), np.float32)
@@ -375,24 +371,12 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def test_streamed_em_peak_memory_is_flat_in_n(tmp_path):
   peaks = []
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
   for n in (100_000, 1_000_000):  # data: 3.2 MB and 32 MB of float32
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / f"x{n}.npy"), str(n)],
-                         capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = processes.run([sys.executable, "-c", _RSS_SCRIPT, tmp_path / f"x{n}.npy", n],
+                        timeout=600)
     peaks.append(int(out.stdout.split()[-1]) / 1024)  # ru_maxrss is in KiB on Linux: MiB
   # Holding the 1e6-row array would add 29 MB over the small run; streaming adds (almost) none.
   assert peaks[1] - peaks[0] < 12, peaks
-
-
-def _run_fresh_python(code):
-  """Runs ``code`` in a new CPU-only Python (its own JAX start-up); it must print "ok"."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 def test_use_cpu_cores_before_and_after_the_backend_starts():
@@ -402,6 +386,7 @@ def test_use_cpu_cores_before_and_after_the_backend_starts():
           "try:\n  sharding.use_cpu_cores(2)\nexcept ValueError as e:\n"
           "  assert 'before the first JAX computation' in str(e)\nelse:\n  raise SystemExit(1)\n"
           "print('ok')\n")
-  _run_fresh_python(code)
+  out = processes.python(code, timeout=300, env=processes.environment(drop=("XLA_FLAGS",)))
+  assert "ok" in out.stdout, out.stdout[-2000:]
   with pytest.raises(ValueError, match="num_devices"):
     sharding.use_cpu_cores(0)

@@ -15,17 +15,16 @@ skip marks).
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import re
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 import sklearn
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests import processes
+
 SKLEARN_DIR = pathlib.Path(sklearn.__file__).parent
 
 FILES = {
@@ -119,11 +118,8 @@ def run_upstream(name: str, folder: pathlib.Path, only: list[str] | None = None)
     args += ["--deselect", f"{path.name}::{test}"]
   if only:
     args += ["-k", " or ".join(f"({expr})" for expr in only)]
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  env.pop("SKLEARN_TESTS_GLOBAL_RANDOM_SEED", None)
-  out = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=3600,
-                       check=False)
+  env = processes.environment(drop=("SKLEARN_TESTS_GLOBAL_RANDOM_SEED",))
+  out = processes.run(args, cwd=folder, env=env, timeout=3600, check=False)
   assert report.exists(), out.stdout[-3000:] + out.stderr[-3000:]
   outcomes = {}
   for case in ET.parse(report).getroot().iter("testcase"):

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from lvmjax import vae
-from lvmjax.vae import ais, hierarchical
+from lvmjax.vae import hierarchical
 
 D, L1, L2 = 5, 3, 2
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from lvmjax import _checks
 from lvmjax.types import DataBatch, DataBatchLike, Key, LatentBatch, Latents, LogDensity
-from lvmjax.vae.priors import StandardNormal, gaussian_kl
+from lvmjax.vae.priors import StandardNormal
 
 Params = Any
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
