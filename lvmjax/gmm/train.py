@@ -153,8 +153,12 @@ def _params_template(k: int, d: int, covariance_type: str, dtype) -> dict:
 
 
 def _state_of(params: gmm.GMMParams, lower_bound) -> dict:
+  # A fit adopted from the model selection is on the host (NumPy): its lower bound stays NumPy
+  # too, since with several processes a one-device jax.Array cannot be saved (Orbax refuses it).
+  if not isinstance(lower_bound, jax.Array):
+    lower_bound = np.asarray(lower_bound)
   return {"weights": params.weights, "means": params.means, "covariances": params.covariances,
-          "lower_bound": jnp.asarray(lower_bound)}
+          "lower_bound": lower_bound}
 
 
 def _finite_params(params: gmm.GMMParams) -> bool:
