@@ -7,6 +7,9 @@ under a user's ``jit`` or ``vmap``; shape checks always apply.
 """
 from __future__ import annotations
 
+import inspect
+import os
+import warnings
 from typing import Any
 
 import jax
@@ -107,7 +110,7 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
   """Checks the dtype of data given to a fit and returns the dtype the fit computes in.
 
   * float32 and float64 are kept (float64 needs ``jax_enable_x64``; without it JAX computes in
-    float32).
+    float32, and a ``UserWarning`` says so: float64 data is never computed in float32 silently).
   * Integers and bools are converted to JAX's default float dtype (float32, or float64 with
     ``jax_enable_x64``), as ``jnp.asarray(x, float)`` does; e.g. uint8 pixels in 0..255 are used
     as the numbers 0.0..255.0 (scale them yourself if you want [0, 1]).
@@ -128,7 +131,14 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
   dtype = getattr(x, "dtype", None)
   dtype = np.dtype(np.asarray(x).dtype if dtype is None else dtype)
   if dtype in FLOAT_DTYPES:
-    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    computed = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    if computed != dtype:
+      warnings.warn(
+          f"{name} is {dtype.name} but JAX's x64 mode is off, so it is computed in "
+          f"{computed.name}. For {dtype.name}, call jax.config.update('jax_enable_x64', True) "
+          f"before any JAX computation; to silence this, pass {name}.astype(np.float32).",
+          UserWarning, stacklevel=_caller_stacklevel())
+    return computed
   if dtype == bool or np.issubdtype(dtype, np.integer):
     return np.dtype(jax.dtypes.canonicalize_dtype(float))
   if dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16"):
@@ -138,6 +148,18 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
         f"{name}.astype(np.float32).")
   raise ValueError(f"{name} must hold real numbers (float32, float64, integers or bools), got "
                    f"dtype {dtype.name}.")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+  """The ``stacklevel`` of a warning issued here that points at the first frame outside lvmjax
+  (the user's call), however deep inside the package the check runs."""
+  level, frame = 1, inspect.currentframe().f_back
+  while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    frame, level = frame.f_back, level + 1
+  return level
 
 
 def check_fit_inputs(key: Any, x: Any, *, x_name: str = "x", allow_none_key: bool = False) -> None:

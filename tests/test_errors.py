@@ -1,6 +1,7 @@
 """Errors that stop at the user's mistake: a ValueError at the API's door that names the fix."""
 import pathlib
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,26 @@ def test_fit_with_16_bit_floats_says_to_convert(name, dtype):
   fit = (lambda k, x: ppca.fit_ppca(x, 1)) if name == "ppca.fit_ppca" else _fits()[name]
   with pytest.raises(ValueError, match=r"astype\(np\.float32\)"):
     fit(jax.random.key(0), jnp.asarray(_X, dtype))
+
+
+@pytest.mark.parametrize("name", _FIT_NAMES + ["ppca.fit_ppca"])
+def test_float64_data_without_x64_warns_that_it_is_computed_in_float32(name):
+  from lvmjax import ppca  # pylint: disable=g-import-not-at-top
+  fit = (lambda k, x: ppca.fit_ppca(x, 1)) if name == "ppca.fit_ppca" else _fits()[name]
+  x64 = _X.astype(np.float64)
+  fix = r"float64 but JAX's x64 mode is off.*astype\(np\.float32\)"
+  with warnings.catch_warnings():
+    # (The streamed fits also meet JAX's own "Explicitly requested dtype float64" warning.)
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype")
+    with pytest.warns(UserWarning, match=fix) as got:
+      fit(jax.random.key(0), x64)
+  # Pointed at the caller's line (here), not at lvmjax's internals.
+  assert {pathlib.Path(w.filename).name for w in got if "x64 mode" in str(w.message)} == {
+      pathlib.Path(__file__).name}
+  for data, enable in ((_X, False), (x64, True)):  # float32 data, or x64 on: nothing to say
+    with jax.enable_x64(enable), warnings.catch_warnings():
+      warnings.filterwarnings("error", message=".*x64 mode is off")
+      fit(jax.random.key(0), data)
 
 
 def test_data_on_an_accelerator_is_checked_where_it_lives(monkeypatch):
