@@ -106,6 +106,15 @@ def check_key(key: Any, name: str = "key", *, allow_none: bool = False) -> None:
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def computed_dtype(dtype: Any) -> np.dtype:
+  """The dtype lvmjax computes data of ``dtype`` in: a float dtype as JAX's x64 mode allows
+  (float64 becomes float32 without it), anything else JAX's default float. No warning: the
+  fits' door (:func:`check_float_dtype`) has said what it needed to."""
+  dtype = jnp.dtype(dtype)
+  return np.dtype(jax.dtypes.canonicalize_dtype(dtype if jnp.issubdtype(dtype, jnp.floating)
+                                                else float))
+
+
 def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
   """Checks the dtype of data given to a fit and returns the dtype the fit computes in.
 
@@ -131,7 +140,7 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
   dtype = getattr(x, "dtype", None)
   dtype = np.dtype(np.asarray(x).dtype if dtype is None else dtype)
   if dtype in FLOAT_DTYPES:
-    computed = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    computed = computed_dtype(dtype)
     if computed != dtype:
       warnings.warn(
           f"{name} is {dtype.name} but JAX's x64 mode is off, so it is computed in "
@@ -140,7 +149,7 @@ def check_float_dtype(x: Any, name: str = "x") -> np.dtype:
           UserWarning, stacklevel=_caller_stacklevel())
     return computed
   if dtype == bool or np.issubdtype(dtype, np.integer):
-    return np.dtype(jax.dtypes.canonicalize_dtype(float))
+    return computed_dtype(dtype)
   if dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16"):
     raise ValueError(
         f"{name} has dtype {dtype.name}; lvmjax fits need float32 or float64 data (16-bit floats "

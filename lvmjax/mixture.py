@@ -805,6 +805,30 @@ def check_data(family: MixtureFamily, x: Any) -> None:
   sharding.check_data(_without_missing(family, x))
 
 
+def place_rows(x: Any, sample_weight: Any, num_components: int, placement: Any = None):
+  """Where a fit's rows go, and the dtype it computes in (the step every fit takes after its
+  checks).
+
+  ``placement`` is a mesh given or found on x (:func:`lvmjax.sharding.mesh_of`); without one,
+  large data on a multi-core CPU take every core (:func:`lvmjax.sharding.auto_placement`).
+
+  Returns:
+    ``(x, w, placement, dtype)``: on one device (``placement`` None), x as a float ``jax.Array``
+    and its weights (ones when ``sample_weight`` is None); on a mesh, ``x`` and
+    ``sample_weight`` as given, for the fit to split. ``dtype`` is
+    :func:`lvmjax._checks.computed_dtype` of the data.
+  """
+  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
+    placement = sharding.auto_placement(x, num_components)
+  if placement is not None:
+    return x, sample_weight, placement, _checks.computed_dtype(x.dtype)
+  x = jnp.asarray(x)
+  x = x.astype(_checks.computed_dtype(x.dtype))
+  w = (jnp.ones((x.shape[0],), x.dtype) if sample_weight is None
+       else jnp.asarray(sample_weight).astype(x.dtype))
+  return x, w, None, x.dtype
+
+
 def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
         init: Any = "random", n_init: int = 1, max_iter: int = 100, tol: float = 1e-3,
         sample_weight: ArrayLike | None = None, chunk_size: int | None = None,
@@ -863,15 +887,7 @@ def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,
   sharding.check_sample_weight(sample_weight, n)
   chunk = _checks.check_positive_int(chunk_size, "chunk_size") if chunk_size else (
       default_chunk_size(n, num_components, d))
-  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
-    placement = sharding.auto_placement(x, num_components)
-  if placement is None:
-    x = jnp.asarray(x)
-    x = x.astype(jnp.result_type(x.dtype, float))
-    w = (jnp.ones((n,), x.dtype) if sample_weight is None
-         else jnp.asarray(sample_weight).astype(x.dtype))
-  else:
-    w = sample_weight
+  x, w, placement, _ = place_rows(x, sample_weight, num_components, placement)
   return fit_arrays(family, key, x, w, num_components, init=init, n_init=n_init,
                     max_iter=max_iter, tol=tol, chunk_size=chunk, placement=placement,
                     fixed=fixed)

@@ -748,14 +748,7 @@ def fit(key: Key, x: DataLike, num_components: int, covariance_type: str = "full
         f"x has {n} points but num_components={num_components}: a mixture needs at least as many "
         "points as components. Use fewer components or more data.")
   sharding.check_sample_weight(sample_weight, n)
-  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
-    placement = sharding.auto_placement(x, num_components)
-  if placement is None:
-    x, w = _prepare(x, sample_weight)
-    dtype = x.dtype
-  else:
-    dtype = jnp.result_type(x.dtype, float)
-    w = sample_weight
+  x, w, placement, dtype = mixture.place_rows(x, sample_weight, num_components, placement)
   fixed = check_fixed(fixed, init)
   num_active = _checks.check_num_active(num_active, num_components, "num_components")
   if isinstance(init, GMMFitResult):

@@ -639,17 +639,7 @@ def fit(key: Key, x: DataLike, num_components: int, rank: int, noise: str = "dia
   elif fixed:  # as gmm.fit: a named initialisation leaves nothing meaningful to freeze
     raise ValueError(f"fixed={fixed} keeps fields at the values you start from: pass them as "
                      "init=gmm.factor.FactorParams(...) (or a FactorFitResult).")
-  if placement is None:  # no mesh given or found on x; large data on a multi-core CPU: every core
-    placement = sharding.auto_placement(x, num_components)
-  if placement is None:
-    x = jnp.asarray(x)
-    x = x.astype(jnp.result_type(x.dtype, float))
-    w = (jnp.ones((n,), x.dtype) if sample_weight is None
-         else jnp.asarray(sample_weight).astype(x.dtype))
-    dtype = x.dtype
-  else:
-    dtype = jnp.result_type(x.dtype, float)
-    w = sample_weight
+  x, w, placement, dtype = mixture.place_rows(x, sample_weight, num_components, placement)
   if (w is not None and _checks.is_concrete(w) and not sharding.is_global(w)
       and isinstance(init, str) and init != "random"
       and int(np.count_nonzero(np.asarray(w))) < num_components):

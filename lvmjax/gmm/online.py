@@ -202,11 +202,11 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   key_init, key_sub, key_perm = jax.random.split(key, 3)
   if isinstance(init, GMMParams):
     model.check_init(init, d, num_components, covariance_type)
-    dtype = dtype or jnp.result_type(jnp.asarray(init.means).dtype, float)
+    dtype = dtype or _checks.computed_dtype(jnp.asarray(init.means).dtype)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
   else:
     xs, ws = data_lib.subsample(key_sub, data, init_size, sample_weight, batch_size=batch_size)
-    dtype = dtype or jnp.result_type(xs.dtype if np.issubdtype(xs.dtype, np.floating) else float)
+    dtype = dtype or _checks.computed_dtype(xs.dtype)
     params = em.fit(key_init, jnp.asarray(xs, dtype), num_components, covariance_type, init=init,
                     max_iter=0, reg_covar=reg_covar,
                     sample_weight=None if ws is None else jnp.asarray(ws, dtype)).params

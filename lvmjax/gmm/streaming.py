@@ -176,15 +176,11 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
   mixture.check_mesh(mesh)
   make_iter, _, d, arr = _as_source(data, sample_weight, batch_size)
 
-  def default_dtype(a):
-    a = jnp.dtype(a)
-    return jnp.result_type(a if jnp.issubdtype(a, jnp.floating) else float)
-
   if dtype is None and arr is not None:
-    dtype = default_dtype(arr.dtype)
+    dtype = _checks.computed_dtype(arr.dtype)
   elif dtype is None and isinstance(init, (GMMParams, GMMFitResult)):
     means = init.params.means if isinstance(init, GMMFitResult) else init.means
-    dtype = default_dtype(jnp.asarray(means).dtype)
+    dtype = _checks.computed_dtype(jnp.asarray(means).dtype)
   k_init = key
   if isinstance(init, GMMFitResult):  # continue an earlier fit
     model.check_init(init.params, d, num_components, covariance_type)
@@ -207,7 +203,7 @@ def fit(key: jax.Array, data: Any, num_components: int, covariance_type: str = "
     draw = subsample if jax.process_count() == 1 else subsample_processes
     xs, ws = draw(jax.random.fold_in(key, 1), data, init_size, sample_weight,
                   batch_size=batch_size)
-    dtype = default_dtype(xs.dtype) if dtype is None else dtype
+    dtype = _checks.computed_dtype(xs.dtype) if dtype is None else dtype
     params = em.fit(k_init, jnp.asarray(xs, dtype), num_components, covariance_type, init=init,
                     n_init=n_init, max_iter=init_max_iter, tol=tol, reg_covar=reg_covar,
                     sample_weight=None if ws is None else jnp.asarray(ws, dtype),
