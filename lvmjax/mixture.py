@@ -400,7 +400,7 @@ def e_step(family: MixtureFamily, params: Any, x: ArrayLike,
   placement = sharding.mesh_of(x, mesh, axis_name)
   n, d = np.shape(x)
   if dtype is None:
-    dtype = jnp.result_type(jnp.asarray(x).dtype if placement is None else x.dtype, float)
+    dtype = _checks.computed_dtype(jnp.asarray(x).dtype if placement is None else x.dtype)
   if placement is not None:
     mesh, axis_name = placement
     shards = sharding.num_shards(mesh, axis_name)
@@ -729,7 +729,7 @@ def fit_arrays(family: MixtureFamily, key: Key, x: Any, w: Any, num_components: 
   """
   fixed = check_fixed(fixed, None if isinstance(init, str) else (
       init.params if _is_result(init) else init))
-  dtype = x.dtype if placement is None else jnp.result_type(x.dtype, float)
+  dtype = x.dtype if placement is None else _checks.computed_dtype(x.dtype)
   tol = jnp.asarray(tol, dtype)
   dynamic, static = _split(family)
   prev_history, n_prev = None, 0
