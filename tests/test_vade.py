@@ -33,11 +33,11 @@ def _mixture(rng, k=K, latent=L):
                        jnp.asarray(rng.random((k, latent)) + 0.3), "diag")
 
 
-def _setup(seed=0, k=K, latent=L):
+def _setup(seed=0, k=K, latent=L, dtype=np.float64):
   rng = np.random.default_rng(seed)
   model = _model(k, latent)
-  x = (rng.random((4, D)) < 0.5).astype(np.float64)
-  params = vae.cast_params(vae.init(jax.random.key(seed), model, x), jnp.float64)
+  x = (rng.random((4, D)) < 0.5).astype(dtype)
+  params = vae.cast_params(vae.init(jax.random.key(seed), model, x), dtype)
   params = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape), params)  # not at init
   return model, vade.set_mixture_params(params, _mixture(rng, k, latent)), x, rng
 
@@ -141,8 +141,7 @@ def test_prior_log_prob_is_gmm_log_marginal_against_scipy(x64):
 
 @pytest.mark.slow
 def test_init_prior_from_data_is_gmm_fit_on_the_codes():
-  model, params, x, rng = _setup(5)
-  params = vae.cast_params(params, jnp.float32)
+  model, params, x, rng = _setup(5, dtype=np.float32)
   x = (rng.random((120, D)) < 0.5).astype(np.float32)
   new, fit = vade.init_prior_from_data(model, params, jax.random.key(0), x, batch_size=50,
                                        init="random_from_data")
