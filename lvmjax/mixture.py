@@ -84,7 +84,7 @@ __all__ = [
     "generic_chunk_stats", "run_em", "fit_arrays", "resume_state", "chunk_rows", "sum_stats",
     "zero_stats", "e_step", "em_step", "fit", "responsibility_stats", "initial_responsibilities",
     "streamed_stats", "fit_streaming", "check_mesh", "mean_log_likelihood", "default_chunk_size",
-    "param_fields", "keep_fields", "check_fixed", "check_data",
+    "param_fields", "keep_fields", "check_fixed", "check_data", "place_rows", "as_rows",
 ]
 
 #: The initialisations every family gets: uniform random responsibilities, or hard
@@ -822,11 +822,19 @@ def place_rows(x: Any, sample_weight: Any, num_components: int, placement: Any =
     placement = sharding.auto_placement(x, num_components)
   if placement is not None:
     return x, sample_weight, placement, _checks.computed_dtype(x.dtype)
+  x, w = as_rows(x, sample_weight)
+  return x, w, None, x.dtype
+
+
+def as_rows(x: Any, sample_weight: Any = None) -> tuple[jax.Array, jax.Array]:
+  """``x`` as a float ``jax.Array`` in the dtype it is computed in
+  (:func:`lvmjax._checks.computed_dtype`), and its weights in that dtype (ones when
+  ``sample_weight`` is None)."""
   x = jnp.asarray(x)
   x = x.astype(_checks.computed_dtype(x.dtype))
   w = (jnp.ones((x.shape[0],), x.dtype) if sample_weight is None
        else jnp.asarray(sample_weight).astype(x.dtype))
-  return x, w, None, x.dtype
+  return x, w
 
 
 def fit(family: MixtureFamily, key: Key, x: ArrayLike, num_components: int, *,

@@ -615,7 +615,7 @@ def params_from_responsibilities(family: BayesianFamily, x: DataLike, resp: Arra
   Returns:
     :class:`BayesianGMMParams` in the dtype of x.
   """
-  x, w = em._prepare(x, sample_weight)  # pylint: disable=protected-access
+  x, w = mixture.as_rows(x, sample_weight)
   r = jnp.asarray(resp, x.dtype)
   if r.ndim != 2 or r.shape[0] != x.shape[0]:
     raise ValueError(f"resp must have shape (N, K) with N={x.shape[0]}, got {r.shape}.")

@@ -363,15 +363,6 @@ def default_chunk_size(num_points: int, num_components: int, num_features: int) 
   return mixture.default_chunk_size(num_points, num_components, num_features)
 
 
-def _prepare(x: ArrayLike, sample_weight: ArrayLike | None, dtype=None):
-  x = jnp.asarray(x)
-  dtype = dtype or jnp.result_type(x.dtype, float)
-  x = x.astype(dtype)
-  if sample_weight is None:
-    sample_weight = jnp.ones(x.shape[0], dtype)
-  return x, jnp.asarray(sample_weight).astype(dtype)
-
-
 def e_step(params: GMMParams, x: DataLike, sample_weight: WeightsLike | None = None, *,
            chunk_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
            axis_name: str | None = None) -> SuffStats:
