@@ -197,7 +197,7 @@ def test_density_functions_refuse_invalid_concrete_params(fn):
 def test_sample_and_fit_init_refuse_invalid_params():
   with pytest.raises(ValueError, match="sum to one"):
     gmm.sample_given(jax.random.key(0), _params(weights=(0.5, 0.7)), jnp.array([0, 1]))
-  x = np.random.default_rng(0).normal(size=(50, 2))
+  x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
   with pytest.raises(ValueError, match="not positive definite"):
     gmm.fit(jax.random.key(0), x, 2, init=_params(
         covs=np.stack([np.eye(2), [[1.0, 2.0], [2.0, 1.0]]])))

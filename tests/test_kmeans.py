@@ -360,7 +360,7 @@ def test_array_init_warns_on_n_init(x64):
 # Bad input.
 # ------------------------------------------------------------------------------------------------
 
-_X = np.random.default_rng(0).normal(size=(10, 2))
+_X = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -368,7 +368,7 @@ _X = np.random.default_rng(0).normal(size=(10, 2))
     (dict(x=np.where(np.eye(10, 2) > 0, np.inf, _X)), "NaN or infinite"),
     (dict(x=_X[:, 0]), "2-D"),
     (dict(x=_X[None]), "2-D"),
-    (dict(x=np.zeros((0, 2))), "at least one row"),
+    (dict(x=np.zeros((0, 2), np.float32)), "at least one row"),
     (dict(num_clusters=11), "larger than the number of points"),
     (dict(num_clusters=0), "num_clusters"),
     (dict(num_clusters=2.0), "num_clusters"),

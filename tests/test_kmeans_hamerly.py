@@ -167,7 +167,7 @@ def test_auto_choice_and_bad_value():
   assert kmeans.resolve_algorithm("auto", 64, 1_000) == "lloyd"  # small: the smaller program
   assert kmeans.resolve_algorithm("hamerly", 3, 10) == "hamerly"
   with pytest.raises(ValueError, match="algorithm"):
-    kmeans.fit(jax.random.key(0), np.zeros((10, 2)), 2, algorithm="elkan")
+    kmeans.fit(jax.random.key(0), np.zeros((10, 2), np.float32), 2, algorithm="elkan")
 
 
 def test_bounds_skip_most_points_once_settled(x64):

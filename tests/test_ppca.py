@@ -174,7 +174,7 @@ def test_float32_default():
 
 def test_bad_input_raises():
   rng = np.random.default_rng(12)
-  x = rng.normal(size=(30, 4))
+  x = rng.normal(size=(30, 4)).astype(np.float32)
   params = ppca.fit_ppca(x, 2)
   bad = x.copy()
   bad[3, 1] = np.nan
