@@ -19,6 +19,7 @@ closest valid field name where one was mistyped, and exit status 1 or 2, without
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -310,6 +311,30 @@ class _LibraryInfoFilter:
     if record.levelno > 20 or logging.get_verbosity() >= 1:
       return True
     return not any(part in record.pathname for part in self._NOISY)
+
+
+def main_for(config_holder, target: str, **kwargs):
+  """The ``main`` that ``app.run`` calls in a launcher which runs one library function.
+
+  ``target`` is ``"module:function"``, e.g. ``"lvmjax.gmm.train:fit_and_evaluate"``, called as
+  ``function(config, workdir, quiet=..., **kwargs)`` after :func:`start`; its result's
+  ``results`` are printed. The module is imported only then, once the flags have fixed the CPU
+  devices (and ``--help`` never imports JAX).
+  """
+  module_name, function_name = target.split(":")
+
+  def main(argv):
+    from absl import app  # pylint: disable=g-import-not-at-top
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    start()
+    function = getattr(importlib.import_module(module_name), function_name)
+    f = flags.FLAGS
+    run = function(config_holder.value, f.workdir, quiet=f.quiet, **kwargs)
+    print_results(run.results, f.workdir)
+
+  return main
 
 
 def print_results(results: dict, workdir: str) -> None:

@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # python experiments/fit_gmm.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
 
 from experiments import common
 
@@ -24,17 +23,10 @@ common.ensure_importable()
 _CONFIG = common.define_flags("gmm_digits.py")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.start()
-  from lvmjax.gmm import train  # pylint: disable=g-import-not-at-top
-  # release_programs: the model selection's programs (one for every K) are freed after use and
-  # each compilation's spare memory is handed back, which keeps the main job's peak memory down;
-  # nothing else runs in this process.
-  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet,
-                               release_programs=True)
-  common.print_results(run.results, flags.FLAGS.workdir)
+# release_programs: the model selection's programs (one for every K) are freed after use and
+# each compilation's spare memory is handed back, which keeps the main job's peak memory down;
+# nothing else runs in this process.
+main = common.main_for(_CONFIG, "lvmjax.gmm.train:fit_and_evaluate", release_programs=True)
 
 
 if __name__ == "__main__":

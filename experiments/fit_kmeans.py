@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # python experiments/fit_kmeans.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
 
 from experiments import common
 
@@ -24,16 +23,9 @@ common.ensure_importable()
 _CONFIG = common.define_flags("kmeans_digits.py")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.start()
-  from lvmjax.kmeans import train  # pylint: disable=g-import-not-at-top
-  # release_programs: compiled programs are freed once they are not run again (nothing else runs
-  # in this process), which keeps the launcher's peak memory down.
-  run = train.fit_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet,
-                               release_programs=True)
-  common.print_results(run.results, flags.FLAGS.workdir)
+# release_programs: compiled programs are freed once they are not run again (nothing else runs
+# in this process), which keeps the launcher's peak memory down.
+main = common.main_for(_CONFIG, "lvmjax.kmeans.train:fit_and_evaluate", release_programs=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ if __package__ in (None, ""):  # python experiments/train_vae.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
 
 from experiments import common
 
@@ -25,13 +24,7 @@ common.ensure_importable()
 _CONFIG = common.define_flags("vae_digits.py")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.start()
-  from lvmjax.vae import train  # pylint: disable=g-import-not-at-top
-  run = train.train_and_evaluate(_CONFIG.value, flags.FLAGS.workdir, quiet=flags.FLAGS.quiet)
-  common.print_results(run.results, flags.FLAGS.workdir)
+main = common.main_for(_CONFIG, "lvmjax.vae.train:train_and_evaluate")
 
 
 if __name__ == "__main__":
