@@ -140,6 +140,10 @@ flags.DEFINE_integer("ais_points", 0,
                      "random test points, next to IS (--ais_is_k) and the IWAE bounds on the same "
                      "points (0: no AIS).")
 flags.DEFINE_integer("ais_is_k", 5000, "Importance samples for IS on the AIS points.")
+flags.DEFINE_string("ais_values_out", None,
+                    "With --ais_points: write each point's AIS estimate to this .npy file, in the "
+                    "order of the points (a prefix of one permutation that depends on --seed "
+                    "only), so that two runs' estimators can be paired on the same points.")
 common.define_ais_flags()
 flags.DEFINE_string("save_params", None, "Write the evaluated params here (flax msgpack).")
 flags.DEFINE_string("load_params", None, "Evaluate these params (from --save_params) instead of "
@@ -340,8 +344,12 @@ def evaluate_test(model, params, eval_key, test, evaluate_fn, latent_dim) -> dic
     t0 = time.perf_counter()
     ais_ev = vae.ais.evaluate_ais(model, params, jax.random.fold_in(eval_key, 7), x_ais,
                                   batch_size=min(FLAGS.eval_batch_size, len(x_ais)),
-                                  progress=progress, **common.ais_options(FLAGS))
+                                  progress=progress, return_values=True,
+                                  **common.ais_options(FLAGS))
     ais_ev["ais_s"] = time.perf_counter() - t0
+    values = ais_ev.pop("values")
+    if FLAGS.ais_values_out:
+      np.save(FLAGS.ais_values_out, values)
     ev["subset"] = {"num_points": len(x_ais), "elbo": sub["elbo"],
                     **{f"iwae_{k}": sub[f"iwae_{k}"] for k in iwae_k},
                     "log_likelihood_is": sub.get("log_likelihood"), **ais_ev}
@@ -516,7 +524,7 @@ def main(argv):
     compile_s = time.perf_counter() - t0
     best = {"valid_elbo": -math.inf, "params": None, "epoch": 0}
     history = []
-    steps, epoch, step_time, last_log = 1, 0, 0.0, time.perf_counter()
+    steps, epoch, last_log = 1, 0, time.perf_counter()
     next_check = 100
     loss_sum, loss_n = 0.0, 0
     t_start = time.perf_counter()

@@ -66,6 +66,28 @@ def test_chains_are_reproducible_from_the_key(x64):
   assert not np.array_equal(_estimate(1, key=6), first)
 
 
+def test_evaluate_ais_is_the_batched_estimate_per_point(x64):
+  """evaluate_ais: batch i from fold_in(key, i), the short last batch padded and the padding
+  dropped; its mean, standard error and per-point values are those of the direct calls."""
+  model, params, x, _, _ = _ppca()
+  key = jax.random.key(4)
+  opts = dict(num_steps=10, num_chains=NUM_CHAINS, num_leapfrog=NUM_LEAPFROG, step_size=0.2)
+  seen = []
+  res = ais.evaluate_ais(model, params, key, x, batch_size=4, return_values=True,
+                         progress=lambda done, total: seen.append((done, total)), **opts)
+  direct = jax.jit(lambda k, xb: ais.log_likelihood_ais(model, params, k, xb, **opts))
+  padded = np.concatenate([x[4:], np.repeat(x[-1:], 2, axis=0)])
+  expected = np.concatenate([np.asarray(direct(jax.random.fold_in(key, 0), x[:4])),
+                             np.asarray(direct(jax.random.fold_in(key, 1), padded))[:2]])
+  assert res["values"].shape == (6,) and res["values"].dtype == np.float64
+  np.testing.assert_allclose(res["values"], expected, rtol=1e-12)
+  assert res["log_likelihood_ais"] == pytest.approx(np.mean(expected), rel=1e-12)
+  assert res["nll_ais"] == -res["log_likelihood_ais"]
+  assert res["log_likelihood_ais_sem"] == pytest.approx(np.std(expected, ddof=1) / np.sqrt(6))
+  assert res["num_points"] == 6 and res["ais_num_steps"] == 10 and seen == [(4, 6), (6, 6)]
+  assert "values" not in ais.evaluate_ais(model, params, key, x, batch_size=4, **opts)
+
+
 @pytest.mark.parametrize("init", ["encoder", pytest.param("prior", marks=pytest.mark.slow)])
 def test_bdmc_brackets_the_exact_log_likelihood(x64, init):
   """Forward and reverse AIS from the model's own latents; from the (untrained) encoder's q."""

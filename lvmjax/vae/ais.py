@@ -535,7 +535,8 @@ def bdmc(model: Any, params: Params, key: Key, num_points: int, *, num_steps: in
 
 
 def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_size: int = 100,
-                 progress: Optional[Callable[[int, int], None]] = None, **kwargs) -> dict:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 return_values: bool = False, **kwargs) -> dict:
   """:func:`log_likelihood_ais` over a data set in jitted batches (memory independent of N).
 
   Batch i draws from ``fold_in(key, i)``; the last batch is padded (the padding dropped).
@@ -546,13 +547,15 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
     x: ``(N, *data_shape)``.
     batch_size: points per jitted batch.
     progress: optional callback ``progress(points_done, num_points)``.
+    return_values: also return each point's estimate, ``values`` (a float64 NumPy array of shape
+      (N,), in the order of x), e.g. to pair two estimators on the same points.
     **kwargs: the options of :func:`log_likelihood_ais` (``num_steps``, ``num_chains``,
       ``num_leapfrog``, ``init``, ...).
 
   Returns:
     dict of Python numbers: ``log_likelihood_ais`` (mean over x), ``nll_ais``,
     ``log_likelihood_ais_sem`` (standard error of that mean over points), ``ais_<option>`` for
-    each option given, ``num_points``.
+    each option given, ``num_points``; with ``return_values``, ``values``.
   """
   _checks.check_key(key)
   vae_model._check_x(x)  # pylint: disable=protected-access
@@ -576,10 +579,13 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
       progress(start + m, n)
   v = np.concatenate(values)
   mean = float(np.mean(v))
-  return {"log_likelihood_ais": mean, "nll_ais": -mean,
-          "log_likelihood_ais_sem": float(np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
-          **{f"ais_{k}": val for k, val in kwargs.items() if isinstance(val, (int, float, str))},
-          "num_points": n}
+  out = {"log_likelihood_ais": mean, "nll_ais": -mean,
+         "log_likelihood_ais_sem": float(np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+         **{f"ais_{k}": val for k, val in kwargs.items() if isinstance(val, (int, float, str))},
+         "num_points": n}
+  if return_values:
+    out["values"] = v
+  return out
 
 
 __all__ = ["AISTarget", "AISOptions", "AISResult", "BDMCResult", "annealing_schedule",
