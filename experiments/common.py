@@ -274,10 +274,14 @@ def _remove_empty_workdir() -> None:
   shutil.rmtree(created, ignore_errors=True)
 
 
-def start() -> None:
+def start(argv=None) -> None:
   """Initializes multi-host JAX from the flags (nothing on a single process), logging, and the
-  persistent compilation cache."""
+  persistent compilation cache. With ``argv`` (what ``app.run`` passes to ``main``), positional
+  arguments left over after the flags are a usage error first."""
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  if argv is not None and len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from absl import logging  # pylint: disable=g-import-not-at-top
   from lvmjax import compile_cache  # pylint: disable=g-import-not-at-top
   from lvmjax import distributed  # pylint: disable=g-import-not-at-top
@@ -324,11 +328,8 @@ def main_for(config_holder, target: str, **kwargs):
   module_name, function_name = target.split(":")
 
   def main(argv):
-    from absl import app  # pylint: disable=g-import-not-at-top
     from absl import flags  # pylint: disable=g-import-not-at-top
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    start()
+    start(argv)
     function = getattr(importlib.import_module(module_name), function_name)
     f = flags.FLAGS
     run = function(config_holder.value, f.workdir, quiet=f.quiet, **kwargs)

@@ -46,9 +46,7 @@ flags.DEFINE_integer("cpu_devices", 1, "Host CPU devices for JAX; 0: one per cor
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.start()
+  common.start(argv)
   from lvmjax.vae import train  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   ais_options = common.ais_options(f)
