@@ -223,6 +223,28 @@ def test_evaluate_in_blocks_of_batches_adds_up_to_the_whole(x64):
   assert shifted["log_likelihood"] != rest["log_likelihood"]  # the keys follow the batch index
 
 
+def test_map_over_batches_pads_keys_and_orders_the_rows():
+  """The evaluation loop of every VAE family: batch i sees fold_in(key, first_batch + i), the
+  last batch is padded to one compiled shape and its padding dropped, rows come back in order."""
+  x = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
+  key = jax.random.key(5)
+  seen = []
+
+  def batch_fn(k, xb):
+    seen.append(xb.shape)
+    return {"row": xb, "u": jax.random.uniform(k, (xb.shape[0],))}
+
+  done = []
+  out = vae.steps.map_over_batches(batch_fn, key, x, 10, first_batch=2,
+                                   progress=lambda i, n: done.append((i, n)))
+  assert seen == [(10, 2)] * 3 and done == [(10, 23), (20, 23), (23, 23)]
+  np.testing.assert_array_equal(out["row"], x)
+  expected = [jax.random.uniform(jax.random.fold_in(key, 2 + i), (10,)) for i in range(3)]
+  np.testing.assert_array_equal(out["u"], np.concatenate(expected)[:23])
+  sums, n = vae.steps.sum_over_batches(batch_fn, key, x, 10, first_batch=2)
+  assert n == 23 and sums["row"] == float(x.sum())
+
+
 def test_bad_arguments_raise():
   model = _small_model()
   opt = optax.sgd(0.1)

@@ -60,6 +60,7 @@ from lvmjax import _checks
 from lvmjax.types import DataBatchLike, Key, LogDensity
 from lvmjax.vae import model as vae_model
 from lvmjax.vae import priors
+from lvmjax.vae import steps as vae_steps
 
 Params = Any
 PyTree = Any
@@ -567,17 +568,8 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
   n = x.shape[0]
   batch_size = min(batch_size, n)
   fn = jax.jit(lambda p, k, xb: log_likelihood_ais(model, p, k, xb, **kwargs))
-  values = []
-  for i, start in enumerate(range(0, n, batch_size)):
-    xb = x[start:start + batch_size]
-    m = xb.shape[0]
-    if m < batch_size:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
-    values.append(np.asarray(jax.device_get(fn(params, jax.random.fold_in(key, i),
-                                                 jnp.asarray(xb))), np.float64)[:m])
-    if progress is not None:
-      progress(start + m, n)
-  v = np.concatenate(values)
+  v = np.asarray(vae_steps.map_over_batches(lambda k, xb: {"v": fn(params, k, xb)}, key, x,
+                                            batch_size, progress=progress)["v"], np.float64)
   mean = float(np.mean(v))
   out = {"log_likelihood_ais": mean, "nll_ais": -mean,
          "log_likelihood_ais_sem": float(np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else 0.0,

@@ -320,26 +320,24 @@ def latent_moments(model: HierarchicalVAE, params: Params, key: Key, x: DataBatc
   r"""Additive moments of the posterior means of z1 and z2 over ``x``.
 
   z1: :math:`\mu_1(x)`; z2: :math:`E_{q(z_2 \mid x)}[z_2] = E_{q(z_1 \mid x)}[\mu_2(z_1)]`,
-  estimated with ``num_samples`` draws of z1 (batch i from ``fold_in(key, i)``).
+  estimated with ``num_samples`` draws of z1 (batches of :func:`lvmjax.vae.steps.map_over_batches`).
   """
   vae_model._check_x(x)  # pylint: disable=protected-access
   _checks.check_key(key)
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
   x = np.asarray(x)
 
   @jax.jit
-  def means(k, xb):
-    m1, lv1 = _gaussian(model, params, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
+  def means(p, k, xb):
+    m1, lv1 = _gaussian(model, p, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
     eps = jax.random.normal(k, (num_samples,) + m1.shape, m1.dtype)
-    m2, _ = _gaussian(model, params, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
-    return m1, jnp.mean(m2, axis=0)
+    m2, _ = _gaussian(model, p, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
+    return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
 
-  sums = [[0.0, 0.0], [0.0, 0.0]]
-  for i in range(0, len(x), batch_size):
-    for j, m in enumerate(means(jax.random.fold_in(key, i), x[i:i + batch_size])):
-      m = np.asarray(m, np.float64)
-      sums[j][0] = sums[j][0] + m.sum(axis=0)
-      sums[j][1] = sums[j][1] + np.square(m).sum(axis=0)
-  return tuple(vae_model.LatentMoments(len(x), *s) for s in sums)
+  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x,
+                                      min(batch_size, len(x)))
+  return tuple(vae_model.LatentMoments(len(x), m.sum(axis=0), np.square(m).sum(axis=0))
+               for m in (np.asarray(values[z], np.float64) for z in ("z1", "z2")))
 
 
 def active_units(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,

@@ -331,18 +331,18 @@ def _eval_batch(model, params, key, x, num_samples_ll, iwae_k, chunk_size, autoe
   return out
 
 
-def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np.ndarray,
+def map_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np.ndarray,
                      batch_size: int, *, first_batch: int = 0,
-                     progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, int]:
-  """Sums of per-point figures over the rows of x, one jitted batch at a time.
+                     progress: Optional[Callable[[int, int], None]] = None) -> dict:
+  """Per-point outputs of ``batch_fn`` over the rows of x, one jitted batch at a time.
 
-  The evaluation loop of every VAE family (:func:`evaluate`, ``hierarchical.evaluate``): batch
-  ``i`` is ``batch_fn(fold_in(key, first_batch + i), xb)`` -> dict of ``(batch_size,)`` values;
-  the last batch is padded with copies of its last row (one compiled shape) and the padding
-  dropped before summing.
+  The batched evaluation loop of the VAE families (:func:`evaluate`, ``hierarchical.evaluate``,
+  ``ais.evaluate_ais``, VaDE's clustering): batch ``i`` is
+  ``batch_fn(fold_in(key, first_batch + i), xb)`` -> dict of ``(batch_size, ...)`` arrays; the
+  last batch is padded with copies of its last row (one compiled shape) and the padding dropped.
 
   Args:
-    batch_fn: ``(key, xb) -> {name: (batch_size,) values}``, usually jitted.
+    batch_fn: ``(key, xb) -> {name: (batch_size, ...) array}``, usually jitted.
     key: PRNG key.
     x: ``(N, ...)`` host array.
     batch_size: rows per batch (at most N).
@@ -350,10 +350,10 @@ def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np
     progress: optional callback ``progress(points_done, num_points)``.
 
   Returns:
-    ``(sums, n)``: ``{name: float sum over the N rows}`` (in float64) and N.
+    ``{name: (N, ...) host array}``, the rows in the order of x.
   """
   n = x.shape[0]
-  sums = {}
+  parts = {}
   for i, start in enumerate(range(0, n, batch_size)):
     xb = x[start:start + batch_size]
     m = xb.shape[0]
@@ -361,10 +361,23 @@ def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np
       xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - m, axis=0)])
     out = batch_fn(jax.random.fold_in(key, first_batch + i), jnp.asarray(xb))
     for name, v in jax.device_get(out).items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(v, np.float64)[:m]))
+      parts.setdefault(name, []).append(np.asarray(v)[:m])
     if progress is not None:
       progress(start + m, n)
-  return sums, n
+  return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np.ndarray,
+                     batch_size: int, *, first_batch: int = 0,
+                     progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, int]:
+  """Sums over the rows of x of :func:`map_over_batches`' per-point figures (same arguments).
+
+  Returns:
+    ``(sums, n)``: ``{name: float sum over the N rows}`` (in float64) and N.
+  """
+  values = map_over_batches(batch_fn, key, x, batch_size, first_batch=first_batch,
+                            progress=progress)
+  return {name: float(np.sum(np.asarray(v, np.float64))) for name, v in values.items()}, x.shape[0]
 
 
 def evaluate(model: vae_model.VAE, params: Any, key: Key, x: DataBatchLike,

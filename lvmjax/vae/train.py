@@ -825,15 +825,16 @@ def evaluate_clustering(model: vae.VAE, params: Any, key: jax.Array, x: np.ndarr
   ``adjusted_rand_index``.
   """
   @jax.jit
-  def batch(k, xb):
+  def batch(p, k, xb):
     k_c, k_e = jax.random.split(k)
-    return (vae.vade.map_cluster(model, params, k_c, xb),
-            jnp.sum(vae.vade.elbo(model, params, k_e, xb)))
+    return {"cluster": vae.vade.map_cluster(model, p, k_c, xb),
+            "vade_elbo": vae.vade.elbo(model, p, k_e, xb)}
 
-  parts = [batch(jax.random.fold_in(key, i), jnp.asarray(x[s:s + batch_size]))
-           for i, s in enumerate(range(0, len(x), batch_size))]
-  clusters = np.concatenate([np.asarray(c) for c, _ in parts])
-  out = {"vade_elbo": float(sum(float(e) for _, e in parts)) / len(x),
+  x = np.asarray(x)
+  values = steps.map_over_batches(lambda k, xb: batch(params, k, xb), key, x,
+                                  min(batch_size, len(x)))
+  clusters = values["cluster"]
+  out = {"vade_elbo": float(np.mean(np.asarray(values["vade_elbo"], np.float64))),
          "num_clusters_used": int(len(np.unique(clusters))),
          "cluster_sizes": np.bincount(clusters, minlength=model.prior.num_components).tolist()}
   if labels is not None:
