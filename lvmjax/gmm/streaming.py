@@ -45,7 +45,6 @@ from lvmjax import mixture
 # subsample_processes stay importable from here).
 from lvmjax.data import Batches, iter_rows, npy_rows, subsample, subsample_processes  # pylint: disable=unused-import
 from lvmjax.data import as_source as _as_source
-from lvmjax.data import numpy_rng as _rng  # pylint: disable=unused-import
 from lvmjax.gmm import em
 from lvmjax.gmm import model
 from lvmjax.gmm.em import GMMFitResult, SuffStats

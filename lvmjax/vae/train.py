@@ -449,7 +449,9 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     steps.check_batch_size(config.batch_size, mesh)
     train_step = steps.make_parallel_train_step(model, optimizer, mesh, **step_kwargs)
     state, train_key = steps.replicate(jax.device_get((state, train_key)), mesh)
-    to_device = lambda xb: steps.shard_batch(xb, mesh)  # pylint: disable=unnecessary-lambda-assignment
+    # Several processes: each sends its own share of every global batch to its devices.
+    local = jax.process_count() > 1
+    to_device = lambda xb: steps.shard_batch(xb, mesh, local=local)  # pylint: disable=unnecessary-lambda-assignment
   else:
     train_step = steps.jit_train_step(model, optimizer, **step_kwargs)
   step = int(state.step)
@@ -459,10 +461,6 @@ def _train_loop(config, model, optimizer, state, train, data_shape, num_steps, p
     # order (seeded by seed and process), and sends it to its devices; the position follows
     # from the step. Statistically the same training as one process, not the same batches.
     batch_size, seed, position = _local_batches(config, d.num_train_points, step)
-
-    def to_device(xb):
-      return steps.shard_batch(xb, mesh, local=True)
-
   batches = data.BatchIterator(train.x, batch_size, seed=seed, binarize=train.binarize,
                                position=position)
   bar = progress.Progress(num_steps, initial=step, desc=config.model, quiet=quiet)
