@@ -157,6 +157,8 @@ def test_bad_input_raises():
       ais.log_likelihood_ais(model, params, kwargs.pop("key"), kwargs.pop("x"), **kwargs)
   with pytest.raises(ValueError, match="ais_target"):
     ais.log_likelihood_ais(object(), params, key, x, num_steps=5)
+  with pytest.raises(ValueError, match="encoder could not be applied to inputs of shape"):
+    ais.log_likelihood_ais(model, params, key, x[:, :-1], num_steps=5)  # not the model's D
   with pytest.raises(ValueError, match="initial proposal"):
     ais.ais(ais.AISTarget(lambda z: 0.0, lambda z: 0.0, lambda k: jnp.zeros(1)), key,
             from_initial=True, num_steps=5)

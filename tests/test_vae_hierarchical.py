@@ -134,6 +134,11 @@ def test_sampling_active_units_and_bad_input():
     hierarchical.iwae_bound(model, params, jax.random.key(0), x, 0)
   with pytest.raises(ValueError):
     hierarchical.objective("ae")
+  wrong_d = r"encoder q\(z1 \| x\) could not be applied to inputs of shape"
+  with pytest.raises(ValueError, match=wrong_d):
+    hierarchical.elbo(model, params, jax.random.key(0), x[:, :-1])
+  with pytest.raises(ValueError, match=wrong_d):
+    vae.log_likelihood_ais(model, params, jax.random.key(0), x[:, :-1], num_steps=5)
 
 
 def test_two_layer_config_trains_through_the_launcher(tmp_path):

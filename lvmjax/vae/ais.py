@@ -389,16 +389,19 @@ def vae_target(model: vae_model.VAE, params: Params, x: jax.Array) -> AISTarget:
   latent_dim = getattr(model.encoder, "latent_dim", None)
   xb = x[None]
 
+  def _apply(*args, method, what):  # a shape mismatch is a ValueError that says which part
+    return vae_model._apply(model, params, *args, method=method, what=what)  # pylint: disable=protected-access
+
   def log_prior(z):
-    return model.apply(params, z[None], method="prior_log_prob")[0]
+    return _apply(z[None], method="prior_log_prob", what="prior")[0]
 
   def log_likelihood(z):
-    return model.apply(params, z[None], method="decode").log_prob(xb)[0]
+    return _apply(z[None], method="decode", what="decoder").log_prob(xb)[0]
 
   def sample_prior(key):
-    return model.apply(params, key, 1, latent_dim, method="prior_sample")[0]
+    return _apply(key, 1, latent_dim, method="prior_sample", what="prior")[0]
 
-  mean, log_variance = (a[0] for a in model.apply(params, xb, method="encode"))
+  mean, log_variance = (a[0] for a in _apply(xb, method="encode", what="encoder"))
   mean = mean.astype(jnp.promote_types(mean.dtype, jnp.float32))
   log_variance = log_variance.astype(mean.dtype)
 

@@ -154,8 +154,18 @@ def _up(a):
   return a.astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
+_PARTS = {"encode1": "encoder q(z1 | x)", "encode2": "encoder q(z2 | z1)",
+          "conditional_params": "p(z1 | z2)", "decode": "decoder", "prior_log_prob": "prior",
+          "prior_sample": "prior"}
+
+
+def _apply(model, params, *args, method):
+  """``model.apply`` where a shape mismatch is a ValueError naming the part (as in the VAE)."""
+  return vae_model._apply(model, params, *args, method=method, what=_PARTS[method])  # pylint: disable=protected-access
+
+
 def _gaussian(model, params, inputs, method):
-  mean, log_variance = model.apply(params, inputs, method=method)
+  mean, log_variance = _apply(model, params, inputs, method=method)
   return _up(mean), _up(log_variance)
 
 
@@ -163,7 +173,7 @@ def _log_px(model, params, z1, x):
   """log p(x_n | z1_ns) for x (N, *data) and z1 (N, S, L1): (N, S); the decoder on N*S rows."""
   n, s = z1.shape[:2]
   event_ndims = x.ndim - 1
-  dist = model.apply(params, z1.reshape((n * s,) + z1.shape[2:]), event_ndims, method="decode")
+  dist = _apply(model, params, z1.reshape((n * s,) + z1.shape[2:]), event_ndims, method="decode")
   xs = jnp.broadcast_to(x[:, None], (n, s) + x.shape[1:]).reshape((n * s,) + x.shape[1:])
   return _up(dist.log_prob(xs)).reshape(n, s)
 
@@ -179,7 +189,7 @@ def _log_weights(model, params, keys, x, num_samples):
   z2 = mean2 + jnp.exp(0.5 * log_var2) * eps2
   cond_mean, cond_log_var = _gaussian(model, params, z2, "conditional_params")
   log_p = (_log_px(model, params, z1, x) + diag_gaussian_log_prob(z1, cond_mean, cond_log_var)
-           + _up(model.apply(params, z2, method="prior_log_prob")))
+           + _up(_apply(model, params, z2, method="prior_log_prob")))
   log_q = (diag_gaussian_log_prob(z1, mean1[:, None], log_var1[:, None])
            + diag_gaussian_log_prob(z2, mean2, log_var2))
   return log_p - log_q
@@ -242,10 +252,10 @@ def sample_joint(model: HierarchicalVAE, params: Params, key: Key, n: int):
   _checks.check_key(key)
   n = _checks.check_positive_int(n, "n")
   k2, k1, kx = jax.random.split(key, 3)
-  z2 = model.apply(params, k2, n, model.encoder2.latent_dim, method="prior_sample")
+  z2 = _apply(model, params, k2, n, model.encoder2.latent_dim, method="prior_sample")
   mean, log_var = _gaussian(model, params, z2, "conditional_params")
   z1 = mean + jnp.exp(0.5 * log_var) * jax.random.normal(k1, mean.shape, mean.dtype)
-  x = model.apply(params, z1, 1, method="decode").sample(seed=kx)
+  x = _apply(model, params, z1, 1, method="decode").sample(seed=kx)
   return x, (z1, z2)
 
 
@@ -262,14 +272,14 @@ def ais_target(model: HierarchicalVAE, params: Params, x: jax.Array) -> vae_ais.
     z1, z2 = z
     mean, log_var = _gaussian(model, params, z2[None], "conditional_params")
     return (diag_gaussian_log_prob(z1[None], mean, log_var)
-            + _up(model.apply(params, z2[None], method="prior_log_prob")))[0]
+            + _up(_apply(model, params, z2[None], method="prior_log_prob")))[0]
 
   def log_likelihood(z):
     return _log_px(model, params, z[0][None, None], xb)[0, 0]
 
   def sample_prior(key):
     k2, k1 = jax.random.split(key)
-    z2 = model.apply(params, k2, 1, l2, method="prior_sample")
+    z2 = _apply(model, params, k2, 1, l2, method="prior_sample")
     mean, log_var = _gaussian(model, params, z2, "conditional_params")
     z1 = mean + jnp.exp(0.5 * log_var) * jax.random.normal(k1, mean.shape, mean.dtype)
     return z1[0], z2[0]
