@@ -41,7 +41,6 @@ def get_config(variants: str | None = None):
   c.latent_dim2 = 50          # z2
   c.hidden = (200, 200)       # between x and z1
   c.hidden2 = (100, 100)      # between z1 and z2
-  c.figures = False           # no two-layer figures yet
   if "smoke" in names:
     c.num_train_points, c.num_eval_points, c.num_steps, c.batch_size = 300, 40, 30, 20
     c.hidden, c.hidden2, c.latent_dim, c.latent_dim2 = (32,), (16,), 4, 2

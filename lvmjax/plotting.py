@@ -445,11 +445,12 @@ def plot_reconstructions(x: np.ndarray, x_reconstructed: np.ndarray, image_shape
 
 def plot_latent_space(z: np.ndarray, labels: np.ndarray | None = None,
                       title: str | None = None, max_points: int = 5000,
-                      class_names: Sequence[str] | None = None) -> Figure:
+                      class_names: Sequence[str] | None = None, name: str = "z") -> Figure:
   """Latent codes (e.g. posterior means) coloured by label; PCA plane above two dimensions.
 
   Up to :data:`MAX_LEGEND_CATEGORIES` label values get distinct colours and a legend naming them
   (``class_names[label]``, e.g. ``CLASS_NAMES["fashion_mnist"]``; default: the label value).
+  ``name`` names the latent on the axes (e.g. "z2" for a two-layer model's top layer).
   """
   z = np.asarray(z, np.float64)
   if z.ndim == 1 or z.shape[1] == 1:
@@ -464,8 +465,8 @@ def plot_latent_space(z: np.ndarray, labels: np.ndarray | None = None,
   if sc is not None:
     fig.colorbar(sc, ax=ax, label="label")
   d = z.shape[1]
-  ax.set_xlabel("z1" if d <= 2 else "PC 1 of z")
-  ax.set_ylabel("z2" if d <= 2 else "PC 2 of z")
+  ax.set_xlabel(f"{name}, dimension 1" if d <= 2 else f"PC 1 of {name}")
+  ax.set_ylabel(f"{name}, dimension 2" if d <= 2 else f"PC 2 of {name}")
   ax.set_title(title or ("Latent space" + ("" if d <= 2 else f" ({d}-D, PCA projection)")),
                fontsize=10)
   return fig

@@ -39,6 +39,35 @@ def test_with_z2_switched_off_every_bound_is_the_one_layer_formula(x64):
                              rtol=1e-12)
 
 
+def test_reconstruct_samples_and_posterior_means_are_the_layers_means(x64):
+  """reconstruct: the decoder's mean at the mean of q(z1 | x) (the one-layer model's reconstruct
+  on the same networks); sample_joint(use_mean): the decoder's mean at the drawn z1; the z2
+  posterior mean E_q(z1|x)[A z1 + b] of a linear q(z2 | z1) is A mu1(x) + b."""
+  model = hierarchical.HierarchicalVAE(
+      vae.MLPEncoder(L1, (8,)), vae.LinearEncoder(L2), vae.LinearEncoder(L1),
+      vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
+  x = (jax.random.uniform(jax.random.key(0), (7, D)) < 0.4).astype(jnp.float64)
+  params = hierarchical.init(jax.random.key(1), model, x)
+  p = params["params"]
+  one = vae.VAE(vae.MLPEncoder(L1, (8,)), vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
+  one_params = {"params": {"encoder": p["encoder1"], "decoder": p["decoder"]}}
+  np.testing.assert_allclose(hierarchical.reconstruct(model, params, x),
+                             vae.reconstruct(one, one_params, x), rtol=1e-12)
+  xs, (z1, _) = hierarchical.sample_joint(model, params, jax.random.key(2), 6, use_mean=True)
+  np.testing.assert_allclose(xs, vae.sample_given(one, one_params, jax.random.key(3), z1,
+                                                  use_mean=True), rtol=1e-12)
+  assert np.all((xs > 0) & (xs < 1)) and not np.all(np.isin(xs, (0.0, 1.0)))
+  m1, m2 = hierarchical.posterior_means(model, params, jax.random.key(4), x, num_samples=20000,
+                                        batch_size=3)
+  mu1 = np.asarray(vae.encode(one, one_params, x)[0])
+  np.testing.assert_allclose(m1, mu1, rtol=1e-12)
+  a, b = (np.asarray(p["encoder2"]["mean"][n]) for n in ("kernel", "bias"))
+  np.testing.assert_allclose(m2, mu1 @ a + b, atol=0.03)
+  moments = hierarchical.latent_moments(model, params, jax.random.key(4), x, 20000, 3)
+  np.testing.assert_allclose(moments[1].total, m2.sum(axis=0), rtol=1e-12)
+  assert moments[0].count == 7
+
+
 def _burda_small():
   model = hierarchical.burda_model(D, latent_dims=(L1, L2), hidden=((16,), (8,)))
   x = (jax.random.uniform(jax.random.key(3), (200, D)) < 0.3).astype(jnp.float32)
@@ -152,6 +181,9 @@ def test_two_layer_config_trains_through_the_launcher(tmp_path):
   for name in ("elbo", "iwae_5", "log_likelihood", "active_units_z1", "active_units_z2"):
     assert name in results and np.isfinite(results[name])
   assert results["elbo"] <= results["iwae_5"] + 0.5
+  for name in ("samples", "reconstructions", "latent_space", "latent_space_z1",
+               "training_curves"):
+    assert (tmp_path / f"vae_{name}.png").stat().st_size > 1000, name
   config.stochastic_layers = 3
   with pytest.raises(ValueError, match="stochastic_layers"):
     train.validate_config(config)

@@ -26,7 +26,9 @@ every number equals the one-layer model's.
 :func:`burda_model` builds Burda et al.'s architecture: z1 of 100 and z2 of 50 units, two tanh
 layers of 200 between x and z1 and two of 100 between z1 and z2, in both networks.
 :func:`lvmjax.vae.log_likelihood_ais` and :func:`lvmjax.vae.bdmc` work on this model too (its
-:meth:`HierarchicalVAE.ais_target` gives AIS the latent ``(z1, z2)``).
+:meth:`HierarchicalVAE.ais_target` gives AIS the latent ``(z1, z2)``). :func:`sample_joint`
+(``use_mean=True`` for the decoder's means), :func:`reconstruct` and :func:`posterior_means` give
+the launcher's figures (prior samples, reconstructions, both layers' posterior means).
 """
 from __future__ import annotations
 
@@ -247,16 +249,59 @@ def log_likelihood(model: HierarchicalVAE, params: Params, key: Key, x: DataBatc
 # generation, AIS
 
 
-def sample_joint(model: HierarchicalVAE, params: Params, key: Key, n: int):
-  """``(x (n, D), (z1 (n, L1), z2 (n, L2)))`` drawn from p(z2) p(z1 | z2) p(x | z1)."""
+def sample_joint(model: HierarchicalVAE, params: Params, key: Key, n: int, *,
+                 use_mean: bool = False):
+  """``(x (n, D), (z1 (n, L1), z2 (n, L2)))`` drawn from p(z2) p(z1 | z2) p(x | z1).
+
+  With ``use_mean``, x is the mean of p(x | z1) (e.g. Bernoulli probabilities) instead of a draw,
+  as :func:`lvmjax.vae.sample`'s ``use_mean``.
+  """
   _checks.check_key(key)
   n = _checks.check_positive_int(n, "n")
   k2, k1, kx = jax.random.split(key, 3)
   z2 = _apply(model, params, k2, n, model.encoder2.latent_dim, method="prior_sample")
   mean, log_var = _gaussian(model, params, z2, "conditional_params")
   z1 = mean + jnp.exp(0.5 * log_var) * jax.random.normal(k1, mean.shape, mean.dtype)
-  x = _apply(model, params, z1, 1, method="decode").sample(seed=kx)
-  return x, (z1, z2)
+  dist = _apply(model, params, z1, 1, method="decode")
+  return (dist.mean() if use_mean else dist.sample(seed=kx)), (z1, z2)
+
+
+def reconstruct(model: HierarchicalVAE, params: Params, x: DataBatchLike) -> jax.Array:
+  r"""Mean of :math:`p(x \mid z_1)` at :math:`z_1` = the mean of :math:`q(z_1 \mid x)`:
+  ``(N, *data_shape)``, as :func:`lvmjax.vae.reconstruct` for the one-layer model."""
+  vae_model._check_x(x)  # pylint: disable=protected-access
+  mean1, _ = _gaussian(model, params, vae_model._as_float(x), "encode1")  # pylint: disable=protected-access
+  return _apply(model, params, mean1, np.ndim(x) - 1, method="decode").mean()
+
+
+def posterior_means(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
+                    num_samples: int = 100, batch_size: int = 1000
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  r"""The posterior means of z1 and z2 of every point, on the host, in jitted batches.
+
+  z1: :math:`\mu_1(x)`; z2: :math:`E_{q(z_2 \mid x)}[z_2] = E_{q(z_1 \mid x)}[\mu_2(z_1)]`,
+  estimated with ``num_samples`` draws of z1 (batches of
+  :func:`lvmjax.vae.steps.map_over_batches`).
+
+  Returns:
+    ``(m1 (N, L1), m2 (N, L2))``.
+  """
+  vae_model._check_x(x)  # pylint: disable=protected-access
+  _checks.check_key(key)
+  num_samples = _checks.check_positive_int(num_samples, "num_samples")
+  batch_size = _checks.check_positive_int(batch_size, "batch_size")
+  x = np.asarray(x)
+
+  @jax.jit
+  def means(p, k, xb):
+    m1, lv1 = _gaussian(model, p, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
+    eps = jax.random.normal(k, (num_samples,) + m1.shape, m1.dtype)
+    m2, _ = _gaussian(model, p, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
+    return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
+
+  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x,
+                                      min(batch_size, len(x)))
+  return values["z1"], values["z2"]
 
 
 def ais_target(model: HierarchicalVAE, params: Params, x: jax.Array) -> vae_ais.AISTarget:
@@ -327,27 +372,11 @@ def objective(name: str, num_samples: int = 1) -> Callable[..., LogDensity]:
 def latent_moments(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
                    num_samples: int = 100, batch_size: int = 1000
                    ) -> tuple[vae_model.LatentMoments, vae_model.LatentMoments]:
-  r"""Additive moments of the posterior means of z1 and z2 over ``x``.
-
-  z1: :math:`\mu_1(x)`; z2: :math:`E_{q(z_2 \mid x)}[z_2] = E_{q(z_1 \mid x)}[\mu_2(z_1)]`,
-  estimated with ``num_samples`` draws of z1 (batches of :func:`lvmjax.vae.steps.map_over_batches`).
-  """
-  vae_model._check_x(x)  # pylint: disable=protected-access
-  _checks.check_key(key)
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  x = np.asarray(x)
-
-  @jax.jit
-  def means(p, k, xb):
-    m1, lv1 = _gaussian(model, p, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
-    eps = jax.random.normal(k, (num_samples,) + m1.shape, m1.dtype)
-    m2, _ = _gaussian(model, p, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
-    return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
-
-  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x,
-                                      min(batch_size, len(x)))
-  return tuple(vae_model.LatentMoments(len(x), m.sum(axis=0), np.square(m).sum(axis=0))
-               for m in (np.asarray(values[z], np.float64) for z in ("z1", "z2")))
+  """Additive moments (:class:`lvmjax.vae.LatentMoments`) of :func:`posterior_means`' z1 and
+  z2 means over ``x``."""
+  means = posterior_means(model, params, key, x, num_samples, batch_size)
+  return tuple(vae_model.LatentMoments(len(m), m.sum(axis=0), np.square(m).sum(axis=0))
+               for m in (np.asarray(m, np.float64) for m in means))
 
 
 def active_units(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
@@ -405,5 +434,5 @@ def evaluate(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
 
 
 __all__ = ["HierarchicalVAE", "burda_model", "init", "elbo", "iwae_bound", "log_likelihood",
-           "sample_joint", "ais_target", "objective", "latent_moments", "active_units",
-           "evaluate"]
+           "sample_joint", "reconstruct", "posterior_means", "ais_target", "objective",
+           "latent_moments", "active_units", "evaluate"]

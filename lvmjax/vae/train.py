@@ -342,7 +342,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path, *,
   ``eval_every`` steps: ``eval_elbo``); ``checkpoints/``; ``results.json`` (evaluation: ELBO,
   log-likelihood with ``num_importance_samples`` samples, IWAE bounds, active units) and the
   figures ``vae_samples.png``, ``vae_reconstructions.png``, ``vae_latent_space.png``,
-  ``vae_interpolation.png`` and ``vae_training_curves.png``.
+  ``vae_interpolation.png`` and ``vae_training_curves.png`` (the two-layer model: no
+  interpolation, and ``vae_latent_space_z1.png`` beside z2's ``vae_latent_space.png``).
 
   Args:
     config: an ``ml_collections.ConfigDict`` like ``configs/vae_digits.py``'s.
@@ -584,37 +585,49 @@ def write_figures(workdir: pathlib.Path, config: Any, model: vae.VAE, params: An
                   prefix: str = "vae_") -> list[pathlib.Path]:
   """Prior samples, reconstructions, latent space, interpolations and training curves as PNGs.
 
-  None for the two-layer model (its figures are not written yet).
+  The two-layer model draws its samples through p(z2) p(z1 | z2), reconstructs through the mean
+  of q(z1 | x) and plots the posterior means of both layers (``{prefix}latent_space.png`` for z2,
+  ``{prefix}latent_space_z1.png``); it has no interpolation strip.
   """
   paths = []
-  if isinstance(model, hierarchical.HierarchicalVAE):
-    return paths
+  two_layers = isinstance(model, hierarchical.HierarchicalVAE)
   xs = _reshape(d.eval_x, data_shape)
   image_shape = d.image_shape
   if image_shape is not None:
-    samples, _ = vae.sample(model, params, key, 100, use_mean=True)
+    if two_layers:
+      samples, _ = hierarchical.sample_joint(model, params, key, 100, use_mean=True)
+      what = "p(x|z1) for z2 ~ p(z2), z1 ~ p(z1|z2)"
+    else:
+      samples, _ = vae.sample(model, params, key, 100, use_mean=True)
+      what = "p(x|z) for z ~ p(z)"
     paths.append(plotting.save_figure(plotting.plot_image_grid(
         np.asarray(samples).reshape(100, -1), image_shape, 10,
-        title=f"{config.model.upper()}: means of p(x|z) for z ~ p(z)"),
+        title=f"{config.model.upper()}: means of {what}"),
         workdir / f"{prefix}samples.png"))
     n = min(20, len(xs))
-    rec = np.asarray(vae.reconstruct(model, params, xs[:n]))
+    rec = np.asarray((hierarchical if two_layers else vae).reconstruct(model, params, xs[:n]))
     paths.append(plotting.save_figure(plotting.plot_reconstructions(
         d.eval_x[:n], rec.reshape(n, -1), image_shape), workdir / f"{prefix}reconstructions.png"))
-    pairs = min(4, len(xs) // 2)
+    pairs = 0 if two_layers else min(4, len(xs) // 2)
     strips = [np.asarray(vae.interpolate(model, params, xs[2 * i], xs[2 * i + 1], 10)).reshape(10, -1)
               for i in range(pairs)]
     if strips:
       paths.append(plotting.save_figure(plotting.plot_interpolation(np.stack(strips), image_shape),
                                         workdir / f"{prefix}interpolation.png"))
   m = min(2000, len(xs))
-  mean, _ = vae.encode(model, params, xs[:m])
-  paths.append(plotting.save_figure(plotting.plot_latent_space(
-      np.asarray(mean), None if d.eval_y is None else d.eval_y[:m],
-      class_names=plotting.class_names(config.dataset),
-      title=f"Posterior means of {m} {config.eval_split} points"
-      + ("" if config.latent_dim <= 2 else f" ({config.latent_dim}-D, PCA projection)")),
-      workdir / f"{prefix}latent_space.png"))
+  if two_layers:
+    m1, m2 = hierarchical.posterior_means(model, params, jax.random.fold_in(key, 1), xs[:m])
+    latents = [(m2, "z2", "latent_space"), (m1, "z1", "latent_space_z1")]
+  else:
+    latents = [(vae.encode(model, params, xs[:m])[0], "z", "latent_space")]
+  for mean, name, stem in latents:
+    dim = np.shape(mean)[-1]
+    paths.append(plotting.save_figure(plotting.plot_latent_space(
+        np.asarray(mean), None if d.eval_y is None else d.eval_y[:m],
+        class_names=plotting.class_names(config.dataset),
+        title=f"Posterior means of {m} {config.eval_split} points"
+        + (f", {name}" if two_layers else "") + ("" if dim <= 2 else f" ({dim}-D, PCA projection)"),
+        name=name), workdir / f"{prefix}{stem}.png"))
   records = progress.read_metrics(workdir)
   if records:
     keys = [k for k in ("loss", "reconstruction", "kl", "eval_elbo", "grad_norm")
