@@ -27,12 +27,18 @@ A third (``--main_job``) is the README's main command, ``python -m experiments.f
 a fresh process with the compilation cache cold and then warm: its wall time and its peak
 resident set (the child's own ``ru_maxrss``, from ``os.wait4``; the target is 600 MB).
 
+A fourth (``--readme_gmm``) is the README's "A GMM in ten lines", read from README.md and run as
+it stands in a fresh process (lvmjax's building blocks and ``gmm.fit``, no compilation cache, as
+a library user gets them): the time of the ten lines (``import jax`` apart), and the programs
+compiled and the seconds spent compiling them.
+
 Usage::
 
   python -m experiments.benchmark_sklearn_api               # N=65536, D=16, K=32, full, 10 iters
   python -m experiments.benchmark_sklearn_api --n=4096 --iters=3 --repeats=1   # a smoke run
   python -m experiments.benchmark_sklearn_api --nosteady --first_fit   # first fits on digits only
   python -m experiments.benchmark_sklearn_api --nosteady --nofirst_fit --main_job   # main job only
+  python -m experiments.benchmark_sklearn_api --nosteady --nofirst_fit --readme_gmm  # ten lines only
 """
 from __future__ import annotations
 
@@ -75,6 +81,8 @@ flags.DEFINE_integer("first_fit_repeats", 2, "Rounds of (cold, warm, scikit-lear
 flags.DEFINE_boolean("main_job", False, "Measure the main job (experiments.fit_gmm on the digits) "
                      "in fresh processes, cold and warm cache: wall time and peak memory.")
 flags.DEFINE_integer("main_job_repeats", 1, "Rounds of (cold, warm) main jobs.")
+flags.DEFINE_boolean("readme_gmm", False, "Time the README's ten-line GMM in fresh processes.")
+flags.DEFINE_integer("readme_gmm_repeats", 2, "Fresh processes running the README's ten lines.")
 
 # The child process of one first fit: prints one JSON line (import and fit seconds, compilations).
 _FIRST_FIT_CHILD = r"""
@@ -209,6 +217,43 @@ def bench_main_job(repeats: int) -> dict:
   return dict(runs, load_average_1min=load)
 
 
+_README_CHILD = r"""
+import contextlib, io, json, re, sys, time
+start = time.perf_counter()
+import jax
+events = {"compiles": 0, "compile_s": 0.0}
+def _duration(name, secs, **kw):
+  if name.endswith("backend_compile_duration"):
+    events["compiles"] += 1
+    events["compile_s"] += secs
+jax.monitoring.register_event_duration_secs_listener(_duration)
+text = open(sys.argv[1], encoding="utf-8").read()
+code = re.search(r"## A GMM in ten lines\s+```python\n(.*?)```", text, re.S).group(1)
+begin = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+  exec(compile(code, "README.md", "exec"), {})
+end = time.perf_counter()
+print(json.dumps(dict(jax_import_s=begin - start, run_s=end - begin, **events)))
+"""
+
+
+def bench_readme_gmm(repeats: int) -> dict:
+  """The README's ten-line GMM in ``repeats`` fresh processes; each run is reported."""
+  runs, load = [], [os.getloadavg()[0]]
+  for _ in range(repeats):
+    out = subprocess.run([sys.executable, "-c", _README_CHILD, os.path.join(_REPO, "README.md")],
+                         env=_child_env(None), capture_output=True, text=True, timeout=600,
+                         check=True)
+    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    load.append(os.getloadavg()[0])
+  print(f"The README's ten-line GMM, fresh process (no compilation cache); 1-min load average "
+        f"during the runs: {min(load):.1f}-{max(load):.1f}")
+  for r in runs:
+    print(f"  the ten lines {r['run_s']:5.2f} s (import jax before them {r['jax_import_s']:.2f} s); "
+          f"{r['compiles']} programs compiled in {r['compile_s']:.2f} s")
+  return dict(runs=runs, load_average_1min=load)
+
+
 def make_problem(n, d, k, covariance_type, seed):
   """A mixture of k anisotropic Gaussians (float32) and rough initial parameters for it."""
   rng = np.random.default_rng(seed)
@@ -246,6 +291,8 @@ def main(argv):
                                            FLAGS.first_fit_repeats)
   if FLAGS.main_job:
     result["main_job"] = bench_main_job(FLAGS.main_job_repeats)
+  if FLAGS.readme_gmm:
+    result["readme_gmm"] = bench_readme_gmm(FLAGS.readme_gmm_repeats)
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(result, f, indent=2)

@@ -7,7 +7,10 @@
 * ``test_docstring_examples``: every ``>>>`` example in ``lvmjax/`` run as a doctest, in a fresh
   Python (an example that switches on x64 cannot leak into the other tests).
 
-Both run in subprocesses with a timeout (on a quiet 2-core machine: the build ~30 s, the
+* ``test_readme_python_blocks_run``: the README's Python blocks, in order, in one namespace, as a
+  reader pastes them; the drop-in's printed score is the figure the README's comment states.
+
+All run in subprocesses with a timeout (on a quiet 2-core machine: the build ~30 s, the
 examples ~1.5 min of CPU, run as two processes side by side).
 """
 import importlib.util
@@ -91,3 +94,18 @@ def test_docstring_examples(tmp_path):
                                 timeout=TIMEOUT_S, cwd=tmp_path)
   ran = sum(int(m) for out in outs for m in re.findall(r"(\d+) passed", out))
   assert ran >= 20, f"too few docstring examples ran ({ran}):\n{outs}"
+
+
+def test_readme_python_blocks_run():
+  """The README's code as a reader pastes it: every ```python block, in order, in one fresh
+  Python; the scikit-learn drop-in's ``print(f"{gm.score(X):.2f}")`` prints the figure its
+  comment states (the README once said 38.07 while the code printed 41.67)."""
+  text = (REPO / "README.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+  assert len(blocks) >= 3, "the README's Python examples moved: update this test"
+  stated = re.findall(r'print\(f"\{gm\.score\(X\):\.2f\}"\)\s+# (-?\d+\.\d\d) ', text)
+  assert len(stated) == 1, "the drop-in example's stated score is not where this test looks"
+  code = "\n".join(["ns = {}"] + [
+      f"exec(compile({b!r}, 'README.md block {i}', 'exec'), ns)" for i, b in enumerate(blocks)])
+  out = processes.python(code, timeout=TIMEOUT_S).stdout.split()
+  assert stated[0] in out, f"README states {stated[0]}; the blocks printed:\n{out}"

