@@ -1,4 +1,6 @@
 """Tests for lvmjax.vae: bounds against an exact linear-Gaussian model, likelihoods, KL, checks."""
+from typing import Any
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -554,3 +556,40 @@ def test_a_prior_reaches_the_encoder_through_the_vae(x64):
   assert xs.shape == (4, 6) and zs.shape == (4, 2) and 0 <= int(count) <= 2
   with pytest.raises(ValueError, match="VAE's prior"):
     _PseudoInputPrior().init(jax.random.key(0))
+
+
+def test_a_first_call_compiles_one_program_and_unhashable_models_still_run(x64):
+  """Each public bound runs its checked core as one jitted program (not one per operation, ~2 s
+  of compilations for a first MLP elbo); a model that cannot be hashed (here a prior with an
+  array field) runs operation by operation, with the same numbers."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from tests import compile_count  # pylint: disable=import-outside-toplevel
+
+  class ZeroMeanPrior(nn.Module):
+    """N(mean, I) with ``mean`` a NumPy array field: equal to StandardNormal, not hashable."""
+    mean: Any
+
+    def log_prob(self, z):
+      return -0.5 * jnp.sum(jnp.square(z - self.mean) + jnp.log(2 * jnp.pi), axis=-1)
+
+    def sample(self, key, n, latent_dim):
+      return self.mean + jax.random.normal(key, (n, latent_dim))
+
+  d, latent = 13, 3  # shapes no other test uses, so nothing is compiled yet
+  x = (np.random.default_rng(0).random((11, d)) < 0.5).astype(np.float64)
+  hashable = vae.VAE(vae.MLPEncoder(latent, (9,)), vae.MLPDecoder(d, (9,)),
+                     vae.BernoulliLikelihood())
+  params = vae.init(jax.random.key(0), hashable, x[:2])
+  key = jax.random.key(1)
+  with compile_count.count_programs() as count:
+    jax.block_until_ready(vae.iwae_bound(hashable, params, key, x, 4))
+  assert count[0] <= 3, count[0]
+  unhashable = vae.VAE(hashable.encoder, hashable.decoder, hashable.likelihood,
+                       prior=ZeroMeanPrior(np.zeros(latent)))
+  with pytest.raises(TypeError):
+    hash(unhashable)
+  for fn in (lambda m: vae.elbo(m, params, key, x, 2, analytic_kl=False),
+             lambda m: vae.iwae_bound(m, params, key, x, 4),
+             lambda m: vae.log_likelihood(m, params, key, x, 7, chunk_size=3),
+             lambda m: vae.sample(m, params, key, 5)[0]):
+    np.testing.assert_allclose(fn(unhashable), fn(hashable), rtol=1e-12)

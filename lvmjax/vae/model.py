@@ -19,8 +19,9 @@ axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` 
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import distrax
 import flax
@@ -130,6 +131,29 @@ def cast_params(params: Params, dtype: Any) -> Params:
   return jax.tree_util.tree_map(
       lambda p: p.astype(dtype) if jnp.issubdtype(jnp.result_type(p), jnp.floating) else p,
       params)
+
+
+def _one_program(static_argnums: tuple[int, ...]) -> Callable[[Callable], Callable]:
+  """Runs a public function's checked core as one jitted program per call.
+
+  Called eagerly, JAX compiles every operation on its own (a first ``vae.elbo`` of an MLP VAE:
+  ~2 s of small compilations); jitted, the core compiles once per model, shape and option. Under
+  a caller's ``jit``, ``vmap`` or ``grad`` the inner ``jit`` is inlined. The model (argument 0)
+  and the Python options in ``static_argnums`` are static; a model that cannot be hashed (a user
+  module with an array field) runs operation by operation, as before.
+  """
+  def wrap(fn):
+    jitted = jax.jit(fn, static_argnums=static_argnums)
+
+    @functools.wraps(fn)
+    def call(*args):
+      try:
+        hash(args[0])
+      except TypeError:
+        return fn(*args)
+      return jitted(*args)
+    return call
+  return wrap
 
 
 def _float_dtype(dtype: Any) -> Any:
@@ -318,9 +342,15 @@ def sample(model: VAE, params: Params, key: Key, n: int, *, latent_dim: Optional
     latent_dim = getattr(model.encoder, "latent_dim", None)
   else:
     latent_dim = _checks.check_positive_int(latent_dim, "latent_dim")
+  return _sample(model, params, key, n, latent_dim, use_mean)
+
+
+@_one_program(static_argnums=(0, 3, 4, 5))
+def _sample(model, params, key, n, latent_dim, use_mean):
   key_z, key_x = jax.random.split(key)
   z = model.apply(params, key_z, n, latent_dim, method="prior_sample")
-  return sample_given(model, params, key_x, z, use_mean=use_mean), z
+  dist = decode(model, params, z)
+  return (dist.mean() if use_mean else dist.sample(seed=key_x)), z
 
 
 def sample_given(model: VAE, params: Params, key: Key, z: Latents, *,
@@ -349,6 +379,11 @@ def interpolate(model: VAE, params: Params, x1: jax.typing.ArrayLike, x2: jax.ty
   x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
   if x1.shape != x2.shape:
     raise ValueError(f"x1 and x2 must have the same shape, got {x1.shape} and {x2.shape}.")
+  return _interpolate(model, params, x1, x2, num_steps)
+
+
+@_one_program(static_argnums=(0, 4))
+def _interpolate(model, params, x1, x2, num_steps):
   mean, _ = encode(model, params, jnp.stack([x1, x2]))
   t = jnp.linspace(0.0, 1.0, num_steps, dtype=mean.dtype)[:, None]
   z = (1.0 - t) * mean[0] + t * mean[1]
@@ -367,10 +402,15 @@ def elbo_terms(model: VAE, params: Params, key: Key, x: DataBatchLike,
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   _checks.check_nonnegative(beta, "beta")
-  x = _as_float(x)
-  params = cast_params(params, compute_dtype)
+  return _elbo_terms_of_key(model, params, key, _as_float(x), num_samples, beta, bool(analytic_kl),
+                            compute_dtype)
+
+
+@_one_program(static_argnums=(0, 4, 6, 7))
+def _elbo_terms_of_key(model, params, key, x, num_samples, beta, analytic_kl, compute_dtype):
   keys = jax.random.split(key, x.shape[0])
-  return _elbo_terms(model, params, keys, x, num_samples, beta, analytic_kl, compute_dtype)
+  return _elbo_terms(model, cast_params(params, compute_dtype), keys, x, num_samples, beta,
+                     analytic_kl, compute_dtype)
 
 
 def elbo(model: VAE, params: Params, key: Key, x: DataBatchLike,
@@ -430,11 +470,14 @@ def iwae_bound(model: VAE, params: Params, key: Key, x: DataBatchLike,
   _checks.check_key(key)
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
-  x = _as_float(x)
-  params = cast_params(params, compute_dtype)
+  return _iwae_bound(model, params, key, _as_float(x), num_samples, compute_dtype)
 
+
+@_one_program(static_argnums=(0, 4, 5))
+def _iwae_bound(model, params, key, x, num_samples, compute_dtype):
   keys = jax.random.split(key, x.shape[0])
-  log_w = _log_weights(model, params, keys, x, num_samples, compute_dtype)
+  log_w = _log_weights(model, cast_params(params, compute_dtype), keys, x, num_samples,
+                       compute_dtype)
   return jax.nn.logsumexp(log_w, axis=1) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
 
 
@@ -463,9 +506,12 @@ def log_likelihood(model: VAE, params: Params, key: Key, x: DataBatchLike,
   _check_x(x)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   chunk_size = min(_checks.check_positive_int(chunk_size, "chunk_size"), num_samples)
-  num_chunks = -(-num_samples // chunk_size)
-  x = _as_float(x)
+  return _log_likelihood(model, params, key, _as_float(x), num_samples, chunk_size)
 
+
+@_one_program(static_argnums=(0, 4, 5))
+def _log_likelihood(model, params, key, x, num_samples, chunk_size):
+  num_chunks = -(-num_samples // chunk_size)
   # point n, chunk c draws from split(split(key, N)[n], C)[c]
   chunk_keys = jax.vmap(lambda k: jax.random.split(k, num_chunks))(
       jax.random.split(key, x.shape[0]))                                # (N, C)
