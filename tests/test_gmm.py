@@ -479,19 +479,3 @@ def test_fit_continues_its_own_result(cov_type):
   again = gmm.fit(key, x, 3, cov_type, init=full, max_iter=25, tol=1e-4)  # nothing left to do
   assert int(again.n_iter) == int(full.n_iter)
 
-
-def test_a_first_posterior_compiles_one_program():
-  """The building blocks check at the door and run one jitted core: a first gmm.posterior or
-  gmm.sample compiles a few programs, not one per operation (84 before, ~1.7 s)."""
-  from tests import compile_count  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  d, k = 7, 3  # shapes no other test uses
-  params = gmm.GMMParams(np.full(k, 1 / k, np.float32), rng.normal(size=(k, d)).astype(np.float32),
-                         np.stack([np.eye(d, dtype=np.float32)] * k), "full")
-  x = rng.normal(size=(19, d)).astype(np.float32)
-  with compile_count.count_programs() as count:
-    jax.block_until_ready(gmm.posterior(params, x))
-  assert count[0] <= 3, count[0]
-  with compile_count.count_programs() as count:
-    jax.block_until_ready(gmm.sample(params, jax.random.key(0), 23))
-  assert count[0] <= 3, count[0]

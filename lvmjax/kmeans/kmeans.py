@@ -453,7 +453,13 @@ def predict(centroids: ArrayLike, x: DataLike, *, chunk_size: int | None = None)
   _check_centroids(centroids, None, np.shape(x)[1], "centroids")
   _check_chunk_size(chunk_size)
   x = _as_float(x)
-  c = jnp.asarray(centroids, x.dtype)
+  return _predict(jnp.asarray(centroids, x.dtype), x, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _predict(c: jax.Array, x: jax.Array, chunk_size: int | None) -> Labels:
+  """:func:`predict` on checked arguments, as one compiled program (an eager call compiled one
+  per operation); a caller's ``jit`` inlines it."""
   # Centre on the centroids' mean: the matrix-product distances keep their precision.
   shift = jnp.mean(c, axis=0)
   labels, _ = assign(x - shift[None, :], c - shift[None, :], chunk_size=chunk_size)

@@ -11,6 +11,7 @@ that involves :math:`C^{-1}` goes through the Woodbury identity and the Cholesky
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -104,7 +105,13 @@ def log_marginal(params: PPCAParams, x: jax.typing.ArrayLike) -> jax.Array:
     (2,)
   """
   check_params(params)
-  x = _check_x(params, x)
+  return _log_marginal(params, _check_x(params, x))
+
+
+@jax.jit
+def _log_marginal(params: PPCAParams, x: jax.Array) -> jax.Array:
+  """:func:`log_marginal` on checked arguments, as one compiled program (an eager call compiled
+  one per operation); a caller's ``jit`` inlines it."""
   psi = _psi(params)
   psi_inv_w, chol = _m_cholesky(params)
   r = x - params.mean[None, :]
@@ -145,7 +152,12 @@ def posterior(params: PPCAParams, x: jax.typing.ArrayLike) -> tuple[jax.Array, j
     ``(mean (N, L), covariance (L, L))``.
   """
   check_params(params)
-  x = _check_x(params, x)
+  return _posterior(params, _check_x(params, x))
+
+
+@jax.jit
+def _posterior(params: PPCAParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`posterior` on checked arguments, as one compiled program (as :func:`_log_marginal`)."""
   psi_inv_w, chol = _m_cholesky(params)
   rhs = ((x - params.mean[None, :]) @ psi_inv_w).T  # (L, N)
   mean = jax.scipy.linalg.cho_solve((chol, True), rhs).T
@@ -171,6 +183,12 @@ def sample_given(params: PPCAParams, key: Key, z: jax.typing.ArrayLike) -> Data:
   if z.ndim != 2 or z.shape[1] != params.weight.shape[1]:
     raise ValueError(
         f"z must have shape (num_points, {params.weight.shape[1]}), got {z.shape}.")
+  return _sample_given(params, key, z)
+
+
+@jax.jit
+def _sample_given(params: PPCAParams, key: Key, z: jax.Array) -> Data:
+  """:func:`sample_given` on checked arguments, as one compiled program."""
   loc = z @ params.weight.T + params.mean[None, :]
   noise = jax.random.normal(key, loc.shape, loc.dtype) * jnp.sqrt(_psi(params)).astype(loc.dtype)[None, :]
   return loc + noise
@@ -185,9 +203,14 @@ def sample(params: PPCAParams, key: Key, n: int) -> tuple[Data, Latents]:
   params, key = _checks.params_first(params, key, PPCAParams, "ppca.sample")
   check_params(params)
   n = _checks.check_positive_int(n, "n")
+  return _sample(params, key, n)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sample(params: PPCAParams, key: Key, n: int) -> tuple[Data, Latents]:
   key_z, key_x = jax.random.split(key)
   z = jax.random.normal(key_z, (n, params.weight.shape[1]), jnp.result_type(params.weight))
-  return sample_given(params, key_x, z), z
+  return _sample_given(params, key_x, z), z
 
 
 def num_parameters(params: PPCAParams) -> int:
