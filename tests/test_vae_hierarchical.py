@@ -18,16 +18,23 @@ def _zero(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
 
-def test_with_z2_switched_off_every_bound_is_the_one_layer_formula(x64):
-  """p(z1 | z2) = N(0, I) whatever z2, q(z2 | z1) = p(z2): log w is the one-layer weight."""
+def _linear_top():
+  """A two-layer model with linear z2 networks, its params, float64 binary data, and the
+  one-layer VAE with the same encoder and decoder networks: ``(model, params, x, one)``."""
   model = hierarchical.HierarchicalVAE(
       vae.MLPEncoder(L1, (8,)), vae.LinearEncoder(L2), vae.LinearEncoder(L1),
       vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
   x = (jax.random.uniform(jax.random.key(0), (7, D)) < 0.4).astype(jnp.float64)
   params = hierarchical.init(jax.random.key(1), model, x)
+  one = vae.VAE(vae.MLPEncoder(L1, (8,)), vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
+  return model, params, x, one
+
+
+def test_with_z2_switched_off_every_bound_is_the_one_layer_formula(x64):
+  """p(z1 | z2) = N(0, I) whatever z2, q(z2 | z1) = p(z2): log w is the one-layer weight."""
+  model, params, x, one = _linear_top()
   p = params["params"]
   p["encoder2"], p["conditional"] = _zero(p["encoder2"]), _zero(p["conditional"])
-  one = vae.VAE(vae.MLPEncoder(L1, (8,)), vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
   one_params = {"params": {"encoder": p["encoder1"], "decoder": p["decoder"]}}
   key = jax.random.key(2)
   np.testing.assert_allclose(hierarchical.elbo(model, params, key, x, 3),
@@ -43,13 +50,8 @@ def test_reconstruct_samples_and_posterior_means_are_the_layers_means(x64):
   """reconstruct: the decoder's mean at the mean of q(z1 | x) (the one-layer model's reconstruct
   on the same networks); sample_joint(use_mean): the decoder's mean at the drawn z1; the z2
   posterior mean E_q(z1|x)[A z1 + b] of a linear q(z2 | z1) is A mu1(x) + b."""
-  model = hierarchical.HierarchicalVAE(
-      vae.MLPEncoder(L1, (8,)), vae.LinearEncoder(L2), vae.LinearEncoder(L1),
-      vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
-  x = (jax.random.uniform(jax.random.key(0), (7, D)) < 0.4).astype(jnp.float64)
-  params = hierarchical.init(jax.random.key(1), model, x)
+  model, params, x, one = _linear_top()
   p = params["params"]
-  one = vae.VAE(vae.MLPEncoder(L1, (8,)), vae.MLPDecoder(D, (8,)), vae.BernoulliLikelihood())
   one_params = {"params": {"encoder": p["encoder1"], "decoder": p["decoder"]}}
   np.testing.assert_allclose(hierarchical.reconstruct(model, params, x),
                              vae.reconstruct(one, one_params, x), rtol=1e-12)
