@@ -6,6 +6,7 @@ and IPython magics) are skipped. The notebooks must be stored without outputs.
 """
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -76,8 +77,13 @@ def _user_code_lines(nb, tag):
 def test_your_own_model_notebook(monkeypatch, tmp_path):
   """The tutorial's two extensions (a VAE prior, a mixture family) run and pass their checks."""
   nb = _read(REPO / "notebooks" / "your_own_model.ipynb")
-  for tag in ("prior", "mixture"):  # "each in under 80 lines of user code"
-    assert 0 < _user_code_lines(nb, tag) < 80, tag
+  lines = {tag: _user_code_lines(nb, tag) for tag in ("prior", "mixture")}
+  for tag, n in lines.items():  # "each in under 80 lines of user code"
+    assert 0 < n < 80, tag
+  stated = re.search(r"VAE prior \((\d+) lines\) and a Bernoulli\s+mixture \((\d+) lines\)",
+                     (REPO / "README.md").read_text())
+  assert stated and tuple(map(int, stated.groups())) == (lines["prior"], lines["mixture"]), (
+      "the README's line counts of the tutorial's two extensions", lines)
   ns = _run("your_own_model.ipynb", monkeypatch, tmp_path, smoke=True)
   # (a) the new prior's closed-form KL is the Monte Carlo KL; the bounds sit below the exact log p(x)
   assert abs(float(ns["kl_closed"].mean()) - float(ns["kl_mc"].mean())) < 0.02
