@@ -567,12 +567,10 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
   init = kwargs.get("init", "prior")
   _checks.check_choice(init, "init", INITS)
   make_options(**{k: v for k, v in kwargs.items() if k != "init"})  # checked before compiling
-  x = np.asarray(x)
-  n = x.shape[0]
-  batch_size = min(batch_size, n)
   fn = jax.jit(lambda p, k, xb: log_likelihood_ais(model, p, k, xb, **kwargs))
   v = np.asarray(vae_steps.map_over_batches(lambda k, xb: {"v": fn(params, k, xb)}, key, x,
                                             batch_size, progress=progress)["v"], np.float64)
+  n = len(v)
   mean = float(np.mean(v))
   out = {"log_likelihood_ais": mean, "nll_ais": -mean,
          "log_likelihood_ais_sem": float(np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else 0.0,

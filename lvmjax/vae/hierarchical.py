@@ -290,7 +290,6 @@ def posterior_means(model: HierarchicalVAE, params: Params, key: Key, x: DataBat
   _checks.check_key(key)
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  x = np.asarray(x)
 
   @jax.jit
   def means(p, k, xb):
@@ -299,8 +298,7 @@ def posterior_means(model: HierarchicalVAE, params: Params, key: Key, x: DataBat
     m2, _ = _gaussian(model, p, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
     return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
 
-  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x,
-                                      min(batch_size, len(x)))
+  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x, batch_size)
   return values["z1"], values["z2"]
 
 
@@ -418,8 +416,8 @@ def evaluate(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
     return out
 
   x = np.asarray(x)
-  sums, n = vae_steps.sum_over_batches(batch, key, x, min(batch_size, x.shape[0]),
-                                       first_batch=first_batch, progress=progress)
+  sums, n = vae_steps.sum_over_batches(batch, key, x, batch_size, first_batch=first_batch,
+                                       progress=progress)
   moments = latent_moments(model, params, jax.random.fold_in(key, -1 % 2**31), x)
   if across_processes and jax.process_count() > 1:
     sums, moments = sharding.process_sum((sums, moments))

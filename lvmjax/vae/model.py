@@ -349,8 +349,7 @@ def sample(model: VAE, params: Params, key: Key, n: int, *, latent_dim: Optional
 def _sample(model, params, key, n, latent_dim, use_mean):
   key_z, key_x = jax.random.split(key)
   z = model.apply(params, key_z, n, latent_dim, method="prior_sample")
-  dist = decode(model, params, z)
-  return (dist.mean() if use_mean else dist.sample(seed=key_x)), z
+  return sample_given(model, params, key_x, z, use_mean=use_mean), z
 
 
 def sample_given(model: VAE, params: Params, key: Key, z: Latents, *,

@@ -344,15 +344,17 @@ def map_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np
   Args:
     batch_fn: ``(key, xb) -> {name: (batch_size, ...) array}``, usually jitted.
     key: PRNG key.
-    x: ``(N, ...)`` host array.
-    batch_size: rows per batch (at most N).
+    x: ``(N, ...)`` host array (or array-like).
+    batch_size: rows per batch; more than N means one batch of N.
     first_batch: global index of the first batch (several processes share one evaluation).
     progress: optional callback ``progress(points_done, num_points)``.
 
   Returns:
     ``{name: (N, ...) host array}``, the rows in the order of x.
   """
+  x = np.asarray(x)
   n = x.shape[0]
+  batch_size = min(batch_size, n)
   parts = {}
   for i, start in enumerate(range(0, n, batch_size)):
     xb = x[start:start + batch_size]
@@ -377,7 +379,7 @@ def sum_over_batches(batch_fn: Callable[[Key, jax.Array], dict], key: Key, x: np
   """
   values = map_over_batches(batch_fn, key, x, batch_size, first_batch=first_batch,
                             progress=progress)
-  return {name: float(np.sum(np.asarray(v, np.float64))) for name, v in values.items()}, x.shape[0]
+  return {name: float(np.sum(np.asarray(v, np.float64))) for name, v in values.items()}, len(x)
 
 
 def evaluate(model: vae_model.VAE, params: Any, key: Key, x: DataBatchLike,

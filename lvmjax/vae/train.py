@@ -841,9 +841,7 @@ def evaluate_clustering(model: vae.VAE, params: Any, key: jax.Array, x: np.ndarr
     return {"cluster": vae.vade.map_cluster(model, p, k_c, xb),
             "vade_elbo": vae.vade.elbo(model, p, k_e, xb)}
 
-  x = np.asarray(x)
-  values = steps.map_over_batches(lambda k, xb: batch(params, k, xb), key, x,
-                                  min(batch_size, len(x)))
+  values = steps.map_over_batches(lambda k, xb: batch(params, k, xb), key, x, batch_size)
   clusters = values["cluster"]
   out = {"vade_elbo": float(np.mean(np.asarray(values["vade_elbo"], np.float64))),
          "num_clusters_used": int(len(np.unique(clusters))),
