@@ -16,6 +16,7 @@ from lvmjax import gmm
 from lvmjax import vae
 from lvmjax.vae import train as vae_train
 from lvmjax.vae import vade
+from tests import compile_count
 from tests.numpy_vae import log_normal as _log_normal
 from tests.numpy_vae import mlp as _mlp
 
@@ -285,6 +286,21 @@ def test_smoke_config_runs_end_to_end(smoke_run):
   assert 0.1 <= results["pretrain"]["init_clustering_accuracy"] <= 1.0
   assert (workdir / "vade_cluster_samples.png").stat().st_size > 1000
   assert isinstance(run.model.prior, vade.GaussianMixturePrior)
+
+
+def test_evaluate_clustering_again_compiles_nothing(smoke_run):
+  """The clustering figures run one program per model and batch shape: a second call, with new
+  parameters and key, compiles nothing (it compiled its batch again before)."""
+  _, run = smoke_run
+  rng = np.random.default_rng(0)
+  x = (rng.random((30,) + run.data_shape) < 0.3).astype(np.float32)
+  labels = rng.integers(0, 3, 30)
+  other = jax.tree.map(lambda a: a * 1.01, run.state.params)
+  for p, k in ((run.state.params, 0), (other, 1)):
+    with compile_count.count_programs() as count:
+      out = vae_train.evaluate_clustering(run.model, p, jax.random.key(k), x, labels, 16)
+    assert sum(out["cluster_sizes"]) == 30 and 0.0 < out["clustering_accuracy"] <= 1.0
+  assert count[0] == 0
 
 
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(smoke_run, tmp_path):

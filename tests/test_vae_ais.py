@@ -12,6 +12,7 @@ import scipy.stats
 
 from lvmjax import vae
 from lvmjax.vae import ais
+from tests import compile_count
 
 D, L, S = 4, 2, 0.6
 NUM_CHAINS, NUM_LEAPFROG = 16, 4
@@ -85,7 +86,15 @@ def test_evaluate_ais_is_the_batched_estimate_per_point(x64):
   assert res["nll_ais"] == -res["log_likelihood_ais"]
   assert res["log_likelihood_ais_sem"] == pytest.approx(np.std(expected, ddof=1) / np.sqrt(6))
   assert res["num_points"] == 6 and res["ais_num_steps"] == 10 and seen == [(4, 6), (6, 6)]
-  assert "values" not in ais.evaluate_ais(model, params, key, x, batch_size=4, **opts)
+  with compile_count.count_programs() as count:  # a second evaluation reuses the program
+    again = ais.evaluate_ais(model, params, jax.random.key(5), x, batch_size=4, **opts)
+  assert "values" not in again and count[0] == 0
+  # a schedule given as an array (not hashable) is checked and made a tuple, then runs as one
+  schedule = np.linspace(0.0, 1.0, opts["num_steps"] + 1)
+  linear = ais.evaluate_ais(model, params, key, x, batch_size=4, schedule=schedule, **opts)
+  assert linear["log_likelihood_ais"] == pytest.approx(ais.evaluate_ais(
+      model, params, key, x, batch_size=4, schedule="linear", **opts)["log_likelihood_ais"],
+                                                       rel=1e-12)
 
 
 @pytest.mark.parametrize("init", ["encoder", pytest.param("prior", marks=pytest.mark.slow)])

@@ -10,6 +10,7 @@ import scipy.stats
 
 from lvmjax import vae
 from lvmjax.vae import hierarchical
+from tests import compile_count
 
 D, L1, L2 = 5, 3, 2
 
@@ -85,6 +86,38 @@ def test_bounds_are_ordered_on_average():
   ll = float(jnp.mean(hierarchical.log_likelihood(model, params, jax.random.fold_in(key, 3), x,
                                                   1000)))
   assert e < i5 < i50 < ll
+
+
+def test_a_first_call_compiles_a_few_programs():
+  """Each public function runs its checked core as one jitted program, not one per operation."""
+  model = hierarchical.burda_model(11, latent_dims=(4, 3), hidden=((7,), (6,)))  # shapes of its own
+  x = (np.random.default_rng(0).random((9, 11)) < 0.4).astype(np.float32)
+  params = hierarchical.init(jax.random.key(0), model, x)
+  key = jax.random.key(1)
+  for name, call in (("elbo", lambda: hierarchical.elbo(model, params, key, x, 2)),
+                     ("iwae_bound", lambda: hierarchical.iwae_bound(model, params, key, x, 3)),
+                     ("log_likelihood", lambda: hierarchical.log_likelihood(
+                         model, params, key, x, 10, chunk_size=4)),
+                     ("sample_joint", lambda: hierarchical.sample_joint(model, params, key, 5)),
+                     ("reconstruct", lambda: hierarchical.reconstruct(model, params, x))):
+    with compile_count.count_programs() as count:
+      jax.block_until_ready(call())
+    assert count[0] <= 3, f"{name} compiled {count[0]} programs"
+
+
+def test_evaluating_again_compiles_nothing():
+  """The evaluations during training (every eval_every steps) reuse one program: a second
+  evaluate or posterior_means with new parameters and key compiles nothing (it compiled two
+  programs per call before)."""
+  model, params, x = _burda_small()
+  other = jax.tree.map(lambda a: a * 1.01, params)
+  for p, k in ((params, 0), (other, 1)):
+    with compile_count.count_programs() as count:
+      figures = hierarchical.evaluate(model, p, jax.random.key(k), x, 64, num_samples_ll=20,
+                                      iwae_k=(5,))
+      hierarchical.posterior_means(model, p, jax.random.key(k), x[:50], num_samples=3)
+    assert np.isfinite(figures["nll"]) and figures["num_points"] == len(x)
+  assert count[0] == 0
 
 
 def _linear_chain():

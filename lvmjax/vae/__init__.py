@@ -3,8 +3,8 @@
 A model is a :class:`VAE` module (encoder, decoder, likelihood, prior); every computation is a pure
 function of ``(model, params, [key,] x)`` returning one value per point, vmapped over the batch
 and over latent samples, composing with a user's ``jit``/``vmap``/``grad`` (called eagerly, the
-bounds, log-likelihood, sampling and interpolation check their arguments and run as one jitted
-program, which a user's ``jit`` inlines).
+bounds, log-likelihood, encoding, reconstruction, sampling and interpolation check their arguments
+and run as one jitted program, which a user's ``jit`` inlines).
 Key order: the model and its params first, then the key, then the data or the sample count;
 ``init`` and ``create_train_state``, which make the params, take the key first (as ``fit`` and
 flax's ``model.init`` do).

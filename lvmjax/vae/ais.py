@@ -566,10 +566,12 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   init = kwargs.get("init", "prior")
   _checks.check_choice(init, "init", INITS)
-  make_options(**{k: v for k, v in kwargs.items() if k != "init"})  # checked before compiling
-  fn = jax.jit(lambda p, k, xb: log_likelihood_ais(model, p, k, xb, **kwargs))
-  v = np.asarray(vae_steps.map_over_batches(lambda k, xb: {"v": fn(params, k, xb)}, key, x,
-                                            batch_size, progress=progress)["v"], np.float64)
+  # checked before compiling, and made hashable (a schedule given as an array becomes a tuple)
+  o = make_options(**{k: v for k, v in kwargs.items() if k != "init"})
+  options = (("init", init),) + tuple(o._asdict().items())
+  v = np.asarray(vae_steps.map_over_batches(
+      lambda k, xb: {"v": _ais_batch(model, params, k, xb, options)}, key, x, batch_size,
+      progress=progress)["v"], np.float64)
   n = len(v)
   mean = float(np.mean(v))
   out = {"log_likelihood_ais": mean, "nll_ais": -mean,
@@ -579,6 +581,13 @@ def evaluate_ais(model: Any, params: Params, key: Key, x: DataBatchLike, batch_s
   if return_values:
     out["values"] = v
   return out
+
+
+@vae_model._one_program(static_argnums=(0, 4))  # pylint: disable=protected-access
+def _ais_batch(model, params, key, xb, options):
+  """One :func:`evaluate_ais` batch; ``options`` its ``(name, value)`` pairs. Module
+  level, so that a second evaluation with the same model and options reuses its program."""
+  return log_likelihood_ais(model, params, key, xb, **dict(options))
 
 
 __all__ = ["AISTarget", "AISOptions", "AISResult", "BDMCResult", "annealing_schedule",

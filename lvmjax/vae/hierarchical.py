@@ -198,25 +198,39 @@ def _log_weights(model, params, keys, x, num_samples):
 
 
 def _prepare(key, x, num_samples):
+  """Checks the public functions' arguments at the door; their numbers run as one jitted core."""
   _checks.check_key(key)
   vae_model._check_x(x)  # pylint: disable=protected-access
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
-  x = vae_model._as_float(x)  # pylint: disable=protected-access
-  return x, jax.random.split(key, x.shape[0]), num_samples
+  return vae_model._as_float(x), num_samples  # pylint: disable=protected-access
+
+
+_one_program = vae_model._one_program  # pylint: disable=protected-access
 
 
 def elbo(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
          num_samples: int = 1) -> LogDensity:
   r"""Per-point ELBO :math:`\frac1S \sum_s \log w_s` (Monte Carlo in both layers): ``(N,)``."""
-  x, keys, num_samples = _prepare(key, x, num_samples)
+  x, num_samples = _prepare(key, x, num_samples)
+  return _elbo(model, params, key, x, num_samples)
+
+
+@_one_program(static_argnums=(0, 4))
+def _elbo(model, params, key, x, num_samples):
+  keys = jax.random.split(key, x.shape[0])
   return jnp.mean(_log_weights(model, params, keys, x, num_samples), axis=1)
 
 
 def iwae_bound(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
                num_samples: int) -> LogDensity:
   r"""Per-point IWAE bound :math:`\log \frac1k \sum_{s=1}^k w_s`: ``(N,)``; the ELBO at k = 1."""
-  x, keys, num_samples = _prepare(key, x, num_samples)
-  log_w = _log_weights(model, params, keys, x, num_samples)
+  x, num_samples = _prepare(key, x, num_samples)
+  return _iwae_bound(model, params, key, x, num_samples)
+
+
+@_one_program(static_argnums=(0, 4))
+def _iwae_bound(model, params, key, x, num_samples):
+  log_w = _log_weights(model, params, jax.random.split(key, x.shape[0]), x, num_samples)
   return jax.nn.logsumexp(log_w, axis=1) - jnp.log(jnp.asarray(num_samples, log_w.dtype))
 
 
@@ -230,8 +244,14 @@ def log_likelihood(model: HierarchicalVAE, params: Params, key: Key, x: DataBatc
   ``split(split(key, N)[n], C)[c]`` (as :func:`lvmjax.vae.log_likelihood`), and the chunks'
   bounds combine as :math:`\log \sum_c m_c e^{\mathcal{L}_c} - \log K`.
   """
-  x, keys, num_samples = _prepare(key, x, num_samples)
+  x, num_samples = _prepare(key, x, num_samples)
   chunk_size = min(_checks.check_positive_int(chunk_size, "chunk_size"), num_samples)
+  return _log_likelihood(model, params, key, x, num_samples, chunk_size)
+
+
+@_one_program(static_argnums=(0, 4, 5))
+def _log_likelihood(model, params, key, x, num_samples, chunk_size):
+  keys = jax.random.split(key, x.shape[0])
   num_full, rest = divmod(num_samples, chunk_size)
   num_chunks = num_full + (rest > 0)
   chunk_keys = jax.vmap(lambda k: jax.random.split(k, num_chunks))(keys)      # (N, C)
@@ -258,6 +278,11 @@ def sample_joint(model: HierarchicalVAE, params: Params, key: Key, n: int, *,
   """
   _checks.check_key(key)
   n = _checks.check_positive_int(n, "n")
+  return _sample_joint(model, params, key, n, bool(use_mean))
+
+
+@_one_program(static_argnums=(0, 3, 4))
+def _sample_joint(model, params, key, n, use_mean):
   k2, k1, kx = jax.random.split(key, 3)
   z2 = _apply(model, params, k2, n, model.encoder2.latent_dim, method="prior_sample")
   mean, log_var = _gaussian(model, params, z2, "conditional_params")
@@ -270,8 +295,13 @@ def reconstruct(model: HierarchicalVAE, params: Params, x: DataBatchLike) -> jax
   r"""Mean of :math:`p(x \mid z_1)` at :math:`z_1` = the mean of :math:`q(z_1 \mid x)`:
   ``(N, *data_shape)``, as :func:`lvmjax.vae.reconstruct` for the one-layer model."""
   vae_model._check_x(x)  # pylint: disable=protected-access
-  mean1, _ = _gaussian(model, params, vae_model._as_float(x), "encode1")  # pylint: disable=protected-access
-  return _apply(model, params, mean1, np.ndim(x) - 1, method="decode").mean()
+  return _reconstruct(model, params, vae_model._as_float(x))  # pylint: disable=protected-access
+
+
+@_one_program(static_argnums=(0,))
+def _reconstruct(model, params, x):
+  mean1, _ = _gaussian(model, params, x, "encode1")
+  return _apply(model, params, mean1, x.ndim - 1, method="decode").mean()
 
 
 def posterior_means(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
@@ -291,15 +321,18 @@ def posterior_means(model: HierarchicalVAE, params: Params, key: Key, x: DataBat
   num_samples = _checks.check_positive_int(num_samples, "num_samples")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
 
-  @jax.jit
-  def means(p, k, xb):
-    m1, lv1 = _gaussian(model, p, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
-    eps = jax.random.normal(k, (num_samples,) + m1.shape, m1.dtype)
-    m2, _ = _gaussian(model, p, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
-    return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
-
-  values = vae_steps.map_over_batches(lambda k, xb: means(params, k, xb), key, x, batch_size)
+  values = vae_steps.map_over_batches(
+      lambda k, xb: _means_batch(model, params, k, xb, num_samples), key, x, batch_size)
   return values["z1"], values["z2"]
+
+
+@_one_program(static_argnums=(0, 4))
+def _means_batch(model, params, key, xb, num_samples):
+  """One batch of :func:`posterior_means`; module level, so a second call reuses its program."""
+  m1, lv1 = _gaussian(model, params, vae_model._as_float(xb), "encode1")  # pylint: disable=protected-access
+  eps = jax.random.normal(key, (num_samples,) + m1.shape, m1.dtype)
+  m2, _ = _gaussian(model, params, m1 + jnp.exp(0.5 * lv1) * eps, "encode2")
+  return {"z1": m1, "z2": jnp.mean(m2, axis=0)}
 
 
 def ais_target(model: HierarchicalVAE, params: Params, x: jax.Array) -> vae_ais.AISTarget:
@@ -405,19 +438,10 @@ def evaluate(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
   if num_samples_ll:
     num_samples_ll = _checks.check_positive_int(num_samples_ll, "num_samples_ll")
 
-  @jax.jit
-  def batch(k, xb):
-    k_elbo, k_iwae, k_ll = jax.random.split(k, 3)
-    out = {"elbo": elbo(model, params, k_elbo, xb, 1)}
-    for kk in iwae_k:
-      out[f"iwae_{kk}"] = iwae_bound(model, params, jax.random.fold_in(k_iwae, kk), xb, kk)
-    if num_samples_ll:
-      out["log_likelihood"] = log_likelihood(model, params, k_ll, xb, num_samples_ll, chunk_size)
-    return out
-
   x = np.asarray(x)
-  sums, n = vae_steps.sum_over_batches(batch, key, x, batch_size, first_batch=first_batch,
-                                       progress=progress)
+  sums, n = vae_steps.sum_over_batches(
+      lambda k, xb: _evaluate_batch(model, params, k, xb, iwae_k, num_samples_ll, chunk_size),
+      key, x, batch_size, first_batch=first_batch, progress=progress)
   moments = latent_moments(model, params, jax.random.fold_in(key, -1 % 2**31), x)
   if across_processes and jax.process_count() > 1:
     sums, moments = sharding.process_sum((sums, moments))
@@ -429,6 +453,19 @@ def evaluate(model: HierarchicalVAE, params: Params, key: Key, x: DataBatchLike,
   if "log_likelihood" in results:
     results["nll"] = -results["log_likelihood"]
   return results
+
+
+@_one_program(static_argnums=(0, 4, 5, 6))
+def _evaluate_batch(model, params, key, xb, iwae_k, num_samples_ll, chunk_size):
+  """Per-point figures of one :func:`evaluate` batch; module level, so that the evaluations
+  during training (every ``eval_every`` steps) reuse one compiled program."""
+  k_elbo, k_iwae, k_ll = jax.random.split(key, 3)
+  out = {"elbo": elbo(model, params, k_elbo, xb, 1)}
+  for kk in iwae_k:
+    out[f"iwae_{kk}"] = iwae_bound(model, params, jax.random.fold_in(k_iwae, kk), xb, kk)
+  if num_samples_ll:
+    out["log_likelihood"] = log_likelihood(model, params, k_ll, xb, num_samples_ll, chunk_size)
+  return out
 
 
 __all__ = ["HierarchicalVAE", "burda_model", "init", "elbo", "iwae_bound", "log_likelihood",

@@ -14,8 +14,9 @@ Each function is the one-point formula applied to every point and latent sample:
 on the whole ``(N, S)`` batch at once (the decoder on the N * S latents as one batch axis), which is
 what ``jax.vmap`` of the one-point formula computes, written batched because XLA:CPU runs the plain
 matrix products faster. Point n's noise comes from its own key ``jax.random.split(key, N)[n]``.
-The functions are not jitted, so they compose with a user's own ``jit``, ``vmap`` and ``grad``. ``x`` always has a leading batch
-axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
+The functions compose with a user's own ``jit``, ``vmap`` and ``grad``: called eagerly, they check
+their arguments, then run their numbers as one jitted program (:func:`_one_program`), which a
+user's ``jit`` inlines. ``x`` always has a leading batch axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
 """
 from __future__ import annotations
 
@@ -287,7 +288,12 @@ def init(key: Key, model: VAE, example_x: DataBatchLike) -> Params:
 def encode(model: VAE, params: Params, x: DataBatchLike) -> tuple[Latents, Latents]:
   """Mean and log-variance of q(z | x), each ``(N, L)``."""
   _check_x(x)
-  return _encode(model, params, _as_float(x), None)
+  return _encode_one(model, params, _as_float(x))
+
+
+@_one_program(static_argnums=(0,))
+def _encode_one(model, params, x):
+  return _encode(model, params, x, None)
 
 
 def decode(model: VAE, params: Params, z: Latents) -> distrax.Distribution:
@@ -296,17 +302,26 @@ def decode(model: VAE, params: Params, z: Latents) -> distrax.Distribution:
   Use ``.mean()`` for the expected image (Bernoulli probabilities, Gaussian mean), ``.mode()`` or
   ``.sample(seed=key)``.
   """
-  z = jnp.asarray(z)
-  if z.ndim != 2:
-    raise ValueError(f"z must have shape (num_points, latent_dim), got {z.shape}.")
-  _checks.check_data(z, "z", ndim=2)
+  _check_z(z)
   return _apply(model, params, _as_float(z), method="decode", what="decoder")
+
+
+def _check_z(z: Any) -> None:
+  if np.ndim(z) != 2:
+    raise ValueError(f"z must have shape (num_points, latent_dim), got {np.shape(z)}.")
+  _checks.check_data(z, "z", ndim=2)
 
 
 def reconstruct(model: VAE, params: Params, x: DataBatchLike) -> DataBatch:
   """Mean of p(x | z) at z = the encoder mean: ``(N, *data_shape)``."""
-  mean, _ = encode(model, params, x)
-  return decode(model, params, mean).mean()
+  _check_x(x)
+  return _reconstruct(model, params, _as_float(x))
+
+
+@_one_program(static_argnums=(0,))
+def _reconstruct(model, params, x):
+  mean, _ = _encode(model, params, x, None)
+  return _apply(model, params, mean, method="decode", what="decoder").mean()
 
 
 def sample_posterior(model: VAE, params: Params, key: Key, x: DataBatchLike,
@@ -356,7 +371,13 @@ def sample_given(model: VAE, params: Params, key: Key, z: Latents, *,
                  use_mean: bool = False) -> DataBatch:
   """Generates x ~ p(x | z) for chosen latents ``z (N, L)``: ``(N, *data_shape)``."""
   _checks.check_key(key)
-  dist = decode(model, params, z)
+  _check_z(z)
+  return _sample_given(model, params, key, _as_float(z), bool(use_mean))
+
+
+@_one_program(static_argnums=(0, 4))
+def _sample_given(model, params, key, z, use_mean):
+  dist = _apply(model, params, z, method="decode", what="decoder")
   return dist.mean() if use_mean else dist.sample(seed=key)
 
 

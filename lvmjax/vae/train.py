@@ -47,6 +47,7 @@ from lvmjax import progress
 from lvmjax import sharding
 from lvmjax import vae
 from lvmjax.vae import hierarchical
+from lvmjax.vae import model as vae_model
 from lvmjax.vae import steps
 
 MODELS = {"vae": "elbo", "iwae": "iwae", "ae": "autoencoder", "vade": "vade"}
@@ -835,13 +836,8 @@ def evaluate_clustering(model: vae.VAE, params: Any, key: jax.Array, x: np.ndarr
   ``clustering_accuracy`` (best one-to-one matching of clusters to labels) and
   ``adjusted_rand_index``.
   """
-  @jax.jit
-  def batch(p, k, xb):
-    k_c, k_e = jax.random.split(k)
-    return {"cluster": vae.vade.map_cluster(model, p, k_c, xb),
-            "vade_elbo": vae.vade.elbo(model, p, k_e, xb)}
-
-  values = steps.map_over_batches(lambda k, xb: batch(params, k, xb), key, x, batch_size)
+  values = steps.map_over_batches(lambda k, xb: _clustering_batch(model, params, k, xb), key, x,
+                                  batch_size)
   clusters = values["cluster"]
   out = {"vade_elbo": float(np.mean(np.asarray(values["vade_elbo"], np.float64))),
          "num_clusters_used": int(len(np.unique(clusters))),
@@ -850,6 +846,14 @@ def evaluate_clustering(model: vae.VAE, params: Any, key: jax.Array, x: np.ndarr
     out["clustering_accuracy"] = vae.vade.clustering_accuracy(labels, clusters)
     out["adjusted_rand_index"] = experiment.adjusted_rand_index(labels, clusters)
   return out
+
+
+@vae_model._one_program(static_argnums=(0,))  # pylint: disable=protected-access
+def _clustering_batch(model, params, key, xb):
+  """One batch of :func:`evaluate_clustering` (module level: one program per model and shape)."""
+  k_c, k_e = jax.random.split(key)
+  return {"cluster": vae.vade.map_cluster(model, params, k_c, xb),
+          "vade_elbo": vae.vade.elbo(model, params, k_e, xb)}
 
 
 def write_cluster_figure(workdir: pathlib.Path, model: vae.VAE, params: Any,
