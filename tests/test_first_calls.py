@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lvmjax import gmm, kmeans, ppca
+from lvmjax.gmm import bayesian, factor
 from tests import compile_count
 
 D, K, N = 7, 3, 19  # shapes no other test uses
@@ -23,6 +24,10 @@ def _cases():
   p = ppca.PPCAParams(rng.normal(size=(D, 2)).astype(np.float32), np.zeros(D, np.float32),
                       np.float32(0.5))
   key = jax.random.key(0)
+  resp = np.eye(K, dtype=np.float32)[np.arange(N) % K]
+  b = bayesian.params_from_responsibilities(bayesian.prior(x, num_components=K), x, resp)
+  f = factor.FactorParams(g.weights, g.means, rng.normal(size=(K, D, 2)).astype(np.float32),
+                          np.ones((K, D), np.float32))
   return {
       "gmm.posterior": lambda: gmm.posterior(g, x),
       "gmm.log_marginal": lambda: gmm.log_marginal(g, x[:5]),
@@ -31,6 +36,12 @@ def _cases():
       "ppca.log_marginal": lambda: ppca.log_marginal(p, x),
       "ppca.posterior": lambda: ppca.posterior(p, x),
       "ppca.sample": lambda: ppca.sample(p, key, 23),
+      "gmm.bayesian.posterior": lambda: bayesian.posterior(b, x[:6]),
+      "gmm.bayesian.score_samples": lambda: bayesian.score_samples(b, x[:8]),
+      "gmm.bayesian.sample": lambda: bayesian.sample(b, key, 29),
+      "gmm.factor.log_marginal": lambda: factor.log_marginal(f, x),
+      "gmm.factor.latent_posterior": lambda: factor.latent_posterior(f, x),
+      "gmm.factor.sample": lambda: factor.sample(f, key, 23),
   }
 
 

@@ -213,11 +213,17 @@ def _log_rho_offsets(params: BayesianGMMParams) -> jax.Array:
           + 0.5 * (log_lambda - d / params.mean_precision))
 
 
+_log_rho_offsets_jit = jax.jit(_log_rho_offsets)  # one program, not one per digamma, when eager
+
+
 def to_gmm_params(params: BayesianGMMParams) -> GMMParams:
   r"""The point estimate :math:`(\mathbb{E}[\pi], m, (\nu W)^{-1})` as ``gmm.GMMParams``
   (scikit-learn's ``weights_``, ``means_``, ``covariances_``; what ``sample`` draws from)."""
   return GMMParams(expected_weights(params), params.means, params.covariances,
                    params.covariance_type)
+
+
+_to_gmm_params_jit = jax.jit(to_gmm_params)
 
 
 def log_joint(params: BayesianGMMParams, x: ArrayLike) -> LogJoint:
@@ -227,31 +233,37 @@ def log_joint(params: BayesianGMMParams, x: ArrayLike) -> LogJoint:
     params: the variational posterior.
     x: points (..., D).
   """
-  k = params.means.shape[0]
-  dtype = params.means.dtype
-  uniform = GMMParams(jnp.full((k,), 1.0 / k, dtype), params.means, params.covariances,
-                      params.covariance_type)
-  return model.log_joint(uniform, x) + (math.log(k) + _log_rho_offsets(params))
+  return _reduce(params, x, None)
+
+
+def _reduce(params: BayesianGMMParams, x: ArrayLike, reduce: str | None) -> jax.Array:
+  r""":func:`log_joint` reduced over k (``gmm.model.reduce_components``): the Gaussian densities
+  of ``gmm``'s checked, jitted log-joint, with :math:`\log \rho`'s offsets as the log weights."""
+  k = np.shape(params.means)[0]
+  uniform = GMMParams(np.full((k,), 1.0 / k, np.dtype(params.means.dtype)), params.means,
+                      params.covariances, params.covariance_type)
+  return model._reduce_log_joint(  # pylint: disable=protected-access
+      uniform, x, None, reduce, log_weights=_log_rho_offsets_jit(params))
 
 
 def score_samples(params: BayesianGMMParams, x: ArrayLike) -> LogDensity:
   r"""(...,) :math:`\log \sum_k \rho_{nk}` (scikit-learn's ``score_samples``)."""
-  return jax.nn.logsumexp(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "logsumexp")
 
 
 def posterior(params: BayesianGMMParams, x: ArrayLike) -> Responsibilities:
   r"""(..., K) the variational responsibilities :math:`r_{nk} = q(z_n{=}k)`."""
-  return jax.nn.softmax(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "softmax")
 
 
 def map_latent(params: BayesianGMMParams, x: ArrayLike) -> Labels:
   r"""(...,) :math:`\arg\max_k r_{nk}`."""
-  return jnp.argmax(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "argmax")
 
 
 def sample(params: BayesianGMMParams, key: Key, n: int) -> tuple[Data, Labels]:
   """n draws ``(x, z)`` from the point estimate :func:`to_gmm_params` (as scikit-learn's)."""
-  return model.sample(to_gmm_params(params), key, n)
+  return model.sample(_to_gmm_params_jit(params), key, n)
 
 
 def _log_det_cov(params: BayesianGMMParams) -> jax.Array:

@@ -80,6 +80,7 @@ Examples:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -310,25 +311,36 @@ def log_joint(params: FactorParams, x: ArrayLike) -> LogJoint:
     >>> log_joint(p, jnp.zeros((4, 3))).shape
     (4, 1)
   """
+  return _reduce(params, x, None)
+
+
+def _reduce(params: FactorParams, x: ArrayLike, reduce: str | None) -> jax.Array:
+  """Checks at the door, then one jitted program: the log-joint reduced over k."""
   flat, batch = _flatten(params, x)
+  out = _rows_reduce(params, flat, reduce)
+  return out.reshape(*batch, *out.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames="reduce")
+def _rows_reduce(params: FactorParams, flat: jax.Array, reduce: str | None) -> jax.Array:
   lj, _, _ = _rows(_prepare(params), flat)
-  return lj.T.reshape(*batch, lj.shape[0])
+  return model.reduce_components(lj.T, reduce)
 
 
 def log_marginal(params: FactorParams, x: ArrayLike) -> LogDensity:
   r"""The log-likelihood :math:`\log p(x) = \operatorname{logsumexp}_k \log p(x, k)`, (...,)."""
-  return jax.nn.logsumexp(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "logsumexp")
 
 
 def posterior(params: FactorParams, x: ArrayLike) -> Responsibilities:
   r"""The responsibilities :math:`p(k \mid x)`, (..., K)."""
-  return jax.nn.softmax(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "softmax")
 
 
 def map_latent(params: FactorParams, x: ArrayLike) -> jax.Array:
   r"""The MAP component :math:`\arg\max_k p(k \mid x)`, (...,). Given k, the MAP of the factors
   is the posterior mean of :func:`latent_posterior` (the posterior is Gaussian)."""
-  return jnp.argmax(log_joint(params, x), axis=-1)
+  return _reduce(params, x, "argmax")
 
 
 def latent_posterior(params: FactorParams, x: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -347,11 +359,16 @@ def latent_posterior(params: FactorParams, x: ArrayLike) -> tuple[jax.Array, jax
     ``(mean (..., K, q), covariance (K, q, q))``; the covariance does not depend on x.
   """
   flat, batch = _flatten(params, x)
+  mean, m_inv = _latent_posterior(params, flat)
+  return mean.reshape(*batch, *mean.shape[1:]), m_inv
+
+
+@jax.jit
+def _latent_posterior(params: FactorParams, flat: jax.Array) -> tuple[jax.Array, jax.Array]:
   prep = _prepare(params)
   _, _, u = _rows(prep, flat)
   m_inv = jnp.einsum("kpq,kpr->kqr", prep.chol_inv, prep.chol_inv, precision=_HIGHEST)
-  mean = jnp.einsum("knq,kqr->nkr", u, m_inv, precision=_HIGHEST)
-  return mean.reshape(*batch, *mean.shape[1:]), m_inv
+  return jnp.einsum("knq,kqr->nkr", u, m_inv, precision=_HIGHEST), m_inv
 
 
 def sample(params: FactorParams, key: Key, n: int) -> tuple[Data, Labels, Latents]:
@@ -372,6 +389,11 @@ def sample(params: FactorParams, key: Key, n: int) -> tuple[Data, Labels, Latent
   _checks.check_key(key)
   n = _checks.check_positive_int(n, "n", minimum=0)
   check_params(params)
+  return _sample(params, key, n)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sample(params: FactorParams, key: Key, n: int) -> tuple[Data, Labels, Latents]:
   means = jnp.asarray(params.means)
   w = jnp.asarray(params.factors)
   key_k, key_z, key_e = jax.random.split(key, 3)
