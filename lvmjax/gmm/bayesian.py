@@ -236,14 +236,19 @@ def log_joint(params: BayesianGMMParams, x: ArrayLike) -> LogJoint:
   return _reduce(params, x, None)
 
 
-def _reduce(params: BayesianGMMParams, x: ArrayLike, reduce: str | None) -> jax.Array:
+def _reduce(params: BayesianGMMParams, x: ArrayLike, reduce: str | None,
+            log_weights: jax.Array | None = None) -> jax.Array:
   r""":func:`log_joint` reduced over k (``gmm.model.reduce_components``): the Gaussian densities
-  of ``gmm``'s checked, jitted log-joint, with :math:`\log \rho`'s offsets as the log weights."""
+  of ``gmm``'s checked, jitted log-joint plus ``log_weights`` (default :math:`\log \rho`'s
+  offsets)."""
   k = np.shape(params.means)[0]
-  uniform = GMMParams(np.full((k,), 1.0 / k, np.dtype(params.means.dtype)), params.means,
-                      params.covariances, params.covariance_type)
+  dtype = np.dtype(params.means.dtype)
+  uniform = GMMParams(np.full((k,), 1.0 / k, dtype), params.means, params.covariances,
+                      params.covariance_type)  # checked there; its weights are not used
+  if log_weights is None:
+    log_weights = _log_rho_offsets_jit(params)
   return model._reduce_log_joint(  # pylint: disable=protected-access
-      uniform, x, None, reduce, log_weights=_log_rho_offsets_jit(params))
+      uniform, x, None, reduce, log_weights=log_weights)
 
 
 def score_samples(params: BayesianGMMParams, x: ArrayLike) -> LogDensity:
@@ -363,7 +368,8 @@ class BayesianFamily(mixture.MixtureFamily):
 
   def log_component(self, params: BayesianGMMParams, x: Data) -> jax.Array:
     """(n, K) :math:`\\log \\mathcal{N}(x_n; m_k, (\\nu_k W_k)^{-1})`."""
-    return log_joint(params, x) - _log_rho_offsets(params)
+    k = np.shape(params.means)[0]
+    return _reduce(params, x, None, np.zeros((k,), np.dtype(params.means.dtype)))
 
   def prepare(self, params: BayesianGMMParams) -> _Prepared:
     log_w = _log_rho_offsets(params)

@@ -15,8 +15,9 @@ on the whole ``(N, S)`` batch at once (the decoder on the N * S latents as one b
 what ``jax.vmap`` of the one-point formula computes, written batched because XLA:CPU runs the plain
 matrix products faster. Point n's noise comes from its own key ``jax.random.split(key, N)[n]``.
 The functions compose with a user's own ``jit``, ``vmap`` and ``grad``: called eagerly, they check
-their arguments, then run their numbers as one jitted program (:func:`_one_program`), which a
-user's ``jit`` inlines. ``x`` always has a leading batch axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and ``(N, 28, 28, 1)`` for the conv pair.
+their arguments, then run their numbers as one jitted program, which a user's ``jit`` inlines.
+``x`` always has a leading batch axis: ``(N, *data_shape)``, e.g. ``(N, 784)`` for an MLP and
+``(N, 28, 28, 1)`` for the conv pair.
 """
 from __future__ import annotations
 
